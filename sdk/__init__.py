@@ -1,0 +1,17 @@
+"""skulens runtime SDK: classify product images with a self-describing ONNX model.
+
+Depends on numpy, opencv-python-headless and onnxruntime only (never torch).
+"""
+from ._classifier import Category, ClassificationResult, ClassifierOptions, ImageClassifier
+from ._dataset import load_dataset
+from ._errors import DatasetError, ImageError, MissingExtraError, ModelError, SkulensError
+from ._image import decode_image
+from ._preprocess import PreprocessConfig
+from ._version import __version__
+
+__all__ = [
+    "ImageClassifier", "ClassifierOptions", "ClassificationResult", "Category",
+    "PreprocessConfig", "decode_image", "load_dataset",
+    "SkulensError", "ImageError", "ModelError", "DatasetError", "MissingExtraError",
+    "__version__",
+]

@@ -1,0 +1,67 @@
+"""Checkpoints: state dict + config + labels + preprocessing contract, written atomically.
+
+A checkpoint is a plain dict of tensors and Python primitives, so it loads with
+``torch.load(weights_only=True)``: no arbitrary code runs when a checkpoint is opened.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sdk import ModelError, PreprocessConfig
+
+FORMAT = "skulens-checkpoint-1"
+
+
+def atomic_write(path, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then fsync and rename over ``path``: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    state = {"format": FORMAT, **state}
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable skulens checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a skulens checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild the model of a classifier checkpoint, weights loaded, in eval mode."""
+    from .models import create_model
+
+    if ckpt.get("kind", "classifier") != "classifier":
+        raise ModelError(f"checkpoint is a {ckpt.get('kind')} checkpoint, not a classifier")
+    model = create_model(ckpt["model_name"], num_classes=len(ckpt["labels"]), **ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def preprocess_of(ckpt: dict) -> PreprocessConfig:
+    return PreprocessConfig.from_dict(ckpt["preprocess"])

@@ -1,0 +1,72 @@
+"""Datasets for training: cached decoded images, augmentation, then the preprocessing contract.
+
+The eval transform is exactly ``PreprocessConfig.apply`` on the decoded image (what the SDK
+does); the train transform is ``augment`` followed by the same ``apply``.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from sdk import PreprocessConfig, decode_image
+from sdk._dataset import Sample
+
+from .augment import AugmentConfig, augment
+
+log = logging.getLogger(__name__)
+
+
+def _shrink(image: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    s = short_side / min(h, w)
+    if s >= 1:
+        return image
+    out = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return out.reshape(out.shape[0], out.shape[1], -1) if image.ndim == 3 else out
+
+
+def load_images(samples: list[Sample], short_side: int | None = None, progress=None) -> list[np.ndarray]:
+    """Decode every sample (and shrink its shorter side to ``short_side`` to save memory/time)."""
+    out = []
+    for s in samples:
+        img = decode_image(s.path)
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+        out.append(_shrink(img, short_side) if short_side else img)
+        if progress:
+            progress(1)
+    return out
+
+
+def eval_tensors(samples: list[Sample], cfg: PreprocessConfig, progress=None) -> torch.Tensor:
+    """The SDK's exact input for each sample: decode_image -> PreprocessConfig.apply."""
+    xs = []
+    for s in samples:
+        xs.append(cfg.apply(decode_image(s.path)))
+        if progress:
+            progress(1)
+    return torch.from_numpy(np.stack(xs))
+
+
+class TrainSet(TorchDataset):
+    """Augmented training samples. Augmentation randomness is a pure function of
+    (seed, epoch, index), so results do not depend on the number of loader workers."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[int], cfg: PreprocessConfig,
+                 augment_cfg: AugmentConfig, seed: int = 0, extra=None):
+        self.images, self.labels = images, labels
+        self.cfg, self.augment_cfg, self.seed = cfg, augment_cfg, seed
+        self.epoch = 0
+        self.extra = extra  # optional callable(index, rng) -> (image, label) for synthetic samples
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img = augment(self.images[i], self.cfg.input_size, self.augment_cfg, rng)
+        return torch.from_numpy(self.cfg.apply(img)), self.labels[i]

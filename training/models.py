@@ -1,0 +1,165 @@
+"""Model registry and factory: ``create_model(name, num_classes, in_chans=3, **kwargs)``.
+
+One short function per variant, registered with ``@register``. All models take an NCHW
+float32 batch and return logits [N, num_classes]; BatchNorm is folded into the preceding
+convolution at export (:func:`fold_batchnorm`).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+class ConvBNAct(nn.Sequential):
+    """conv -> BatchNorm -> (ReLU). Folded to a single conv at export."""
+
+    def __init__(self, cin, cout, k=3, stride=1, act=True):
+        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 ConvBN, identity or 1x1-projection shortcut, ReLU after the add."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = ConvBNAct(cin, cout, 3, stride)
+        self.conv2 = ConvBNAct(cout, cout, 3, 1, act=False)
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout
+                         else ConvBNAct(cin, cout, 1, stride, act=False))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class EdgeResNet(nn.Module):
+    """A small ResNet for CPU inference: dense 3x3 convs (fast in INT8 on x86/ARM), ReLU only
+    (fuses into quantized convs), BatchNorm (folded at export), global average pooling.
+
+    x [N, C, H, W] -> stem (stride ``stem_stride``) -> stages (each halves H, W) -> GAP -> FC.
+    """
+
+    def __init__(self, num_classes, in_chans=3, widths=(32, 64, 128, 192), depths=(1, 2, 2, 1),
+                 stem_width=24, stem_stride=1, dropout=0.2):
+        super().__init__()
+        self.stem = ConvBNAct(in_chans, stem_width, 3, stem_stride)
+        blocks, cin = [], stem_width
+        for width, depth in zip(widths, depths):
+            for i in range(depth):
+                blocks.append(BasicBlock(cin, width, stride=2 if i == 0 else 1))
+                cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(cin, num_classes)
+        self.num_features = cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():  # zero-init the last BN of each residual branch
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.conv2[1].weight)
+
+    def features(self, x):  # [N, C, H, W] -> [N, num_features]
+        return self.pool(self.blocks(self.stem(x))).flatten(1)
+
+    def forward(self, x):  # -> logits [N, num_classes]
+        return self.head(self.dropout(self.features(x)))
+
+
+class SeedCNN(nn.Module):
+    """The seed baseline: conv 32/64/128 3x3 + max-pool, dense 128, softmax head (logits out)."""
+
+    def __init__(self, num_classes, in_chans=3, input_size=64, dropout=0.3):
+        super().__init__()
+        layers, cin = [], in_chans
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            cin = width
+        self.body = nn.Sequential(*layers)
+        side = input_size // 8
+        self.num_features = 128
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x):  # [N, C, S, S] -> [N, 128]
+        return self.fc(self.body(x))
+
+    def forward(self, x):
+        return self.head(self.dropout(self.features(x)))
+
+
+@register
+def seed_cnn(num_classes, in_chans=3, input_size=64, **kw):
+    return SeedCNN(num_classes, in_chans, input_size=input_size, **kw)
+
+
+@register
+def edge_resnet(num_classes, in_chans=3, input_size=None, **kw):
+    """The default edge model (~1 M parameters, ~0.1 GMAC at 64x64)."""
+    return EdgeResNet(num_classes, in_chans, **kw)
+
+
+@register
+def edge_resnet_tiny(num_classes, in_chans=3, input_size=None, **kw):
+    """A quarter-width edge_resnet for tests, demos and very small devices."""
+    return EdgeResNet(num_classes, in_chans, widths=(16, 24, 32, 48), depths=(1, 1, 1, 1),
+                      stem_width=12, **kw)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every Conv2d -> BatchNorm2d pair inside ConvBNAct into one biased Conv2d (eval only)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in model.modules():
+        if isinstance(module, ConvBNAct) and isinstance(module[1], nn.BatchNorm2d):
+            module[0] = fuse_conv_bn_eval(module[0].eval(), module[1].eval())
+            module[1] = nn.Identity()
+    return model
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-accumulates of Conv2d and Linear layers for one input of ``input_shape`` (C, H, W)."""
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            total += mod.in_features * mod.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return total

@@ -1,0 +1,260 @@
+"""Training a product classifier, top to bottom.
+
+    cfg = TrainConfig(data="path/to/dataset", model="edge_resnet", epochs=40)
+    result = train(cfg)          # writes best.pt, last.pt, metrics.json, PNGs under cfg.out
+
+Pipeline: load dataset -> decode + cache images -> model from the registry -> SGD/AdamW with
+warm-up + cosine -> per epoch: train (augment -> preprocessing contract -> model), validate,
+checkpoint atomically (last.pt every epoch, best.pt on a new best val top-1) -> final test
+evaluation of best.pt, plots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm as _tqdm
+
+import sdk
+from sdk import DatasetError, PreprocessConfig, load_dataset
+from sdk._evaluate import accuracy_report
+
+from .augment import AugmentConfig
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .data import TrainSet, eval_tensors, load_images
+from .models import create_model
+from .plots import confusion_matrix, save_confusion, save_curves
+
+log = logging.getLogger(__name__)
+
+def tqdm(*args, **kwargs):
+    """Progress bars on a terminal only (``disable=None``), so CI logs stay readable."""
+    return _tqdm(*args, disable=None, **kwargs)
+
+
+MEAN_STD = {"RGB": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            "BGR": ((0.406, 0.456, 0.485), (0.225, 0.224, 0.229)),
+            "GRAY": ((0.5,), (0.25,))}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/train"
+    model: str = "edge_resnet"
+    input_size: int = 64
+    color_order: str = "RGB"
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "sgd"            # "sgd" (Nesterov) or "adamw"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+    num_workers: int = 1              # augmentation processes beside the training process
+    threads: int = 0                  # torch intra-op threads (0 = torch default)
+    init_from: str | None = None      # start from another checkpoint's weights (new head)
+    freeze_backbone: int = 0          # epochs training only the head first
+    resume: bool = False
+    cache_size: int | None = None     # shorter side of cached train images (default 2 x input)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["augment"] = dataclasses.asdict(self.augment)
+        return d
+
+
+def make_preprocess(cfg: TrainConfig) -> PreprocessConfig:
+    mean, std = MEAN_STD[cfg.color_order]
+    return PreprocessConfig(input_size=(cfg.input_size, cfg.input_size), color_order=cfg.color_order,
+                            resize="shorter_side_crop", crop_fraction=1.0, interpolation="area",
+                            mean=mean, std=std, layout="NCHW")
+
+
+def _splits(dataset):
+    train = dataset.split("train")
+    if dataset.splits.get("val"):
+        return train, dataset.splits["val"]
+    # No val split: hold out every 10th image of each class (deterministic).
+    seen: dict[int, int] = {}
+    keep, val = [], []
+    for s in train:
+        seen[s.label] = seen.get(s.label, 0) + 1
+        (val if seen[s.label] % 10 == 0 else keep).append(s)
+    return keep, val
+
+
+def _optimizer(model, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
+
+
+def _schedule(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _init_from(model, path) -> None:
+    """Copy every tensor whose name and shape match (the head is re-initialised for new classes)."""
+    src = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    log.info("init-from %s: %d/%d tensors copied", path, len(matched), len(own))
+
+
+@torch.no_grad()
+def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train per ``cfg``; returns the final metrics dict (also written to ``out/metrics.json``)."""
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    # -- data ------------------------------------------------------------------------------------
+    dataset = load_dataset(cfg.data)
+    labels = dataset.classes
+    train_samples, val_samples = _splits(dataset)
+    if not train_samples:
+        raise DatasetError(f"{cfg.data}: no training images")
+    pre = make_preprocess(cfg)
+    log.info("dataset %s", dataset.summary())
+    with tqdm(total=len(train_samples) + len(val_samples), desc="decode", unit="img", leave=False) as bar:
+        images = load_images(train_samples, cfg.cache_size or 2 * cfg.input_size, progress=bar.update)
+        x_val = eval_tensors(val_samples, pre, progress=bar.update)
+    y_val = torch.tensor([s.label for s in val_samples])
+    train_set = TrainSet(images, [s.label for s in train_samples], pre, cfg.augment, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
+                     num_workers=cfg.num_workers, generator=gen)
+
+    # -- model, optimiser, schedule ---------------------------------------------------------------
+    model_kwargs = {"in_chans": pre.channels, "input_size": cfg.input_size, **cfg.model_kwargs}
+    model = create_model(cfg.model, num_classes=len(labels), **model_kwargs)
+    if cfg.init_from:
+        _init_from(model, cfg.init_from)
+    optimizer = _optimizer(model, cfg)
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size if loader_kw["drop_last"] else
+                          math.ceil(len(train_set) / cfg.batch_size))
+    scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
+
+    if cfg.resume and (out / "last.pt").is_file():
+        ckpt = load_checkpoint(out / "last.pt")
+        if ckpt["model_name"] != cfg.model or ckpt["labels"] != labels:
+            raise ValueError(f"{out / 'last.pt'} was trained with another model or class set; "
+                             "use a new --out folder")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, best_top1 = ckpt["history"], ckpt["best_top1"]
+        start_epoch, elapsed_before = ckpt["epoch"] + 1, ckpt.get("train_seconds", 0.0)
+        gen.set_state(ckpt["loader_rng"])
+        log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
+
+    def state(epoch: int, train_seconds: float) -> dict:
+        return {"kind": "classifier", "model_name": cfg.model, "model_kwargs": model_kwargs,
+                "model": model.state_dict(), "labels": labels, "coarse_labels": dataset.coarse_labels,
+                "preprocess": pre.to_dict(), "train_config": cfg.to_dict(), "epoch": epoch,
+                "history": history, "best_top1": best_top1, "train_seconds": train_seconds,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "loader_rng": gen.get_state(), "skulens_version": sdk.__version__,
+                "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve())}
+
+    # -- epochs ----------------------------------------------------------------------------------
+    t_train = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        frozen = epoch < cfg.freeze_backbone
+        for name, p in model.named_parameters():
+            p.requires_grad_(not frozen or name.startswith("head."))
+        model.train()
+        train_set.epoch = epoch
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="batch", leave=False)
+        for x, y in bar:                       # x [B, C, H, W] float32, y [B]
+            logits = model(x)                  # [B, K]
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if len(x_val):
+            v_logits = predict_logits(model, x_val)
+            record["val_loss"] = float(nn.functional.cross_entropy(v_logits, y_val))
+            record["val_top1"] = float((v_logits.argmax(1) == y_val).float().mean())
+        history.append(record)
+        seconds = elapsed_before + time.perf_counter() - t_train
+        log.info("epoch %d/%d  loss %.3f  train %.3f  val %.3f  (%.0fs)", epoch + 1, cfg.epochs,
+                 record["train_loss"], record["train_top1"], record.get("val_top1", float("nan")), seconds)
+        score = record.get("val_top1", record["train_top1"])
+        if score >= best_top1:
+            best_top1 = score
+            save_checkpoint(out / "best.pt", state(epoch, seconds))
+        save_checkpoint(out / "last.pt", state(epoch, seconds))
+    train_seconds = elapsed_before + time.perf_counter() - t_train
+
+    # -- final evaluation of the best checkpoint ------------------------------------------------
+    best = load_checkpoint(out / "best.pt")
+    model.load_state_dict(best["model"])
+    metrics = {"model": cfg.model, "num_classes": len(labels), "best_epoch": best["epoch"] + 1,
+               "best_val_top1": best_top1, "train_seconds": round(train_seconds, 1),
+               "total_seconds": round(time.perf_counter() - t_start, 1),
+               "n_train": len(train_samples), "n_val": len(val_samples)}
+    eval_split = "test" if dataset.splits.get("test") else "val"
+    eval_samples = dataset.splits.get(eval_split) or []
+    if eval_samples:
+        x_eval = eval_tensors(eval_samples, pre)
+        y_eval = np.array([s.label for s in eval_samples])
+        logits = predict_logits(model, x_eval).numpy()
+        coarse = None
+        if dataset.fine_to_coarse:
+            coarse = np.array([dataset.fine_to_coarse.get(i, -1) for i in range(len(labels))])
+        report = accuracy_report(logits, y_eval, labels, coarse_of=coarse)
+        metrics["eval"] = {"split": eval_split, **report}
+        cm = confusion_matrix(logits.argmax(1), y_eval, len(labels))
+        save_confusion(cm, labels, out / "confusion.png")
+    best["metrics"] = metrics
+    save_checkpoint(out / "best.pt", best)
+    save_curves(history, out / "curves.png")
+    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {**metrics, "history": history, "config": cfg.to_dict()}, indent=2)))
+    return metrics
