@@ -1,13 +1,14 @@
 """skulens export: checkpoint -> self-describing ONNX (fp32 and INT8). Needs ``skulens[export]``."""
-from sdk._errors import require_extra
-
-require_extra("torch", "export")
-require_extra("onnx", "export")
-require_extra("onnxscript", "export")
-
-from ._onnx import torch_to_onnx, write_metadata  # noqa: E402
-from ._pipeline import export_classifier, int8_path_for  # noqa: E402
-from ._quantize import choose_activation_type, quantize_int8  # noqa: E402
+from training import import_or_extra as _import_or_extra
 
 __all__ = ["export_classifier", "torch_to_onnx", "quantize_int8", "choose_activation_type",
            "write_metadata", "int8_path_for"]
+_WHERE = {"export_classifier": "_pipeline", "int8_path_for": "_pipeline", "torch_to_onnx": "_onnx",
+          "write_metadata": "_onnx", "quantize_int8": "_quantize", "choose_activation_type": "_quantize"}
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    module = _import_or_extra(f"export.{_WHERE[name]}", "export", deps=("torch", "onnx", "onnxscript"))
+    return getattr(module, name)

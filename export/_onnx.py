@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ def torch_to_onnx(model: torch.nn.Module, example_inputs: tuple, path, *, input_
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
 
     def write(tmp):
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+        # The exporter prints progress lines, warns that torchvision ops are unavailable and
+        # raises a torch-internal FutureWarning; none of it concerns the user.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("torch.onnx"):
+            warnings.filterwarnings("ignore", message=r".*treespec.*", category=FutureWarning)
             torch.onnx.export(model, tuple(example_inputs), tmp, dynamo=True, external_data=False,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True,
@@ -38,6 +42,17 @@ def torch_to_onnx(model: torch.nn.Module, example_inputs: tuple, path, *, input_
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
 
     return atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def write_metadata(path, meta: ModelMetadata, out=None) -> Path:

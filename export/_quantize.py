@@ -7,15 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quant_pre_process, quantize_static)
 
+from runtime_bench._timing import time_models
 from training.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
@@ -69,28 +67,6 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
                             extra_options=extra)
 
         return atomic_write(out_path, write)
-
-
-def time_models(paths: Sequence, x: np.ndarray, *, threads: int = 1, rounds: int = 5,
-                iters: int = 20) -> list[float]:
-    """Median model-only latency (seconds) of each ONNX file on input ``x``, measured
-    interleaved (A B A B ...) so drift on a shared machine hits all of them alike."""
-    from sdk._session import session_options
-
-    sessions = [ort.InferenceSession(str(p), session_options(threads), providers=["CPUExecutionProvider"])
-                for p in paths]
-    names = [s.get_inputs()[0].name for s in sessions]
-    for s, n in zip(sessions, names):  # warm-up
-        for _ in range(3):
-            s.run(None, {n: x})
-    samples: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for k, (s, n) in enumerate(zip(sessions, names)):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                s.run(None, {n: x})
-            samples[k].append((time.perf_counter() - t0) / iters)
-    return [float(np.median(v)) for v in samples]
 
 
 def choose_activation_type(fp32_path, calibration_images: np.ndarray, *, calibrate_method: str = "minmax",

@@ -10,12 +10,10 @@ evaluation of best.pt, plots.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm as _tqdm
 
 import sdk
-from sdk import DatasetError, PreprocessConfig, load_dataset
+from sdk import DatasetError, load_dataset
 from sdk._evaluate import accuracy_report
 
-from .augment import AugmentConfig
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .config import TrainConfig, make_preprocess
 from .data import TrainSet, eval_tensors, load_images
 from .models import create_model
 from .plots import confusion_matrix, save_confusion, save_curves
@@ -39,48 +37,6 @@ log = logging.getLogger(__name__)
 def tqdm(*args, **kwargs):
     """Progress bars on a terminal only (``disable=None``), so CI logs stay readable."""
     return _tqdm(*args, disable=None, **kwargs)
-
-
-MEAN_STD = {"RGB": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-            "BGR": ((0.406, 0.456, 0.485), (0.225, 0.224, 0.229)),
-            "GRAY": ((0.5,), (0.25,))}
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str = "runs/train"
-    model: str = "edge_resnet"
-    input_size: int = 64
-    color_order: str = "RGB"
-    epochs: int = 40
-    batch_size: int = 64
-    optimizer: str = "sgd"            # "sgd" (Nesterov) or "adamw"
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
-    seed: int = 0
-    num_workers: int = 1              # augmentation processes beside the training process
-    threads: int = 0                  # torch intra-op threads (0 = torch default)
-    init_from: str | None = None      # start from another checkpoint's weights (new head)
-    freeze_backbone: int = 0          # epochs training only the head first
-    resume: bool = False
-    cache_size: int | None = None     # shorter side of cached train images (default 2 x input)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model_kwargs: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["augment"] = dataclasses.asdict(self.augment)
-        return d
-
-
-def make_preprocess(cfg: TrainConfig) -> PreprocessConfig:
-    mean, std = MEAN_STD[cfg.color_order]
-    return PreprocessConfig(input_size=(cfg.input_size, cfg.input_size), color_order=cfg.color_order,
-                            resize="shorter_side_crop", crop_fraction=1.0, interpolation="area",
-                            mean=mean, std=std, layout="NCHW")
 
 
 def _splits(dataset):

@@ -1,0 +1,20 @@
+"""Export options (torch-free, so the CLI can build its flags without importing torch).
+Field names are exactly the keyword arguments of :func:`export.export_classifier`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str
+    out: str = "model.onnx"
+    int8: bool = False
+    data: str | None = None             # calibration/evaluation data (default: the training data)
+    calibration_size: int = 256
+    activation_type: str = "auto"       # "auto" (time U8 and S8 here), "u8" or "s8"
+    calibrate_method: str = "minmax"    # "minmax", "entropy" or "percentile"
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    opset: int = 18
+    threads: int = 0
