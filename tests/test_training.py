@@ -1,0 +1,77 @@
+"""Training: outputs, atomic weights-only checkpoints, resume, transfer learning."""
+import json
+
+import pytest
+import torch
+
+from sdk import ModelError
+from training import TrainConfig, train
+from training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), model="edge_resnet_tiny", epochs=2, input_size=32,
+                batch_size=16, num_workers=0, lr=0.05)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_writes_metrics_plots_and_a_weights_only_checkpoint(tiny_run):
+    out, metrics = tiny_run
+    for name in ("best.pt", "last.pt", "metrics.json", "curves.png", "confusion.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert len(saved["history"]) == 2 and saved["eval"]["split"] == "test"
+    assert set(saved["eval"]["per_class"]) <= set(load_checkpoint(out / "best.pt")["labels"])
+    assert "coarse_top1" in saved["eval"] and 0 <= saved["eval"]["top1"] <= 1
+    ckpt = torch.load(out / "best.pt", weights_only=True)  # no pickled code inside
+    assert ckpt["preprocess"]["input_size"] == [32, 32] and len(ckpt["labels"]) == 6
+
+
+def test_resume_continues_an_interrupted_run(grocery_subset, tmp_path):
+    train(_cfg(grocery_subset, tmp_path / "r", epochs=1))
+    first = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert first["epoch"] == 0
+    train(_cfg(grocery_subset, tmp_path / "r", epochs=3, resume=True))
+    resumed = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert resumed["epoch"] == 2 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    with pytest.raises(ValueError, match="another model or class set"):
+        train(_cfg(grocery_subset, tmp_path / "r", model="seed_cnn", epochs=4, resume=True))
+
+
+def test_init_from_copies_the_backbone_and_replaces_the_head(tiny_run, grocery_subset, tmp_path):
+    from sdk import load_dataset
+
+    # a different class set: keep 4 of the 6 classes -> the head must be new
+    ds = load_dataset(grocery_subset)
+    sub = tmp_path / "four"
+    sub.mkdir()
+    (sub / "classes.csv").write_text((grocery_subset / "classes.csv").read_text())
+    for split in ("train", "val", "test"):
+        keep = [ln for ln in (grocery_subset / f"{split}.txt").read_text().splitlines()
+                if ln and int(ln.split(", ")[1]) < 4]
+        (sub / f"{split}.txt").write_text("\n".join(keep) + "\n")
+    src = load_checkpoint(tiny_run[0] / "best.pt")["model"]
+    out = tmp_path / "ft"
+    train(_cfg(sub, out, epochs=1, init_from=str(tiny_run[0] / "best.pt"), freeze_backbone=1, lr=0.0))
+    ft = load_checkpoint(out / "last.pt")["model"]
+    assert len(ds.classes) == 6 and ft["head.weight"].shape[0] == 6  # classes.csv names 6
+    # lr=0 and frozen backbone: the copied backbone weights are unchanged
+    torch.testing.assert_close(ft["stem.0.weight"], src["stem.0.weight"])
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"kind": "classifier", "x": torch.ones(2)})
+
+    def crash(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, crash)
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(2)), "old checkpoint intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "no temp files left behind"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelError, match="not a readable skulens checkpoint"):
+        load_checkpoint(path)
