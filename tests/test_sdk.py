@@ -1,0 +1,86 @@
+"""The torch-free SDK: ImageClassifier on real photos, options, errors, import isolation."""
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from sdk import (ClassificationResult, ClassifierOptions, ImageClassifier, ImageError, ModelError,
+                 decode_image, load_dataset)
+
+
+def test_import_sdk_does_not_import_torch():
+    code = ("import sys, sdk; from sdk import ImageClassifier; import sdk._cli; sdk._cli.build_parser(); "
+            "bad = [m for m in ('torch', 'onnx', 'matplotlib', 'fastapi') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_classify_path_bytes_and_arrays_agree(tiny_models, grocery_subset):
+    sample = load_dataset(grocery_subset).split("test")[0]
+    with ImageClassifier.from_path(tiny_models[1], ClassifierOptions(top_k=3, num_threads=1)) as clf:
+        by_path = clf.classify(sample.path)
+        by_bytes = clf.classify(sample.path.read_bytes())
+        bgr = decode_image(sample.path)
+        by_array = clf.classify(bgr)
+        by_bgra = clf.classify(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    assert isinstance(by_path, ClassificationResult) and by_path.source == str(sample.path)
+    assert len(by_path.categories) == 3
+    scores = [c.score for c in by_path.categories]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+    assert by_path.top.label == clf.labels[by_path.top.index]
+    for other in (by_bytes, by_array, by_bgra):
+        assert [c.index for c in other.categories] == [c.index for c in by_path.categories]
+        np.testing.assert_allclose([c.score for c in other.categories], scores, rtol=1e-5)
+    gray = ImageClassifier.from_path(tiny_models[1]).classify(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    assert len(gray.categories) == 5
+
+
+def test_batch_equals_single_and_respects_max_batch(tiny_models, grocery_subset):
+    paths = [s.path for s in load_dataset(grocery_subset).split("test")[:7]]
+    with ImageClassifier.from_path(tiny_models[0], ClassifierOptions(max_batch=3)) as clf:
+        batch = clf.classify_batch(paths)
+        single = [clf.classify(p) for p in paths]
+    assert len(batch) == 7
+    for b, s in zip(batch, single):
+        assert [c.index for c in b.categories] == [c.index for c in s.categories]
+        np.testing.assert_allclose([c.score for c in b.categories], [c.score for c in s.categories], atol=1e-5)
+
+
+def test_top_k_and_score_threshold(tiny_models, grocery_image):
+    with ImageClassifier.from_path(tiny_models[0], ClassifierOptions(top_k=1)) as clf:
+        assert len(clf.classify(grocery_image).categories) == 1
+    with ImageClassifier.from_path(tiny_models[0], ClassifierOptions(top_k=6, score_threshold=0.9999)) as clf:
+        assert clf.classify(grocery_image).categories == ()
+    with pytest.raises(ValueError, match="top_k"):
+        ClassifierOptions(top_k=0)
+
+
+def test_closed_classifier_and_bad_images(tiny_models, tmp_path):
+    clf = ImageClassifier.from_path(tiny_models[0])
+    with pytest.raises(ImageError, match="nope.jpg: no such image file"):
+        clf.classify(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match="uint16"):
+        clf.classify(np.zeros((10, 10, 3), np.uint16))
+    clf.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        clf.classify(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_bad_model_files(tiny_models, tmp_path):
+    with pytest.raises(ModelError, match="no such model file"):
+        ImageClassifier.from_path(tmp_path / "missing.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelError, match="empty model file"):
+        ImageClassifier.from_path(tmp_path / "empty.onnx")
+    (tmp_path / "text.onnx").write_text("this is not a model")
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        ImageClassifier.from_path(tmp_path / "text.onnx")
+    data = tiny_models[1].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.onnx: not a valid ONNX model or truncated"):
+        ImageClassifier.from_path(tmp_path / "cut.onnx")
+    with pytest.raises(ModelError, match="not available"):
+        ImageClassifier.from_path(tiny_models[0], ClassifierOptions(providers=("NoSuchExecutionProvider",)))
