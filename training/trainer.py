@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
 import time
 from pathlib import Path
 
@@ -89,9 +90,16 @@ def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tenso
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (loader workers): on a shared
+    machine, cpu_seconds / cores bounds what the run would take with the cores to itself."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also written to ``out/metrics.json``)."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -194,6 +202,7 @@ def train(cfg: TrainConfig) -> dict:
     metrics = {"model": cfg.model, "num_classes": len(labels), "best_epoch": best["epoch"] + 1,
                "best_val_top1": best_top1, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.perf_counter() - t_start, 1),
+               "cpu_seconds": round(_cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
                "n_train": len(train_samples), "n_val": len(val_samples)}
     eval_split = "test" if dataset.splits.get("test") else "val"
     eval_samples = dataset.splits.get(eval_split) or []
