@@ -183,3 +183,43 @@ def _load_folders(root: Path) -> Dataset:
             h = int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) % 10
             splits["test" if h == 0 else "val" if h == 1 else "train"].append(Sample(p, i))
     return Dataset(root, classes, splits, layout="folders")
+
+
+def subset(dataset: Dataset, class_ids, per_class: dict[str, int] | None = None, seed: int = 0) -> Dataset:
+    """A new Dataset with only ``class_ids`` (renumbered 0..k-1 in the given order) and, per
+    split, at most ``per_class[split]`` images of each class (a seeded random choice)."""
+    import random
+
+    class_ids = list(class_ids)
+    remap = {old: new for new, old in enumerate(class_ids)}
+    splits = {}
+    for name, samples in dataset.splits.items():
+        kept = [Sample(s.path, remap[s.label], s.coarse) for s in samples if s.label in remap]
+        limit = (per_class or {}).get(name)
+        if limit is not None:
+            rng, by_class = random.Random(seed), {}
+            for s in kept:
+                by_class.setdefault(s.label, []).append(s)
+            kept = [s for c in sorted(by_class) for s in sorted(
+                rng.sample(by_class[c], min(limit, len(by_class[c]))), key=lambda s: str(s.path))]
+        splits[name] = kept
+    f2c = {remap[f]: c for f, c in dataset.fine_to_coarse.items() if f in remap}
+    return Dataset(dataset.root, [dataset.classes[i] for i in class_ids], splits, dataset.coarse_classes,
+                   dataset.layout, f2c)
+
+
+def write_split_lists(dataset: Dataset, dst) -> Path:
+    """Write ``dataset`` as split lists (absolute image paths) + classes.csv into folder ``dst``."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    with (dst / "classes.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["Class Name (str)", "Class ID (int)", "Coarse Class Name (str)", "Coarse Class ID (int)"])
+        for i, name in enumerate(dataset.classes):
+            c = dataset.fine_to_coarse.get(i)
+            w.writerow([name, i, dataset.coarse_classes[c] if c is not None else "", "" if c is None else c])
+    for name, samples in dataset.splits.items():
+        lines = [f"{s.path.resolve()}, {s.label}" + (f", {s.coarse}" if s.coarse is not None else "")
+                 for s in samples]
+        (dst / f"{name}.txt").write_text("\n".join(lines) + "\n" if lines else "", encoding="utf-8")
+    return dst
