@@ -56,3 +56,16 @@ def test_errors_name_the_problem(tmp_path):
     (bad / "train.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DatasetError, match="cannot read split list"):
         load_dataset(bad)
+
+
+def test_subset_renumbers_classes_and_round_trips_through_split_lists(grocery_root, tmp_path):
+    from sdk._dataset import subset, write_split_lists
+
+    ds = load_dataset(grocery_root)
+    sub = subset(ds, [1, 0, 40], per_class={"train": 5})
+    assert sub.classes == [ds.classes[1], ds.classes[0], ds.classes[40]]
+    assert len(sub.split("train")) == 15 and {s.label for s in sub.split("train")} == {0, 1, 2}
+    assert len(sub.split("test")) == sum(1 for s in ds.split("test") if s.label in (0, 1, 40))
+    back = load_dataset(write_split_lists(sub, tmp_path / "sub"))
+    assert back.classes == sub.classes and back.coarse_labels == sub.coarse_labels
+    assert [s.path for s in back.split("train")] == [s.path for s in sub.split("train")]
