@@ -7,11 +7,13 @@ from ._dataset import load_dataset
 from ._errors import DatasetError, ImageError, MissingExtraError, ModelError, SkulensError
 from ._image import decode_image
 from ._preprocess import PreprocessConfig
+from ._stream import FrameClassifier, FrameClassifierOptions, FrameResult, RunningMode, RunningModeError, StreamError
 from ._version import __version__
 
 __all__ = [
     "ImageClassifier", "ClassifierOptions", "ClassificationResult", "Category",
     "PreprocessConfig", "decode_image", "load_dataset",
     "SkulensError", "ImageError", "ModelError", "DatasetError", "MissingExtraError",
+    "FrameClassifier", "FrameClassifierOptions", "FrameResult", "RunningMode", "RunningModeError", "StreamError",
     "__version__",
 ]

@@ -34,9 +34,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("predict", help="classify images with an exported model")
     p.add_argument("model")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="*", metavar="IMAGE")
     _classifier_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    from ._stream_cli import add_stream_flags
+    add_stream_flags(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("eval", help="accuracy of an exported model on a dataset split")
@@ -81,7 +83,10 @@ def _export(args) -> int:
 def _predict(args) -> int:
     from ._classifier import ImageClassifier
     from ._errors import ImageError
+    from ._stream_cli import predict_stream, wants_stream
 
+    if wants_stream(args):
+        return predict_stream(args, _options(args))
     failures = 0
     with ImageClassifier.from_path(args.model, _options(args)) as clf:
         for image in args.images:
