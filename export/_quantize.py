@@ -31,6 +31,11 @@ class ArrayCalibrationReader(CalibrationDataReader):
         self._i = 0
 
     def get_next(self):
+        if isinstance(self.images, dict):  # several named inputs, e.g. a generator's z and label
+            n = len(next(iter(self.images.values())))
+            batch = {k: np.ascontiguousarray(v[self._i:self._i + self.batch_size]) for k, v in self.images.items()}
+            self._i += self.batch_size
+            return batch if self._i - self.batch_size < n else None
         if self._i >= len(self.images):
             return None
         batch = self.images[self._i:self._i + self.batch_size]
