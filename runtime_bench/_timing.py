@@ -55,3 +55,38 @@ def time_models(paths: Sequence, x: np.ndarray, *, threads: int = 1, rounds: int
                 iters: int = 20) -> list[float]:
     """Median model-only latency (seconds) of each ONNX file on input ``x``, interleaved."""
     return time_callables([ort_runner(p, x, threads) for p in paths], rounds=rounds, iters=iters)
+
+
+# -- statistics of per-iteration samples (used by ``skulens bench``) --------------------------
+PERCENTILES = (50, 90, 99)
+MIN_SAMPLES_P99 = 100  # fewer samples than this and p99 is just the maximum
+
+
+def summarize(samples_s: Sequence[float], batch: int = 1) -> dict:
+    """Latency statistics (milliseconds) and throughput (images/s) of per-iteration seconds."""
+    a = np.asarray(samples_s, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no samples to summarize")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    p = np.percentile(a, PERCENTILES)
+    mean = float(a.mean())
+    out = {f"p{q}": float(v) * 1e3 for q, v in zip(PERCENTILES, p)}
+    out.update(mean=mean * 1e3, std=float(a.std()) * 1e3, min=float(a.min()) * 1e3,
+               max=float(a.max()) * 1e3, n=int(a.size), p99_reliable=bool(a.size >= MIN_SAMPLES_P99))
+    return {"latency_ms": out, "throughput_ips": batch / mean if mean > 0 else float("inf")}
+
+
+def paired_speedup(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]]) -> dict:
+    """How many times faster A is than B, from interleaved rounds of samples.
+
+    Each round gives the ratio of B's median to A's median; the result is the median of those
+    ratios (drift between rounds cancels) with their spread. ``speedup > 1``: A is faster.
+    """
+    ratios = [float(np.median(b)) / float(np.median(a))
+              for a, b in zip(rounds_a, rounds_b) if len(a) and len(b) and np.median(a) > 0]
+    if not ratios:
+        raise ValueError("no common rounds to compare")
+    r = np.asarray(ratios)
+    return {"speedup": float(np.median(r)), "min": float(r.min()), "max": float(r.max()),
+            "rounds": int(r.size)}

@@ -1,0 +1,127 @@
+"""The parent's side of the worker protocol (see ``_worker.py``), and short-lived probes that
+time ``import sdk`` and a cold start in a fresh interpreter."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 300.0
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed; the message carries its error or the tail of its log."""
+
+
+def worker_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+class Worker:
+    """One configuration's process. ``request`` sends a command and returns its JSON answer."""
+
+    def __init__(self, spec: dict, log_path: Path):
+        self.spec = spec
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime_bench._worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, env=worker_env(),
+                                     cwd=os.getcwd())
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wall_start_s = None
+        t0 = time.perf_counter()
+        self._write(spec)
+        self.ready = self._recv(STARTUP_TIMEOUT_S)
+        self.wall_start_s = time.perf_counter() - t0
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _write(self, obj):
+        try:
+            self.proc.stdin.write(json.dumps(obj) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerError(self._why("the worker exited")) from None
+
+    def _why(self, what: str) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        except OSError:
+            tail = []
+        return what + (": " + " | ".join(tail) if tail else "")
+
+    def _recv(self, timeout: float) -> dict:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise WorkerError(f"no answer within {timeout:.0f}s") from None
+        if line is None:
+            self.proc.wait(timeout=10)
+            raise WorkerError(self._why(f"the worker exited (code {self.proc.returncode})"))
+        msg = json.loads(line)
+        if msg.get("event") == "error":
+            raise WorkerError(msg["error"])
+        return msg
+
+    def request(self, cmd: dict, timeout: float = 600.0) -> dict:
+        self._write(cmd)
+        return self._recv(timeout)
+
+    def close(self) -> dict:
+        """Ask the worker to exit; returns its final report (peak RSS) or {} if it is gone."""
+        try:
+            msg = self.request({"cmd": "exit"}, timeout=60)
+        except WorkerError:
+            msg = {}
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._log.close()
+        return msg
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def _probe(code: str, timeout: float = 120.0) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                         env=worker_env(), cwd=os.getcwd())
+    if out.returncode != 0:
+        tail = " | ".join(out.stderr.strip().splitlines()[-3:])
+        raise WorkerError(f"probe failed (code {out.returncode}): {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def interpreter_start_s(repeats: int = 3) -> float:
+    """Wall time of ``python -c pass`` (what every fresh process pays before importing anything)."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, env=worker_env())
+        times.append(time.perf_counter() - t0)
+    return float(sorted(times)[len(times) // 2])
+
+
+def import_sdk_probe() -> dict:
+    return _probe("import json; from runtime_bench._worker import import_sdk_time as f; print(json.dumps(f()))")
+
+
+def cold_start_probe(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
+    args = json.dumps([str(path), str(image), int(threads), int(top_k)])
+    return _probe(f"import json; from runtime_bench._worker import cold_start as f; print(json.dumps(f(*json.loads({args!r}))))")

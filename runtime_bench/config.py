@@ -1,0 +1,116 @@
+"""Benchmark options (torch-free, so the CLI can build its flags without importing anything heavy).
+Field names are exactly the keyword arguments of :class:`BenchConfig`; ``skulens bench`` and
+``python -m runtime_bench`` build their flags from them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Every peer the benchmark knows, in report order.
+PEERS = ("ort_fp32", "ort_int8_u8s8", "ort_int8_s8s8", "torch_eager", "opencv_dnn")
+ORT_PEERS = PEERS[:3]
+INT8_PEERS = PEERS[1:3]
+FP32_PEERS = ("ort_fp32", "torch_eager", "opencv_dnn")
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and how hard.
+
+    model: the ONNX file under test (fp32 or INT8); its fp32/INT8 siblings are found next to
+        it (``m.onnx`` / ``m.int8.onnx``) or made with export's quantizer.
+    data: evaluation/calibration data (default: the checkpoint's training data).
+    checkpoint: the PyTorch checkpoint the model was exported from (enables the eager peer).
+    threads, batch: the sweep; every peer runs every (threads, batch) configuration.
+    peers: which peers to run (default: all of :data:`PEERS` that can run here).
+    e2e_batch: batch sizes of the end-to-end (JPEG bytes -> top-k) measurement of ORT peers.
+    rounds, round_time: interleaved rounds (A B C .. A B C ..) and seconds per config per round.
+    warmup_time: seconds of warm-up per configuration after its first run.
+    eval_split, eval_limit: accuracy of every peer on this many images of this split.
+    top_k: results kept by the end-to-end path.
+    int8_min_agreement: an INT8 peer whose top-1 agrees with ORT fp32 on fewer images than this
+        is reported as wrong instead of being timed.
+    export_check: also run export's activation-type check (choose_activation_type) here.
+    baseline, tolerance: compare with a saved JSON; a speedup ratio of the model under test
+        lower than baseline * (1 - tolerance), or a top-1 lower by more than
+        ``accuracy_tolerance_pp`` points, is a regression (exit code 1).
+    out: folder for bench.json, bench.md and the PNG charts.
+    """
+
+    model: str
+    data: str | None = None
+    checkpoint: str | None = None
+    threads: tuple[int, ...] = (1, 2)
+    batch: tuple[int, ...] = (1, 8, 32)
+    peers: tuple[str, ...] = PEERS
+    e2e_batch: tuple[int, ...] = (1,)
+    rounds: int = 8
+    round_time: float = 0.2
+    warmup_time: float = 0.3
+    eval_split: str = "test"
+    eval_limit: int = 500
+    top_k: int = 5
+    int8_min_agreement: float = 0.8
+    export_check: bool = True
+    profile: bool = True
+    charts: bool = True
+    baseline: str | None = None
+    tolerance: float = 0.10
+    accuracy_tolerance_pp: float = 1.0
+    out: str = "bench"
+    seed: int = 0
+    cold_start_repeats: int = 3
+
+    def __post_init__(self):
+        self.threads = tuple(int(t) for t in self.threads)
+        self.batch = tuple(int(b) for b in self.batch)
+        self.e2e_batch = tuple(int(b) for b in self.e2e_batch)
+        self.peers = tuple(self.peers)
+        problems = []
+        if not self.threads or min(self.threads) < 1:
+            problems.append(f"threads must be >= 1, got {self.threads}")
+        if not self.batch or min(self.batch) < 1:
+            problems.append(f"batch sizes must be >= 1, got {self.batch}")
+        if self.e2e_batch and min(self.e2e_batch) < 1:
+            problems.append(f"e2e batch sizes must be >= 1, got {self.e2e_batch}")
+        unknown = [p for p in self.peers if p not in PEERS]
+        if unknown:
+            problems.append(f"unknown peers {unknown}; known: {list(PEERS)}")
+        if self.rounds < 2:
+            problems.append(f"rounds must be >= 2 (ratios are taken round by round), got {self.rounds}")
+        if self.round_time <= 0 or self.warmup_time < 0:
+            problems.append("round_time must be > 0 and warmup_time >= 0")
+        if self.eval_limit < 1 or self.top_k < 1 or self.cold_start_repeats < 0:
+            problems.append("eval_limit and top_k must be >= 1, cold_start_repeats >= 0")
+        if not 0 <= self.tolerance < 1 or not 0 <= self.int8_min_agreement <= 1:
+            problems.append("tolerance must be in [0, 1) and int8_min_agreement in [0, 1]")
+        if problems:
+            raise ValueError("invalid BenchConfig: " + "; ".join(problems))
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """"1,2, 4" -> (1, 2, 4); ValueError naming the bad item."""
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ValueError(f"expected comma-separated integers, got {item!r} in {text!r}") from None
+    return tuple(out)
+
+
+def parse_peers(text: str) -> tuple[str, ...]:
+    if text.strip() in ("", "all"):
+        return PEERS
+    peers = tuple(p.strip() for p in text.split(",") if p.strip())
+    aliases = {"fp32": "ort_fp32", "u8s8": "ort_int8_u8s8", "s8s8": "ort_int8_s8s8", "int8": None,
+               "torch": "torch_eager", "pytorch": "torch_eager", "opencv": "opencv_dnn"}
+    out: list[str] = []
+    for p in peers:
+        if p == "int8":
+            out += list(INT8_PEERS)
+        else:
+            out.append(aliases.get(p, p) or p)
+    return tuple(dict.fromkeys(out))

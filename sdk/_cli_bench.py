@@ -1,0 +1,87 @@
+"""CLI command ``skulens bench``: the runtime benchmark (runtime_bench), with a compare-only mode.
+
+Only the torch-free ``runtime_bench.config`` is imported to build the flags; the benchmark
+itself runs its PyTorch peer in a separate process.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from ._cli import add_dataclass_flags
+from ._errors import SkulensError
+
+_LIST_FLAGS = ("threads", "batch", "e2e_batch", "peers")
+QUICK = {"rounds": 4, "round_time": 0.1, "warmup_time": 0.1, "eval_limit": 200, "cold_start_repeats": 1}
+
+
+def register(sub) -> None:
+    from runtime_bench.config import PEERS, BenchConfig
+
+    p = sub.add_parser("bench", help="accuracy, latency, throughput, memory and size of a model beside "
+                       "its peers (ORT fp32/INT8, PyTorch, OpenCV DNN) on this CPU")
+    p.add_argument("model", nargs="?", help="the ONNX model under test (fp32 or INT8)")
+    add_dataclass_flags(p, BenchConfig, skip=("model",) + _LIST_FLAGS)
+    p.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts (default: 1,2)")
+    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
+    p.add_argument("--e2e-batch", default="1", help="batch sizes of the end-to-end JPEG -> top-k timing "
+                   "(default: 1; empty string: none)")
+    p.add_argument("--peers", default="all", help=f"comma-separated, from {', '.join(PEERS)} "
+                   "(aliases: fp32, int8, u8s8, s8s8, torch, opencv; default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and images: " +
+                   ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--compare", metavar="RESULT.json", help="only compare a saved result with --baseline "
+                   "(no measurement)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown report")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from runtime_bench._report import compare_with_baseline, load_json
+    from runtime_bench.config import BenchConfig, parse_int_list, parse_peers
+
+    if args.compare:
+        if not args.baseline:
+            raise SkulensError("--compare needs --baseline FILE")
+        report = compare_with_baseline(load_json(args.compare), load_json(args.baseline),
+                                       args.tolerance, args.accuracy_tolerance_pp)
+        _print_comparison(report, as_json=args.json)
+        return 0 if report["ok"] else 1
+    if not args.model:
+        raise SkulensError("bench needs a MODEL.onnx (or --compare RESULT.json --baseline FILE)")
+    import dataclasses
+
+    from runtime_bench import run_benchmark
+
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)
+              if f.name not in _LIST_FLAGS and hasattr(args, f.name)}
+    try:
+        kwargs.update(threads=parse_int_list(args.threads), batch=parse_int_list(args.batch),
+                      e2e_batch=parse_int_list(args.e2e_batch), peers=parse_peers(args.peers))
+        if args.quick:
+            kwargs.update(QUICK)
+        cfg = BenchConfig(**kwargs)
+    except ValueError as exc:
+        raise SkulensError(str(exc)) from None
+    result = run_benchmark(cfg)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from runtime_bench._report import markdown
+
+        print(markdown(result))
+        print(f"written: {cfg.out}/bench.json, {cfg.out}/bench.md"
+              + "".join(f", {cfg.out}/{c}" for c in result.get("charts", [])), file=sys.stderr)
+    bc = result.get("baseline_comparison")
+    return 0 if not bc or bc["ok"] else 1
+
+
+def _print_comparison(report: dict, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for r in report["rows"]:
+        print(f"{'REGRESSED' if r['regressed'] else 'ok':9} {r['id']}: {r['baseline']} -> {r['current']}"
+              + (f"  ({r['why']})" if r.get("why") else ""))
+    print(f"{'OK' if report['ok'] else 'REGRESSION'}: {len(report['regressions'])} of {report['checked']} "
+          f"checks regressed (tolerance {report['tolerance']:.0%})")
