@@ -34,6 +34,8 @@ class TrainConfig:
     freeze_backbone: int = 0          # epochs training only the head first
     resume: bool = False
     cache_size: int | None = None     # shorter side of cached train images (default 2 x input)
+    gan_augment: str | None = None    # generator .onnx: mix its images into training (off by default)
+    gan_augment_ratio: float = 1.0    # synthetic images per real image of each class, per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model_kwargs: dict = field(default_factory=dict)
 

@@ -61,12 +61,14 @@ class TrainSet(TorchDataset):
         self.images, self.labels = images, labels
         self.cfg, self.augment_cfg, self.seed = cfg, augment_cfg, seed
         self.epoch = 0
-        self.extra = extra  # optional callable(index, rng) -> (image, label) for synthetic samples
+        self.extra = extra  # optional sized callable(index, rng) -> (image, label): synthetic samples
 
     def __len__(self):
-        return len(self.images)
+        return len(self.images) + (len(self.extra) if self.extra is not None else 0)
 
     def __getitem__(self, i):
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        img = augment(self.images[i], self.cfg.input_size, self.augment_cfg, rng)
-        return torch.from_numpy(self.cfg.apply(img)), self.labels[i]
+        n = len(self.images)
+        image, label = self.extra(i - n, rng) if i >= n else (self.images[i], self.labels[i])
+        img = augment(image, self.cfg.input_size, self.augment_cfg, rng)
+        return torch.from_numpy(self.cfg.apply(img)), label

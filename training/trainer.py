@@ -118,7 +118,11 @@ def train(cfg: TrainConfig) -> dict:
         images = load_images(train_samples, cfg.cache_size or 2 * cfg.input_size, progress=bar.update)
         x_val = eval_tensors(val_samples, pre, progress=bar.update)
     y_val = torch.tensor([s.label for s in val_samples])
-    train_set = TrainSet(images, [s.label for s in train_samples], pre, cfg.augment, seed=cfg.seed)
+    extra = None
+    if cfg.gan_augment:  # synthetic images from an exported generator (training/gan/augment_hook.py)
+        from .gan.augment_hook import GanAugment
+        extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed)
+    train_set = TrainSet(images, [s.label for s in train_samples], pre, cfg.augment, seed=cfg.seed, extra=extra)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
                      num_workers=cfg.num_workers, generator=gen)

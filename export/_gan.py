@@ -1,0 +1,185 @@
+"""GAN checkpoint -> self-describing generator ONNX (+ INT8 behind a quality gate).
+
+    report = export_generator("runs/gan/last.pt", "gen.onnx", int8=True)
+
+writes ``gen.onnx`` (fp32, inputs ``z`` [batch, z_dim] float32 and ``label`` [batch] int64,
+output ``images`` [batch, C, H, W] in [-1, 1]) and ``gen.report.json``. With ``int8`` the model
+is quantized (static QDQ, calibrated on N(0, 1) latents over every class) and compared with fp32
+on fixed seeds through the SDK: PSNR of the uint8 images and, when a classifier checkpoint is
+known, the relative distance of its penultimate features. INT8 ships as ``gen.int8.onnx`` only
+if it passes; otherwise it is kept as ``gen.int8.rejected.onnx`` and the report says why.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from sdk._generator import GeneratorOptions, ImageGenerator
+from sdk._metadata import ModelMetadata
+from training.checkpoint import atomic_write, load_checkpoint
+from training.gan.trainer import generator_from_checkpoint
+
+from ._onnx import DEFAULT_OPSET, file_size, io_spec, sha256_file, torch_to_onnx, write_metadata
+from ._pipeline import _provenance, int8_path_for
+from ._quantize import quantize_int8
+
+log = logging.getLogger(__name__)
+LATENT = "N(0, 1): numpy.random.default_rng(seed).standard_normal((n, z_dim)).astype(float32)"
+
+
+def rejected_path_for(out) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".int8.rejected" + out.suffix)
+
+
+def generator_metadata(ckpt: dict, out, checkpoint_path, **extra) -> ModelMetadata:
+    gk = ckpt["gen_kwargs"]
+    info = {"z_dim": gk["z_dim"], "output_size": [gk["image_size"], gk["image_size"]],
+            "channels": gk["channels"], "channel_order": ckpt["output"]["channel_order"],
+            "value_range": list(ckpt["output"]["value_range"]), "layout": "NCHW", "latent": LATENT,
+            "num_classes": gk["num_classes"]}
+    base = dict(kind="generator", labels=tuple(ckpt["labels"]), model_name=ckpt["model_name"],
+                io=io_spec(out), generator=info, provenance={**_provenance(checkpoint_path),
+                                                             "dataset": ckpt.get("dataset")},
+                metrics={"training": training_summary(ckpt)})
+    base.update(extra)
+    return ModelMetadata(**base)
+
+
+def training_summary(ckpt: dict) -> dict:
+    """What the generator was trained on (n_train lets users see how much real data it saw)."""
+    return {"n_train": ckpt.get("n_train"), "class_counts": ckpt.get("class_counts"),
+            "epochs": ckpt["epoch"] + 1, "steps": ckpt.get("step"),
+            "train_seconds": round(ckpt.get("train_seconds", 0.0), 1)}
+
+
+def fixed_inputs(z_dim: int, num_classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` latents per class from numpy seed ``seed`` (the SDK's RNG)."""
+    n = per_class * num_classes
+    z = np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
+    return z, labels
+
+
+def quality_gate(fp32_path, int8_path, *, psnr_min: float = 30.0, feature_max: float = 0.10,
+                 classifier=None, per_class: int = 8, seed: int = 1234, threads: int = 1) -> dict:
+    """Compare INT8 with fp32 on fixed seeds through the SDK (uint8 images, as users get them).
+
+    Passes when PSNR >= ``psnr_min`` dB and, if ``classifier`` (a classifier checkpoint) is
+    given, the relative feature distance <= ``feature_max`` (see
+    :func:`training.gan.metrics.relative_feature_distance`)."""
+    from training.gan.metrics import FeatureExtractor, psnr, relative_feature_distance
+
+    opts = GeneratorOptions(num_threads=threads)
+    with ImageGenerator.from_path(fp32_path, opts) as g32, ImageGenerator.from_path(int8_path, opts) as g8:
+        z, labels = fixed_inputs(g32.z_dim, len(g32.labels), per_class, seed)
+        a, b = g32.to_images(g32.run(z, labels)), g8.to_images(g8.run(z, labels))
+    per_image = [psnr(x, y) for x, y in zip(a, b)]
+    result = {"psnr_db": round(psnr(a, b), 3), "psnr_min_image_db": round(min(per_image), 3),
+              "psnr_threshold_db": psnr_min, "n_images": len(a), "seed": seed,
+              "per_class": per_class}
+    reasons = []
+    if result["psnr_db"] < psnr_min:
+        reasons.append(f"PSNR {result['psnr_db']:.2f} dB < {psnr_min} dB")
+    if classifier:
+        extract = FeatureExtractor(classifier)
+        f32, l32 = extract(a)
+        f8, l8 = extract(b)
+        dist = relative_feature_distance(f8, f32)
+        result.update(classifier=str(classifier), feature_distance=round(dist, 4),
+                      feature_threshold=feature_max,
+                      classifier_top1_agreement=float((l32.argmax(1) == l8.argmax(1)).mean()))
+        if dist > feature_max:
+            reasons.append(f"classifier-feature distance {dist:.3f} > {feature_max}")
+    else:
+        result["feature_distance"] = None
+        result["feature_note"] = "no classifier checkpoint known: feature check skipped (PSNR only)"
+    result["passed"] = not reasons
+    result["reason"] = "; ".join(reasons) if reasons else "passed"
+    return result
+
+
+def export_generator(checkpoint, out, *, int8: bool = False, data: str | None = None,
+                     calibration_size: int = 256, activation_type: str = "auto",
+                     calibrate_method: str = "minmax", eval_split: str = "test",
+                     eval_limit: int | None = None, opset: int = DEFAULT_OPSET, threads: int = 0,
+                     psnr_min: float = 30.0, feature_max: float = 0.10, classifier=None) -> dict:
+    """Export a GAN checkpoint's EMA generator to ``out``; with ``int8`` also try INT8.
+
+    Takes the same keyword arguments as ``export_classifier`` (``data``, ``eval_split`` and
+    ``eval_limit`` are unused: a generator is checked against its own fp32 output)."""
+    out = Path(out)
+    ckpt = load_checkpoint(checkpoint)
+    gen = generator_from_checkpoint(ckpt)
+    gk = ckpt["gen_kwargs"]
+    k = gk["num_classes"]
+    classifier = classifier or ckpt.get("classifier")
+    if classifier and not Path(classifier).is_file():
+        log.warning("classifier %s (from the GAN checkpoint) not found: feature gate skipped", classifier)
+        classifier = None
+    report: dict = {"checkpoint": str(checkpoint), "kind": "generator", "model": ckpt["model_name"],
+                    "opset": opset, "num_classes": k, "fp32": {"path": str(out)}}
+
+    example = (torch.zeros(2, gk["z_dim"]), torch.tensor([0, min(1, k - 1)], dtype=torch.int64))
+    torch_to_onnx(gen, example, out, input_names=("z", "label"), output_names=("images",), opset=opset)
+    z, labels = fixed_inputs(gk["z_dim"], k, 4, seed=0)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = gen(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+    got = sess.run(None, {"z": z, "label": labels})[0]
+    report["parity_max_abs_diff"] = float(np.abs(ref - got).max())
+    report["output_shape"] = list(got.shape[1:])
+    write_metadata(out, generator_metadata(ckpt, out, checkpoint))
+    report["fp32"].update(size_bytes=file_size(out), sha256=sha256_file(out))
+
+    if int8:
+        report["int8"] = _int8(out, checkpoint, ckpt, calibration_size, activation_type, calibrate_method,
+                               psnr_min, feature_max, classifier, report["fp32"]["sha256"])
+    report["shipped"] = [str(out)] + ([report["int8"]["path"]] if int8 and report["int8"]["shipped"] else [])
+    report_path = out.with_name(out.stem + ".report.json")
+    atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    report["report_path"] = str(report_path)
+    return report
+
+
+def _int8(out, checkpoint, ckpt, calibration_size, activation_type, calibrate_method, psnr_min,
+          feature_max, classifier, parent_sha) -> dict:
+    gk = ckpt["gen_kwargs"]
+    act = "u8" if activation_type == "auto" else activation_type
+    per_class = max(1, math.ceil(calibration_size / gk["num_classes"]))
+    z, labels = fixed_inputs(gk["z_dim"], gk["num_classes"], per_class, seed=2)
+    shipped, rejected = int8_path_for(out), rejected_path_for(out)
+    quantize_int8(out, rejected, {"z": z, "label": labels}, activation_type=act,
+                  calibrate_method=calibrate_method)
+    qsettings = {"format": "QDQ", "weights": "s8 per-channel symmetric", "activations": act,
+                 "calibrate_method": calibrate_method, "calibration_latents": len(z),
+                 "tool": f"onnxruntime.quantization {ort.__version__}"}
+    if activation_type == "auto":
+        qsettings["activation_choice"] = "auto -> u8 (no timing-based choice for two-input generators)"
+
+    def meta(gate):
+        return generator_metadata(ckpt, rejected, checkpoint, quantization=qsettings, parent_sha256=parent_sha,
+                                  metrics={"training": training_summary(ckpt), "int8_gate": gate})
+
+    write_metadata(rejected, meta(None))
+    gate = quality_gate(out, rejected, psnr_min=psnr_min, feature_max=feature_max, classifier=classifier)
+    write_metadata(rejected, meta(gate))
+    result = {"quantization": qsettings, "gate": gate, "shipped": gate["passed"]}
+    if gate["passed"]:
+        os.replace(rejected, shipped)
+        result.update(path=str(shipped), reason="INT8 passed the quality gate")
+    else:
+        if shipped.exists():  # never leave an older INT8 file that looks shipped
+            shipped.unlink()
+        result.update(path=str(rejected), reason=f"INT8 not shipped: {gate['reason']}; shipping fp32 only")
+        log.warning("INT8 generator rejected (%s); kept for inspection as %s", gate["reason"], rejected)
+    result["size_bytes"] = file_size(result["path"])
+    result["sha256"] = sha256_file(result["path"])
+    return result

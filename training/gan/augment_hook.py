@@ -1,0 +1,56 @@
+"""``skulens train --gan-augment GEN.onnx``: mix generated images into classifier training.
+
+:class:`GanAugment` is the ``extra`` hook of :class:`training.data.TrainSet`: a sized callable
+``(index, rng) -> (BGR uint8 image, label)``. For each training class that the generator
+knows (matched by label name), ``round(ratio * n_real)`` synthetic slots are added per epoch;
+each slot draws one image from a pre-generated pool (``pool_factor`` x larger, fixed seeds) with
+the sample's own rng, so epochs see different synthetic images and results do not depend on
+the number of loader workers. The classical augmentation is applied to them as to real images.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+
+from sdk._generator import GeneratorOptions, ImageGenerator
+
+log = logging.getLogger(__name__)
+
+
+class GanAugment:
+    def __init__(self, model_path, classes, real_labels, ratio: float = 1.0, seed: int = 0,
+                 pool_factor: int = 4):
+        if ratio <= 0:
+            raise ValueError(f"gan_augment_ratio must be > 0, got {ratio}")
+        counts = Counter(int(v) for v in real_labels)
+        self.pools: dict[int, np.ndarray] = {}
+        slots = []
+        with ImageGenerator.from_path(model_path, GeneratorOptions(num_threads=1)) as gen:
+            known = set(gen.labels)
+            missing = [c for c in classes if c not in known]
+            if len(missing) == len(classes):
+                raise ValueError(f"{model_path}: the generator knows none of the training classes "
+                                 f"(it has {list(gen.labels)[:5]}...)")
+            if missing:
+                log.warning("gan-augment: the generator does not know %d classes (e.g. %s); they get "
+                            "no synthetic images", len(missing), missing[:5])
+            for c, name in enumerate(classes):
+                n = round(ratio * counts.get(c, 0))
+                if name not in known or n == 0:
+                    continue
+                self.pools[c] = gen.generate(name, n=n * pool_factor, seed=seed * 100_003 + c)
+                slots += [c] * n
+        self.slot_labels = np.array(slots, dtype=np.int64)
+        self.source = str(model_path)
+        log.info("gan-augment: %d synthetic images per epoch from %s (ratio %.2f, pools of %dx)",
+                 len(self), model_path, ratio, pool_factor)
+
+    def __len__(self) -> int:
+        return len(self.slot_labels)
+
+    def __call__(self, index: int, rng) -> tuple[np.ndarray, int]:
+        label = int(self.slot_labels[index])
+        pool = self.pools[label]
+        return pool[int(rng.integers(len(pool)))], label

@@ -1,0 +1,159 @@
+"""Class-conditional DCGAN-family generator and projection discriminator (Miyato & Koyama 2018).
+
+Generator  (z [B, z_dim], label [B]) -> images [B, C, S, S] in [-1, 1], RGB or gray:
+    e = embed(label); h = fc([z, e]) -> [B, W, s0, s0]; then ``n_up`` blocks of
+    nearest-upsample x2 -> conv3x3 -> class-conditional BatchNorm(e) -> ReLU, halving the width;
+    finally conv3x3 -> tanh. ``s0 * 2**n_up == S``: the output really has the configured size.
+Discriminator (images, label) -> score [B]:
+    spectral-norm convs (LeakyReLU, stride-2 downsampling) -> ReLU -> sum-pool features h;
+    score = linear(h) + <embed(label), h> (projection conditioning).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def upsampling_plan(image_size: int) -> tuple[int, int]:
+    """(s0, n_up): the starting side and the number of x2 upsamplings that reach ``image_size``.
+    Upsamples while the side stays even and the start stays >= 3 (64 -> 4x16, 48 -> 3x16, 28 -> 7x4)."""
+    if image_size < 8 or image_size % 4:
+        raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {image_size}")
+    s0, n_up = image_size, 0
+    while s0 % 2 == 0 and s0 // 2 >= 3:
+        s0 //= 2
+        n_up += 1
+    return s0, n_up
+
+
+class CondBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine; gain and bias are linear functions of the class embedding."""
+
+    def __init__(self, channels: int, embed_dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Linear(embed_dim, channels)
+        self.bias = nn.Linear(embed_dim, channels)
+        for lin in (self.gain, self.bias):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x, e):
+        return self.bn(x) * (1 + self.gain(e))[:, :, None, None] + self.bias(e)[:, :, None, None]
+
+
+class UpBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, embed_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.norm = CondBatchNorm2d(cout, embed_dim)
+
+    def forward(self, x, e):
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.relu(self.norm(self.conv(x), e))
+
+
+class Generator(nn.Module):
+    def __init__(self, num_classes: int, z_dim: int = 128, image_size: int = 64, channels: int = 3,
+                 width: int = 256, embed_dim: int = 64, min_width: int = 16):
+        super().__init__()
+        self.num_classes, self.z_dim, self.image_size, self.channels = num_classes, z_dim, image_size, channels
+        self.s0, n_up = upsampling_plan(image_size)
+        self.width = width
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.fc = nn.Linear(z_dim + embed_dim, width * self.s0 * self.s0)
+        self.norm0 = CondBatchNorm2d(width, embed_dim)
+        blocks, cin = [], width
+        for _ in range(n_up):
+            cout = max(min_width, cin // 2)
+            blocks.append(UpBlock(cin, cout, embed_dim))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.out = nn.Conv2d(cin, channels, 3, 1, 1)
+
+    def forward(self, z, label):  # z [B, z_dim] float32, label [B] int64 -> [B, C, S, S] in [-1, 1]
+        e = self.embed(label)
+        h = self.fc(torch.cat([z, e], dim=1)).reshape(-1, self.width, self.s0, self.s0)
+        h = F.relu(self.norm0(h, e))
+        for block in self.blocks:
+            h = block(h, e)
+        return torch.tanh(self.out(h))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, num_classes: int, image_size: int = 64, channels: int = 3, width: int = 64,
+                 max_width: int = 512):
+        super().__init__()
+        layers = [spectral_norm(nn.Conv2d(channels, width, 3, 1, 1)), nn.LeakyReLU(0.2)]
+        side, cin = image_size, width
+        while side % 2 == 0 and side // 2 >= 3:
+            cout = min(max_width, cin * 2)
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 3, 2, 1)), nn.LeakyReLU(0.2)]
+            side, cin = side // 2, cout
+        self.body = nn.Sequential(*layers)
+        self.num_features = cin
+        self.linear = spectral_norm(nn.Linear(cin, 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, cin))
+
+    def features(self, x):  # [B, C, S, S] -> [B, F] (sum-pooled)
+        return F.relu(self.body(x)).sum(dim=(2, 3))
+
+    def forward(self, x, label):  # -> [B] real/fake score (hinge loss)
+        h = self.features(x)
+        return self.linear(h).squeeze(1) + (self.embed(label) * h).sum(dim=1)
+
+
+def gen_kwargs(cfg, num_classes: int) -> dict:
+    """Generator constructor arguments from a GanConfig (stored in checkpoints)."""
+    return {"num_classes": num_classes, "z_dim": cfg.z_dim, "image_size": cfg.image_size,
+            "channels": cfg.channels, "width": cfg.g_width, "embed_dim": cfg.embed_dim}
+
+
+def disc_kwargs(cfg, num_classes: int) -> dict:
+    return {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels,
+            "width": cfg.d_width}
+
+
+class EMA:
+    """Exponential moving average of a generator's parameters (buffers are recomputed with
+    :func:`standing_stats` before the EMA generator is used)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        # warm-up: early on the average follows the (fast-changing) generator closely
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - d)
+
+
+@torch.no_grad()
+def standing_stats(gen: Generator, label_pool: torch.Tensor, batches: int = 16, batch_size: int = 64,
+                   seed: int = 0) -> Generator:
+    """Recompute BatchNorm running statistics of ``gen`` from its own samples (exact average over
+    ``batches`` batches), then put it in eval mode. Labels are drawn from ``label_pool``."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in gen.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    gen.train()
+    for _ in range(batches):
+        z = torch.randn(batch_size, gen.z_dim, generator=g)
+        y = label_pool[torch.randint(len(label_pool), (batch_size,), generator=g)]
+        gen(z, y)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    return gen.eval()

@@ -1,0 +1,211 @@
+"""Training the class-conditional GAN, top to bottom.
+
+    cfg = GanConfig(data="path/to/dataset", image_size=64, epochs=100)
+    metrics = train_gan(cfg)   # writes last.pt, samples/epoch_XXXX.png, losses.png, metrics.json
+
+Per step (hinge loss, n_dis = 1): fake = G(z, y) with the real batch's labels y;
+D step on DiffAugment(real) vs DiffAugment(fake.detach()); G step on D(DiffAugment(fake));
+EMA update of G. Per epoch: BatchNorm standing statistics of the EMA generator, a fixed-noise
+grid (one row per chosen class, one column per latent vector), an atomic checkpoint (the EMA
+generator is what gets exported), the loss curves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm as _tqdm
+
+import sdk
+from sdk import DatasetError
+from sdk._generator import make_grid, write_png
+
+from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .config import GanConfig
+from .data import RealImages, load_real, parse_classes, select_classes
+from .diffaug import diff_augment
+from .models import EMA, Discriminator, Generator, disc_kwargs, gen_kwargs, standing_stats
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "cdcgan"
+
+
+def tqdm(*args, **kwargs):
+    return _tqdm(*args, disable=None, **kwargs)
+
+
+def to_bgr_uint8(x: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] (RGB or gray) -> uint8 OpenCV images (BGR or gray), as the SDK does."""
+    a = torch.clamp(torch.round((x.detach().float() + 1) * 127.5), 0, 255).to(torch.uint8).numpy()
+    a = a.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a[..., ::-1])
+
+
+def generator_from_checkpoint(ckpt: dict, ema: bool = True) -> Generator:
+    """The (EMA) generator of a GAN checkpoint, weights loaded, eval mode."""
+    if ckpt.get("kind") != "generator":
+        raise sdk.ModelError(f"checkpoint is a {ckpt.get('kind', 'classifier')} checkpoint, not a generator")
+    gen = Generator(**ckpt["gen_kwargs"])
+    gen.load_state_dict(ckpt["generator_ema" if ema else "generator"])
+    return gen.eval()
+
+
+def _save_losses(history: list[dict], path) -> Path:
+    from ..plots import _plt
+
+    plt = _plt()
+    ep = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(ep, [h["loss_d"] for h in history], label="D hinge loss")
+    ax1.plot(ep, [h["loss_g"] for h in history], label="G loss")
+    ax1.set(xlabel="epoch", ylabel="loss", title="losses (epoch means)")
+    ax1.legend()
+    ax2.plot(ep, [h["d_real"] for h in history], label="D(real)")
+    ax2.plot(ep, [h["d_fake"] for h in history], label="D(fake)")
+    ax2.axhline(0, color="grey", lw=0.5)
+    ax2.set(xlabel="epoch", ylabel="score", title="discriminator scores (augmented inputs)")
+    ax2.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return Path(path)
+
+
+def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
+    """Train per ``cfg`` (on ``real`` if given, else on ``cfg.data``); returns the metrics dict."""
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if real is None:
+        real = load_real(cfg.data, cfg.image_size, cfg.channels)
+    real = select_classes(real, parse_classes(cfg.classes, real.classes))
+    if real.images.shape[1:] != (cfg.channels, cfg.image_size, cfg.image_size):
+        raise DatasetError(f"real images are {tuple(real.images.shape[1:])}, the GAN makes "
+                           f"{(cfg.channels, cfg.image_size, cfg.image_size)}")
+    counts = real.counts()
+    if len(real) == 0 or len(real.classes) < 1:
+        raise DatasetError(f"{cfg.data}: no training images")
+    log.info("GAN data: %d images, %d classes (%s), %dx%d x%d", len(real), len(real.classes),
+             real.source, cfg.image_size, cfg.image_size, cfg.channels)
+    if min(counts) == 0:
+        log.warning("classes without images: %s", [c for c, n in zip(real.classes, counts) if n == 0])
+
+    k = len(real.classes)
+    gk, dk = gen_kwargs(cfg, k), disc_kwargs(cfg, k)
+    G, D = Generator(**gk), Discriminator(**dk)
+    ema = EMA(G, cfg.ema_decay)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    rng = torch.Generator().manual_seed(cfg.seed)
+    grid_ids = parse_classes(cfg.grid_classes, real.classes)[:64] if cfg.grid_classes else list(range(min(k, 10)))
+    fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    history, start_epoch, step, elapsed_before = [], 0, 0, 0.0
+
+    last = out / "last.pt"
+    if cfg.resume and last.is_file():
+        ckpt = load_checkpoint(last)
+        if ckpt.get("kind") != "generator" or ckpt["labels"] != real.classes or ckpt["gen_kwargs"] != gk:
+            raise DatasetError(f"{last} was trained with another class set or architecture; use a new --out")
+        G.load_state_dict(ckpt["generator"])
+        D.load_state_dict(ckpt["discriminator"])
+        ema.model.load_state_dict(ckpt["generator_ema"])
+        ema.updates = ckpt["ema_updates"]
+        opt_g.load_state_dict(ckpt["optimizer_g"])
+        opt_d.load_state_dict(ckpt["optimizer_d"])
+        rng.set_state(ckpt["rng"])
+        history, start_epoch, step = ckpt["history"], ckpt["epoch"] + 1, ckpt["step"]
+        elapsed_before = ckpt.get("train_seconds", 0.0)
+        log.info("resumed from %s at epoch %d", last, start_epoch)
+
+    def state(epoch: int, seconds: float) -> dict:
+        return {"kind": "generator", "model_name": MODEL_NAME, "gen_kwargs": gk, "disc_kwargs": dk,
+                "generator_ema": ema.model.state_dict(), "generator": G.state_dict(),
+                "discriminator": D.state_dict(), "ema_updates": ema.updates,
+                "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(), "rng": rng.get_state(),
+                "labels": list(real.classes), "class_counts": counts, "n_train": len(real),
+                "output": {"channel_order": "GRAY" if cfg.channels == 1 else "RGB", "value_range": [-1.0, 1.0],
+                           "layout": "NCHW"},
+                "train_config": cfg.to_dict(), "epoch": epoch, "step": step, "history": history,
+                "train_seconds": seconds, "dataset": str(real.source), "classifier": cfg.classifier,
+                "skulens_version": sdk.__version__, "torch_version": str(torch.__version__)}
+
+    steps = cfg.steps_per_epoch or max(1, len(real) // cfg.batch_size)
+    policies = cfg.policies
+    labels_all = torch.arange(k)
+    t_train = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        G.train()
+        sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        bar = tqdm(range(steps), desc=f"gan epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        for _ in bar:
+            idx = torch.randint(len(real), (cfg.batch_size,), generator=rng)
+            x_real = real.images[idx].float() / 127.5 - 1           # [B, C, S, S] in [-1, 1]
+            if cfg.hflip:
+                flip = torch.rand(cfg.batch_size, generator=rng) < 0.5
+                x_real = torch.where(flip[:, None, None, None], x_real.flip(3), x_real)
+            y = real.labels[idx]
+            z = torch.randn(cfg.batch_size, cfg.z_dim, generator=rng)
+            fake = G(z, y)
+
+            # discriminator: hinge loss on augmented real and fake (one forward pass)
+            for p in D.parameters():
+                p.requires_grad_(True)
+            scores = D(torch.cat([diff_augment(x_real, policies, rng),
+                                  diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y]))
+            d_real, d_fake = scores[:cfg.batch_size], scores[cfg.batch_size:]
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            # generator: non-saturating hinge generator loss through the same augmentation
+            for p in D.parameters():
+                p.requires_grad_(False)
+            loss_g = -D(diff_augment(fake, policies, rng), y).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            ema.update(G)
+            step += 1
+            for key, v in (("loss_d", loss_d), ("loss_g", loss_g), ("d_real", d_real.mean()),
+                           ("d_fake", d_fake.mean())):
+                sums[key] += float(v)
+            bar.set_postfix(d=f"{float(loss_d):.3f}", g=f"{float(loss_g):.3f}")
+
+        standing_stats(ema.model, labels_all, seed=cfg.seed)
+        seconds = elapsed_before + time.perf_counter() - t_train
+        record = {"epoch": epoch + 1, "step": step, **{key: v / steps for key, v in sums.items()},
+                  "seconds": round(seconds, 1)}
+        history.append(record)
+        log.info("gan epoch %d/%d  D %.3f  G %.3f  D(real) %.2f  D(fake) %.2f  (%.0fs)", epoch + 1,
+                 cfg.epochs, record["loss_d"], record["loss_g"], record["d_real"], record["d_fake"], seconds)
+        with torch.no_grad():
+            zs = fixed_z.repeat(len(grid_ids), 1)
+            ys = torch.tensor(grid_ids).repeat_interleave(cfg.grid_per_class)
+            tiles = to_bgr_uint8(ema.model(zs, ys))
+        scale = max(1, 64 // cfg.image_size)
+        write_png(out / "samples" / f"epoch_{epoch + 1:04d}.png",
+                  make_grid(list(tiles), ncol=cfg.grid_per_class, scale=scale,
+                            row_labels=[real.classes[i] for i in grid_ids]))
+        save_checkpoint(last, state(epoch, seconds))
+        _save_losses(history, out / "losses.png")
+
+    if not history:
+        raise DatasetError(f"{out}: nothing to train (epochs={cfg.epochs}, already at epoch {start_epoch})")
+    metrics = {"model": MODEL_NAME, "num_classes": k, "n_train": len(real), "class_counts": counts,
+               "epochs": cfg.epochs, "steps": step, "image_size": cfg.image_size, "channels": cfg.channels,
+               "g_params": sum(p.numel() for p in G.parameters()),
+               "d_params": sum(p.numel() for p in D.parameters()),
+               "train_seconds": history[-1]["seconds"], "total_seconds": round(time.perf_counter() - t_start, 1),
+               "final": history[-1], "checkpoint": str(last)}
+    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {**metrics, "history": history, "config": cfg.to_dict()}, indent=2)))
+    return metrics
