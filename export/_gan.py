@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from sdk._generator import GeneratorOptions, ImageGenerator
 from sdk._metadata import ModelMetadata
 from training.checkpoint import atomic_write, load_checkpoint
+from training.gan.models import fold_generator_batchnorm
 from training.gan.trainer import generator_from_checkpoint
 
 from ._onnx import DEFAULT_OPSET, file_size, io_spec, sha256_file, torch_to_onnx, write_metadata
@@ -127,12 +129,15 @@ def export_generator(checkpoint, out, *, int8: bool = False, data: str | None = 
     report: dict = {"checkpoint": str(checkpoint), "kind": "generator", "model": ckpt["model_name"],
                     "opset": opset, "num_classes": k, "fp32": {"path": str(out)}}
 
-    example = (torch.zeros(2, gk["z_dim"]), torch.tensor([0, min(1, k - 1)], dtype=torch.int64))
-    torch_to_onnx(gen, example, out, input_names=("z", "label"), output_names=("images",), opset=opset)
     z, labels = fixed_inputs(gk["z_dim"], k, 4, seed=0)
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
+    with torch.no_grad():  # reference: the checkpoint's generator as trained (before folding)
         ref = gen(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+    gen = fold_generator_batchnorm(gen)
+    example = (torch.zeros(2, gk["z_dim"]), torch.tensor([0, min(1, k - 1)], dtype=torch.int64))
+    with warnings.catch_warnings():  # z and label share the batch axis; torch notes it renames one
+        warnings.filterwarnings("ignore", message=r".*shares the same shape constraints.*", category=UserWarning)
+        torch_to_onnx(gen, example, out, input_names=("z", "label"), output_names=("images",), opset=opset)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"z": z, "label": labels})[0]
     report["parity_max_abs_diff"] = float(np.abs(ref - got).max())
     report["output_shape"] = list(got.shape[1:])

@@ -5,6 +5,7 @@ Depends on numpy, opencv-python-headless and onnxruntime only (never torch).
 from ._classifier import Category, ClassificationResult, ClassifierOptions, ImageClassifier
 from ._dataset import load_dataset
 from ._errors import DatasetError, ImageError, MissingExtraError, ModelError, SkulensError
+from ._generator import GeneratorOptions, ImageGenerator
 from ._image import decode_image
 from ._preprocess import PreprocessConfig
 from ._stream import FrameClassifier, FrameClassifierOptions, FrameResult, RunningMode, RunningModeError, StreamError
@@ -15,5 +16,6 @@ __all__ = [
     "PreprocessConfig", "decode_image", "load_dataset",
     "SkulensError", "ImageError", "ModelError", "DatasetError", "MissingExtraError",
     "FrameClassifier", "FrameClassifierOptions", "FrameResult", "RunningMode", "RunningModeError", "StreamError",
+    "ImageGenerator", "GeneratorOptions",
     "__version__",
 ]

@@ -75,7 +75,12 @@ def _export(args) -> int:
     from export.config import ExportConfig
 
     cfg = dataclass_from_args(ExportConfig, args)
-    report = export_classifier(**dataclasses.asdict(cfg))
+    from training.checkpoint import load_checkpoint  # dispatch on the checkpoint's kind
+    if load_checkpoint(cfg.checkpoint).get("kind", "classifier") == "generator":
+        from export._gan import export_generator
+        report = export_generator(**dataclasses.asdict(cfg))
+    else:
+        report = export_classifier(**dataclasses.asdict(cfg))
     print(json.dumps(report, indent=2))
     return 0
 

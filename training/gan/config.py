@@ -79,3 +79,43 @@ class GanConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class GanEvalConfig:
+    """Options of :func:`training.gan.evaluate_gan` (``skulens gan eval`` flags).
+
+    generator: the fp32 generator .onnx; data: the dataset it was trained on (its train and test
+    splits are the real sets); classifier: a classifier checkpoint trained on ``data`` (feature
+    space for FID, and the recipe reused for CAS and the low-data arms).
+    int8: the INT8 generator to time (default: <generator>.int8.onnx or .int8.rejected.onnx).
+    lowdata_data / lowdata_generator: the low-data subset and a generator trained ONLY on it;
+    lowdata_epochs: epochs of the real-only arm; equal_steps: give the +GAN arm the same number
+    of optimiser steps (fewer epochs) instead of the same number of epochs.
+    """
+
+    generator: str
+    data: str
+    classifier: str
+    out: str = "runs/gan_eval"
+    int8: str | None = None
+    lowdata_data: str | None = None
+    lowdata_generator: str | None = None
+    seeds: int = 3
+    lowdata_epochs: int = 60
+    gan_ratio: float = 1.0
+    equal_steps: bool = True
+    cas: bool = True
+    latency: bool = True
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.seeds < 1 or self.lowdata_epochs < 1 or self.gan_ratio <= 0 or self.threads < 0:
+            raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio > 0, threads >= 0")
+        if bool(self.lowdata_data) != bool(self.lowdata_generator):
+            raise GanConfigError("give both --lowdata-data and --lowdata-generator (a generator "
+                                 "trained only on that low-data subset), or neither")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -157,3 +157,30 @@ def standing_stats(gen: Generator, label_pool: torch.Tensor, batches: int = 16, 
     for bn, m in zip(bns, momenta):
         bn.momentum = m
     return gen.eval()
+
+
+@torch.no_grad()
+def fold_generator_batchnorm(gen: Generator) -> Generator:
+    """Fold every (eval-mode) BatchNorm of ``gen`` into the layer before it, in place: the fc
+    rows of each channel for the first one, the conv for the others. Same outputs, fewer nodes
+    (and no per-channel quantization of BatchNorm vectors)."""
+    gen.eval()
+
+    def scale_shift(bn: nn.BatchNorm2d):
+        a = torch.rsqrt(bn.running_var + bn.eps)
+        return a, -bn.running_mean * a
+
+    if isinstance(gen.norm0.bn, nn.BatchNorm2d):
+        a, b = scale_shift(gen.norm0.bn)
+        per = gen.s0 * gen.s0
+        w = gen.fc.weight.view(gen.width, per, -1)
+        w.mul_(a[:, None, None])
+        gen.fc.bias.view(gen.width, per).mul_(a[:, None]).add_(b[:, None])
+        gen.norm0.bn = nn.Identity()
+    for block in gen.blocks:
+        if isinstance(block.norm.bn, nn.BatchNorm2d):
+            a, b = scale_shift(block.norm.bn)
+            block.conv.weight.mul_(a[:, None, None, None])
+            block.conv.bias.mul_(a).add_(b)
+            block.norm.bn = nn.Identity()
+    return gen

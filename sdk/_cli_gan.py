@@ -1,0 +1,70 @@
+"""CLI commands of the conditional GAN: ``gan train``, ``gan eval`` and ``generate``.
+
+``skulens export GAN_CKPT`` exports generators too (dispatch on the checkpoint's kind).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from ._cli import add_dataclass_flags, dataclass_from_args
+
+
+def register(sub) -> None:
+    from training.gan.config import GanConfig, GanEvalConfig
+
+    p = sub.add_parser("gan", help="class-conditional GAN: train it, measure what it buys the classifier")
+    gsub = p.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
+    t = gsub.add_parser("train", help="train a conditional GAN (flags = training.gan.GanConfig fields)")
+    add_dataclass_flags(t, GanConfig)
+    t.set_defaults(func=_gan_train)
+    e = gsub.add_parser("eval", help="FID (classifier features), CAS, low-data augmentation, latency "
+                        "-> gan_eval.json + gan_eval.png")
+    add_dataclass_flags(e, GanEvalConfig, positional=("generator",))
+    e.set_defaults(func=_gan_eval)
+
+    g = sub.add_parser("generate", help="generate images of one class with a generator .onnx")
+    g.add_argument("model")
+    g.add_argument("--label", required=True, help="class name (or index)")
+    g.add_argument("--n", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
+    g.add_argument("--out", default="grid.png", help="PNG grid of the images (default: grid.png)")
+    g.add_argument("--scale", type=int, default=0, help="integer upscaling of each tile (0 = to ~64 px)")
+    g.add_argument("--num-threads", type=int, default=0)
+    g.set_defaults(func=_generate)
+
+
+def _gan_train(args) -> int:
+    from training.gan import GanConfig, train_gan
+
+    metrics = train_gan(dataclass_from_args(GanConfig, args))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "class_counts"}, indent=2))
+    return 0
+
+
+def _gan_eval(args) -> int:
+    from training.gan import evaluate_gan
+    from training.gan.config import GanEvalConfig
+
+    result = evaluate_gan(dataclass_from_args(GanEvalConfig, args))
+    short = {k: v for k, v in result.items() if k not in ("setup",)}
+    short["fid"] = {k: v for k, v in result["fid"].items() if k != "definition"}
+    print(json.dumps(short, indent=2))
+    return 0
+
+
+def _generate(args) -> int:
+    from ._generator import GenerationError, GeneratorOptions, ImageGenerator, make_grid, write_png
+
+    label = int(args.label) if args.label.isdigit() else args.label
+    with ImageGenerator.from_path(args.model, GeneratorOptions(num_threads=args.num_threads)) as gen:
+        if isinstance(label, int) and str(label) in gen.labels:  # a label that looks like a number
+            label = str(label)
+        images = gen.generate(label, n=args.n, seed=args.seed)
+        scale = args.scale or max(1, 64 // gen.output_size[0])
+        if scale < 1:
+            raise GenerationError(f"--scale must be >= 1, got {scale}")
+        name = gen.labels[gen.label_index(label)]
+    path = write_png(args.out, make_grid(list(images), ncol=math.ceil(math.sqrt(len(images))), scale=scale))
+    print(f"{path}: {len(images)} images of {name!r} ({images.shape[1]}x{images.shape[2]}, seed {args.seed})")
+    return 0

@@ -1,0 +1,309 @@
+"""What does the GAN buy the classifier? ``skulens gan eval`` -> gan_eval.json + gan_eval.png.
+
+1. FID in the classifier's feature space (see :mod:`training.gan.metrics`): generated images
+   (as many per class as the real train split has, fixed seeds) vs real test, beside real
+   train vs real test (the floor a perfect generator of *train-like* images would reach).
+2. Classification Accuracy Score (Ravuri & Vinyals 2019): the classifier recipe (the given
+   classifier checkpoint's own TrainConfig) trained on generated images only (train and val
+   generated, same counts as real), tested on the real test split, as a fraction of the same
+   recipe's real-data test top-1.
+3. Low-data augmentation: the recipe on ``lowdata_data`` (e.g. 10 real images per class) with
+   and without ``--gan-augment`` (a generator trained only on that subset), classical
+   augmentation in both arms, ``seeds`` seeds, mean +- std test top-1.
+4. Generator latency through the SDK (ImageGenerator.generate, uint8 out), fp32 vs INT8,
+   batch 1 and 16, 1 thread, interleaved rounds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from sdk import decode_image, load_dataset
+from sdk._dataset import Dataset, Sample, write_split_lists
+from sdk._generator import GeneratorOptions, ImageGenerator, make_grid, write_png
+
+from ..augment import AugmentConfig
+from ..checkpoint import atomic_write, load_checkpoint
+from ..config import TrainConfig
+from .config import GanConfigError, GanEvalConfig
+from .metrics import FeatureExtractor, frechet_distance
+
+log = logging.getLogger(__name__)
+
+FID_DEFINITION = (
+    "Frechet distance ||mu1-mu2||^2 + Tr(S1+S2-2(S1 S2)^1/2) between Gaussian fits (mean, unbiased "
+    "covariance) of penultimate-layer features of the given skulens classifier: model.features(x) = "
+    "global-average-pooled activations before dropout and the linear head, float64. Every image, real "
+    "or generated, is a uint8 OpenCV image passed through the classifier's own preprocessing contract "
+    "(PreprocessConfig.apply). Generated set: for each class as many images as the real train split "
+    "has, latents from numpy default_rng(seed*1000 + class). Tr(sqrt) via eigenvalues of "
+    "S1^1/2 S2 S1^1/2. Values are not comparable with Inception FID, and are biased upwards for "
+    "small sets; compare only with the floor computed here on sets of the same size.")
+
+
+def recipe(classifier_ckpt: dict, **overrides) -> TrainConfig:
+    """The TrainConfig a classifier checkpoint was trained with, with ``overrides``."""
+    saved = dict(classifier_ckpt.get("train_config") or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    kw = {k: v for k, v in saved.items() if k in names}
+    if isinstance(kw.get("augment"), dict):
+        kw["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in kw["augment"].items()})
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def _generate_matched(gen: ImageGenerator, classes, counts, seed: int):
+    images, labels = [], []
+    for c, name in enumerate(classes):
+        if counts.get(c, 0):
+            images += list(gen.generate(name, n=counts[c], seed=seed * 1000 + c))
+            labels += [c] * counts[c]
+    return images, np.array(labels, dtype=np.int64)
+
+
+def _write_generated(images, labels, folder: Path, prefix: str) -> list[Sample]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, (im, y) in enumerate(zip(images, labels)):
+        p = write_png(folder / f"{prefix}_{int(y):03d}_{i:05d}.png", im)
+        out.append(Sample(p, int(y)))
+    return out
+
+
+def _check_classes(ds: Dataset, extract: FeatureExtractor, gen_labels) -> None:
+    if list(extract.labels) != list(ds.classes):
+        raise GanConfigError(f"the classifier's labels {extract.labels[:5]}... differ from the dataset's "
+                             f"{ds.classes[:5]}...: train the classifier on --data")
+    missing = [c for c in ds.classes if c not in gen_labels]
+    if missing:
+        raise GanConfigError(f"the generator does not know dataset classes {missing[:5]}")
+
+
+def _steps(n: int, batch: int) -> int:
+    return n // batch if n > batch else 1  # the trainer drops the last batch when n > batch
+
+
+def evaluate_gan(cfg: GanEvalConfig) -> dict:
+    from ..trainer import train
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg.data)
+    clf_ckpt = load_checkpoint(cfg.classifier)
+    extract = FeatureExtractor(cfg.classifier)
+    opts = GeneratorOptions(num_threads=cfg.threads)
+    train_s, test_s = ds.split("train"), ds.split("test")
+    counts = Counter(s.label for s in train_s)
+    with ImageGenerator.from_path(cfg.generator, opts) as gen:
+        _check_classes(ds, extract, gen.labels)
+        gen_meta = gen.metadata
+        gen_train, y_gen = _generate_matched(gen, ds.classes, counts, cfg.seed)
+        val_counts = Counter(s.label for s in ds.splits.get("val") or [])
+        gen_val, y_gen_val = _generate_matched(gen, ds.classes, {c: max(2, val_counts.get(c, 0))
+                                                                for c in range(len(ds.classes))}, cfg.seed + 1)
+    y_train = np.array([s.label for s in train_s])
+    y_test = np.array([s.label for s in test_s])
+    log.info("features: %d real train, %d real test, %d generated", len(train_s), len(test_s), len(gen_train))
+    f_tr, l_tr = extract([decode_image(s.path) for s in train_s])
+    f_te, l_te = extract([decode_image(s.path) for s in test_s])
+    f_g, l_g = extract(gen_train)
+    result: dict = {
+        "setup": {"generator": cfg.generator, "data": cfg.data, "classifier": cfg.classifier,
+                  "classes": list(ds.classes), "generator_output": gen_meta.generator,
+                  "generator_training": gen_meta.metrics.get("training"),
+                  "classifier_model": clf_ckpt["model_name"], "classifier_input": clf_ckpt["preprocess"]["input_size"],
+                  "config": cfg.to_dict()},
+        "fid": {"generated_vs_real_test": frechet_distance(f_g, f_te),
+                "real_train_vs_real_test": frechet_distance(f_tr, f_te),
+                "generated_vs_real_train": frechet_distance(f_g, f_tr),
+                "n_generated": len(f_g), "n_real_train": len(f_tr), "n_real_test": len(f_te),
+                "feature_dim": int(f_g.shape[1]), "definition": FID_DEFINITION},
+        "classifier_on_real_test_top1": float((l_te.argmax(1) == y_test).mean()),
+        "classifier_on_generated_top1": float((l_g.argmax(1) == y_gen).mean()),
+    }
+    fid = result["fid"]
+    fid["ratio_to_floor"] = fid["generated_vs_real_test"] / max(fid["real_train_vs_real_test"], 1e-12)
+    log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f", fid["generated_vs_real_test"],
+             fid["real_train_vs_real_test"])
+    _save(out, result)
+
+    base_overrides = dict(threads=cfg.threads or 1, num_workers=0, resume=False, gan_augment=None)
+    if cfg.cas:
+        result["cas"] = _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base_overrides, train,
+                             real_top1=result["classifier_on_real_test_top1"])
+        _save(out, result)
+    if cfg.lowdata_data:
+        result["lowdata"] = _lowdata(cfg, clf_ckpt, out, base_overrides, train)
+        _save(out, result)
+    if cfg.latency:
+        result["latency"] = _latency(cfg)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    _save(out, result)
+    _plot(out, result)
+    _samples(out, ds, test_s, cfg)
+    return result
+
+
+def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1) -> dict:
+    folder = out / "cas"
+    splits = {"train": _write_generated(gen_train, y_gen, folder / "generated", "train"),
+              "val": _write_generated(gen_val, y_gen_val, folder / "generated", "val"),
+              "test": list(ds.split("test"))}
+    data = write_split_lists(Dataset(ds.root, list(ds.classes), splits, layout="split_lists"), folder / "data")
+    rcfg = recipe(clf_ckpt, data=str(data), out=str(folder / "run"), seed=cfg.seed, **base)
+    m = train(rcfg)
+    cas = {"top1_generated_only": m["eval"]["top1"], "top1_real_recipe": real_top1,
+           "n_generated_train": len(y_gen), "n_generated_val": len(y_gen_val), "n_real_test": m["eval"]["n"],
+           "recipe": {k: v for k, v in rcfg.to_dict().items() if k not in ("augment",)},
+           "real_top1_source": "the given classifier (same recipe, trained on the real train split) on the "
+                               "same real test split"}
+    cas["fraction_of_real"] = cas["top1_generated_only"] / real_top1 if real_top1 else None
+    cas["goal"] = ">= 0.60 of real-data accuracy"
+    log.info("CAS: %.3f top-1 on real test (real-data recipe %.3f)", m["eval"]["top1"], real_top1 or float("nan"))
+    return cas
+
+
+def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
+    low = load_dataset(cfg.lowdata_data)
+    n_real = len(low.split("train"))
+    with ImageGenerator.from_path(cfg.lowdata_generator) as g:
+        seen = (g.metadata.metrics.get("training") or {}).get("n_train")
+    ref = recipe(clf_ckpt, data=cfg.lowdata_data, **base)
+    counts = Counter(s.label for s in low.split("train"))
+    n_syn = sum(round(cfg.gan_ratio * n) for n in counts.values())
+    epochs_gan = cfg.lowdata_epochs
+    if cfg.equal_steps:
+        epochs_gan = max(1, round(cfg.lowdata_epochs * _steps(n_real, ref.batch_size)
+                                  / _steps(n_real + n_syn, ref.batch_size)))
+    arms = {"real_only": dict(epochs=cfg.lowdata_epochs),
+            "real_plus_gan": dict(epochs=epochs_gan, gan_augment=cfg.lowdata_generator,
+                                  gan_augment_ratio=cfg.gan_ratio)}
+    runs = {name: [] for name in arms}
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        for name, extra in arms.items():
+            rcfg = recipe(clf_ckpt, data=cfg.lowdata_data, out=str(out / "lowdata" / f"{name}_seed{seed}"),
+                          seed=seed, **{**base, **extra})
+            m = train(rcfg)
+            runs[name].append({"seed": seed, "test_top1": m["eval"]["top1"], "epochs": rcfg.epochs,
+                               "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
+            log.info("low-data %s seed %d: test top-1 %.3f", name, seed, m["eval"]["top1"])
+    summary = {}
+    for name, rs in runs.items():
+        v = np.array([r["test_top1"] for r in rs])
+        summary[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                         "runs": rs}
+    gain = 100 * (summary["real_plus_gan"]["mean"] - summary["real_only"]["mean"])
+    diffs = [100 * (b["test_top1"] - a["test_top1"]) for a, b in zip(runs["real_only"], runs["real_plus_gan"])]
+    return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
+            "real_per_class": dict(sorted(Counter(counts.values()).items())),
+            "n_synthetic_per_epoch": n_syn, "gan_ratio": cfg.gan_ratio,
+            "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
+            "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
+            "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
+            "goal": ">= +3 pp", "n_test": len(low.split("test"))}
+
+
+def _latency(cfg) -> dict:
+    from export._gan import rejected_path_for
+    from export._pipeline import int8_path_for
+    from runtime_bench._timing import time_callables
+
+    q = Path(cfg.int8) if cfg.int8 else next((p for p in (int8_path_for(cfg.generator),
+                                                          rejected_path_for(cfg.generator)) if p.is_file()), None)
+    paths = {"fp32": Path(cfg.generator), **({"int8": q} if q else {})}
+    gens = {k: ImageGenerator.from_path(p, GeneratorOptions(num_threads=1)) for k, p in paths.items()}
+    res = {"threads": 1, "what": "ImageGenerator.generate(label 0, n, seed=0): latent + ONNX + uint8 BGR",
+           "paths": {k: str(p) for k, p in paths.items()}}
+    try:
+        if q:
+            gate = gens["int8"].metadata.metrics.get("int8_gate") or {}
+            res["int8_shipped"] = bool(gate.get("passed"))
+            res["int8_gate"] = {k: gate.get(k) for k in ("psnr_db", "feature_distance", "reason")}
+        for n in (1, 16):
+            fns = [lambda g=g, n=n: g.generate(0, n=n, seed=0) for g in gens.values()]
+            secs = time_callables(fns, rounds=7, iters=max(3, 40 // n))
+            res[f"batch{n}_ms"] = {k: round(s * 1e3, 3) for k, s in zip(gens, secs)}
+            if q:
+                res[f"batch{n}_int8_speedup"] = round(secs[0] / secs[1], 3)
+    finally:
+        for g in gens.values():
+            g.close()
+    return res
+
+
+def _save(out: Path, result: dict) -> None:
+    atomic_write(out / "gan_eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+
+
+def _plot(out: Path, r: dict) -> None:
+    from ..plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    f = r["fid"]
+    axes[0].bar(["generated\nvs real test", "real train\nvs real test"],
+                [f["generated_vs_real_test"], f["real_train_vs_real_test"]], color=["tab:orange", "tab:blue"])
+    axes[0].set(title="FID in classifier feature space", ylabel="Frechet distance (lower is better)")
+    if "cas" in r:
+        c = r["cas"]
+        axes[1].bar(["real train", "generated only"], [c["top1_real_recipe"] or 0, c["top1_generated_only"]],
+                    color=["tab:blue", "tab:orange"])
+        frac = c["fraction_of_real"]
+        axes[1].set(title=f"CAS: {frac:.0%} of real" if frac is not None else "CAS", ylabel="real test top-1",
+                    ylim=(0, 1))
+    if "lowdata" in r:
+        lo = r["lowdata"]["arms"]
+        names = list(lo)
+        axes[2].bar(names, [lo[k]["mean"] for k in names], yerr=[lo[k]["std"] for k in names], capsize=6,
+                    color=["tab:blue", "tab:orange"], alpha=0.7)
+        for i, k in enumerate(names):
+            axes[2].scatter([i] * len(lo[k]["runs"]), [x["test_top1"] for x in lo[k]["runs"]], color="k", s=12)
+        axes[2].set(title=f"low data: {r['lowdata']['gain_pp']:+.1f} pp", ylabel="real test top-1 (mean ± std)",
+                    ylim=(0, 1))
+    if "latency" in r:
+        lat = r["latency"]
+        keys = [k for k in ("fp32", "int8") if k in lat["paths"]]
+        x = np.arange(2)
+        for j, k in enumerate(keys):
+            axes[3].bar(x + j * 0.4, [lat["batch1_ms"][k], lat["batch16_ms"][k]], width=0.4, label=k)
+        axes[3].set_xticks(x + 0.2, ["batch 1", "batch 16"])
+        axes[3].set(title="generator latency (SDK, 1 thread)", ylabel="ms")
+        axes[3].legend()
+    fig.tight_layout()
+    atomic_write(out / "gan_eval.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _bgr(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def _samples(out: Path, ds: Dataset, test_s, cfg, per_row: int = 8) -> None:
+    """Real test images beside generated images, two rows per class (first 10 classes)."""
+    from .data import crop_contract
+
+    with ImageGenerator.from_path(cfg.generator) as gen:
+        h = gen.output_size[0]
+        contract = crop_contract(h, 3)  # geometry only: centre crop + area resize to the GAN size
+        tiles, names = [], []
+        for c, name in enumerate(ds.classes[:10]):
+            paths = [s.path for s in test_s if s.label == c][:per_row]
+            real = [_bgr(contract.resize_and_crop(decode_image(p))) for p in paths]
+            real += [np.full((h, h, 3), 255, np.uint8)] * (per_row - len(real))
+            tiles += real + [_bgr(t) for t in gen.generate(name, n=per_row, seed=cfg.seed)]
+            names += [f"{name} real", f"{name} GAN"]
+    write_png(out / "samples_real_vs_generated.png",
+              make_grid(tiles, ncol=per_row, scale=max(1, 64 // h), row_labels=names))
