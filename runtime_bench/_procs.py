@@ -36,12 +36,14 @@ class Worker:
                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=worker_env(),
                                      cwd=os.getcwd())
         self._lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wall_start_s = None
-        t0 = time.perf_counter()
-        self._write(spec)
-        self.ready = self._recv(STARTUP_TIMEOUT_S)
-        self.wall_start_s = time.perf_counter() - t0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self._write(spec)
+            self.ready = self._recv(STARTUP_TIMEOUT_S)
+        except BaseException:
+            self.kill()
+            raise
 
     def _read(self):
         for line in self.proc.stdout:
@@ -82,21 +84,31 @@ class Worker:
 
     def close(self) -> dict:
         """Ask the worker to exit; returns its final report (peak RSS) or {} if it is gone."""
-        try:
-            msg = self.request({"cmd": "exit"}, timeout=60)
-        except WorkerError:
-            msg = {}
+        msg = {}
+        if self.proc.poll() is None:
+            try:
+                msg = self.request({"cmd": "exit"}, timeout=60)
+            except WorkerError:
+                pass
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.kill()
-        self._log.close()
+            pass
+        self.kill()
         return msg
 
-    def kill(self):
+    def kill(self) -> None:
+        """Stop the process (if still running) and release its pipes and log file."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+        try:
+            self.proc.stdin.close()
+        except OSError:  # the pipe may already be broken
+            pass
+        self._reader.join(timeout=10)  # the reader ends at EOF, once the process is gone
+        self.proc.stdout.close()
+        self._log.close()
 
 
 def _probe(code: str, timeout: float = 120.0) -> dict:
