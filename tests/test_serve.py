@@ -1,0 +1,205 @@
+"""The HTTP service, run for real (`python -m sdk._cli serve`) on a free loopback port."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from sdk import ClassifierOptions, ImageClassifier  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(model, *flags, env=None, log_level="-q"):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sdk._cli", log_level, "serve", str(model), "--port", str(port),
+                             "--num-threads", "1", *map(str, flags)], cwd=REPO,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stdout.read().decode()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return tiny_models[0]
+
+
+@pytest.fixture(scope="module")
+def photo(grocery_subset):
+    return (grocery_subset / "test.txt").read_text().splitlines()[0].split(", ")[0]
+
+
+@pytest.fixture(scope="module")
+def guarded(model):
+    """Token on (from the environment), micro-batching off, small limits."""
+    with running_server(model, "--max-batch", 1, "--max-pixels", 500_000, "--max-body-bytes", 100_000,
+                        env={"SKULENS_API_TOKEN": TOKEN}) as (url, _):
+        yield url
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_classify_raw_and_multipart_match_the_sdk(guarded, model, photo):
+    data = Path(photo).read_bytes()
+    with ImageClassifier.from_path(model, ClassifierOptions(top_k=2)) as clf:
+        want = clf.classify(photo)
+        labels = list(clf.labels)
+    raw = httpx.post(guarded + "/v1/classify?top_k=2", content=data,
+                     headers={**AUTH, "Content-Type": "image/jpeg"})
+    multi = httpx.post(guarded + "/v1/classify?top_k=2", files={"image": ("p.jpg", data, "image/jpeg")},
+                       headers=AUTH)
+    for r in (raw, multi):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [c["label"] for c in body["categories"]] == [c.label for c in want.categories]
+        assert [c["score"] for c in body["categories"]] == pytest.approx([c.score for c in want.categories], abs=1e-5)
+        assert body["batch_size"] == 1, "max_batch 1 turns micro-batching off"
+    info = httpx.get(guarded + "/v1/model", headers=AUTH).json()
+    assert info["labels"] == labels and info["preprocess"]["input_size"] == [32, 32]
+    assert info["versions"]["skulens"] and info["batching"]["max_batch"] == 1
+    spec = httpx.get(guarded + "/openapi.json").json()
+    assert {"/v1/classify", "/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+
+
+def test_bearer_token_required_on_v1_only(guarded, photo):
+    data = Path(photo).read_bytes()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        r = httpx.post(guarded + "/v1/classify", content=data, headers={**headers, "Content-Type": "image/jpeg"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(guarded + "/v1/model").status_code == 401
+    assert httpx.get(guarded + "/healthz").json() == {"status": "ok"}
+
+
+def test_errors_are_json_with_stable_codes(guarded, photo, tmp_path):
+    data = Path(photo).read_bytes()
+    big = cv2.imencode(".png", np.zeros((1000, 1000), np.uint8))[1].tobytes()  # 1 MP > 500k limit
+    assert len(big) < 100_000
+    cases = [
+        (b"definitely not an image", "image/jpeg", "", 400, "bad_image"),
+        (data[: len(data) // 2], "image/jpeg", "", 400, "bad_image"),       # truncated JPEG
+        (b"", "image/jpeg", "", 400, "bad_image"),
+        (data, "text/plain", "", 415, "unsupported_media_type"),
+        (data + b"\0" * 100_000, "application/octet-stream", "", 413, "payload_too_large"),
+        (big, "image/png", "", 413, "image_too_large"),
+        (data, "image/jpeg", "?top_k=0", 400, "bad_request"),
+        (data, "image/jpeg", "?top_k=many", 400, "bad_request"),
+    ]
+    for body, ctype, query, status, code in cases:
+        r = httpx.post(guarded + "/v1/classify" + query, content=body, headers={**AUTH, "Content-Type": ctype})
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (ctype, query, r.text)
+        assert r.json()["error"]["message"]
+    chunked = httpx.post(guarded + "/v1/classify", content=iter([data, b"\0" * 100_000]),
+                         headers={**AUTH, "Content-Type": "image/jpeg"})  # no Content-Length
+    assert "content-length" not in chunked.request.headers
+    assert (chunked.status_code, chunked.json()["error"]["code"]) == (413, "payload_too_large")
+    r = httpx.post(guarded + "/v1/classify", files={"other": ("p.jpg", data)}, headers=AUTH)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_request")
+    r = httpx.get(guarded + "/v2/nothing")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_overload_gets_503_and_slow_requests_504(model, photo):
+    data = Path(photo).read_bytes()
+    # A batch waits 3 s for company, at most 2 images may wait, and requests give up after 1 s.
+    with running_server(model, "--max-batch", 64, "--max-delay-ms", 3000, "--max-queue", 2,
+                        "--request-timeout-s", 1) as (url, _):
+        def post(_):
+            return httpx.post(url + "/v1/classify", content=data, headers={"Content-Type": "image/jpeg"}, timeout=30)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(post, range(6)))
+        codes = sorted((r.status_code, r.json()["error"]["code"]) for r in responses)
+        assert codes == [(503, "overloaded")] * 4 + [(504, "timeout")] * 2
+        assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
+
+
+def test_micro_batching_and_graceful_shutdown(model, photo):
+    data = Path(photo).read_bytes()
+    frames = [cv2.imencode(".jpg", cv2.flip(cv2.imread(photo), k))[1].tobytes() for k in (-1, 0, 1)] + [data]
+    with ImageClassifier.from_path(model, ClassifierOptions(top_k=1)) as clf:
+        want = [clf.classify(f).top for f in frames]
+    with running_server(model, "--max-batch", 8, "--max-delay-ms", 1500, log_level="-v") as (url, proc):
+        def post(i):
+            return httpx.post(url + "/v1/classify?top_k=1", content=frames[i % 4],
+                              headers={"Content-Type": "image/jpeg"}, timeout=30)
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(post, range(8)))
+        assert all(r.status_code == 200 for r in responses)
+        assert max(r.json()["batch_size"] for r in responses) > 1, "concurrent requests share a batch"
+        for i, r in enumerate(responses):  # batching does not change any answer
+            top = r.json()["categories"][0]
+            assert top["label"] == want[i % 4].label and top["score"] == pytest.approx(want[i % 4].score, abs=1e-5)
+
+        # SIGTERM while 4 requests wait for their batch: they still get their answers.
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(post, i) for i in range(4)]
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            done = [f.result() for f in pending]
+        assert [r.status_code for r in done] == [200] * 4
+        assert proc.wait(20) == -signal.SIGTERM  # uvicorn re-raises the signal after shutting down
+        log = proc.stdout.read().decode()
+        assert re.search(r"Waiting for connections to close.*stopped after \d+ batches, 12 images", log, re.S), log
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/healthz", timeout=2)
+
+
+def test_sdk_core_stays_free_of_the_web_stack_and_names_the_extra(monkeypatch):
+    code = ("import sys, sdk; from sdk._cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import sdk.serve
+    from sdk import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "sdk.serve._app", raising=False)
+    with pytest.raises(MissingExtraError, match=r"skulens\[serve\]"):
+        getattr(sdk.serve, "create_app")
