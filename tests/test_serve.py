@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -203,3 +204,23 @@ def test_sdk_core_stays_free_of_the_web_stack_and_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "sdk.serve._app", raising=False)
     with pytest.raises(MissingExtraError, match=r"skulens\[serve\]"):
         getattr(sdk.serve, "create_app")
+
+
+def test_load_test_runs_bounded_on_loopback_and_reports_both_servers(model, photo, tmp_path):
+    from runtime_bench.load_test import main as load_main, run_load_test
+
+    with pytest.raises(ValueError, match="bounded"):
+        run_load_test(model, photo, duration=600)
+    out = tmp_path / "load.json"
+    assert load_main([str(model), "--image", photo, "--concurrency", "1", "6", "--duration", "0.4",
+                      "--rounds", "1", "--max-delay-ms", "20", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["host"] == "127.0.0.1" and set(report["concurrency"]) == {"1", "6"}
+    for row in report["concurrency"].values():
+        for name in ("batched", "unbatched"):
+            assert row[name]["requests"] > 0 and row[name]["errors"] == {}
+            assert row[name]["p50_ms"] <= row[name]["p99_ms"]
+        assert row["unbatched"]["mean_batch_size"] == 1.0
+        assert row["throughput_gain"] == pytest.approx(
+            row["batched"]["throughput_rps"] / row["unbatched"]["throughput_rps"], rel=1e-2)
+    assert report["concurrency"]["1"]["batched"]["mean_batch_size"] == 1.0
