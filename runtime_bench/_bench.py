@@ -307,6 +307,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         verdict = _verdict(pairs, cfg, cpu)
         export_check = _export_check(prep, cfg)
         if export_check:
+            if "export_would_choose" in export_check and verdict.get("best_activation"):
+                export_check["agrees_with_this_benchmark"] = export_check["export_would_choose"] == verdict["best_activation"]
             verdict["export_check"] = export_check
     finally:
         shutil.rmtree(work, ignore_errors=True)

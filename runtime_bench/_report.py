@@ -102,7 +102,8 @@ def markdown(result: dict) -> str:
     line = f"**{v['text']}** (model-only, batch {v.get('batch')}, {v.get('threads')} thread)"
     ec = v.get("export_check") or {}
     if "export_would_choose" in ec:
-        line += f"; export's activation check here picks **{ec['export_would_choose'].upper()}S8**"
+        line += (f"; export's activation check (choose_activation_type) here picks **{ec['export_would_choose'].upper()}S8**"
+                 + ("" if ec.get("agrees_with_this_benchmark", True) else " (disagrees with the fresh-process timing above)"))
     L += [line + ".", ""]
     L.append(f"Inputs: {s['eval_n']} {s['inputs']} ({s['eval_split']} split{', ' + s['dataset'] if s.get('dataset') else ''}); "
              f"{s['rounds']} interleaved rounds x {s['round_time_s']} s per configuration, each in a fresh process.")
