@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import cv2
 import numpy as np
@@ -145,19 +146,52 @@ def test_errors_are_json_with_stable_codes(guarded, photo, tmp_path):
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
 
 
-def test_overload_gets_503_and_slow_requests_504(model, photo):
-    data = Path(photo).read_bytes()
-    # A batch waits 3 s for company, at most 2 images may wait, and requests give up after 1 s.
-    with running_server(model, "--max-batch", 64, "--max-delay-ms", 3000, "--max-queue", 2,
-                        "--request-timeout-s", 1) as (url, _):
-        def post(_):
-            return httpx.post(url + "/v1/classify", content=data, headers={"Content-Type": "image/jpeg"}, timeout=30)
+class StalledUpload:
+    """A client that sends the headers and half the image, then stalls: its request is in flight
+    (announced to the batcher, still reading its body) until ``finish()`` sends the rest."""
 
-        with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(post, range(6)))
-        codes = sorted((r.status_code, r.json()["error"]["code"]) for r in responses)
-        assert codes == [(503, "overloaded")] * 4 + [(504, "timeout")] * 2
-        assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
+    def __init__(self, url: str, data: bytes):
+        port = int(url.rsplit(":", 1)[1])
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.rest = data[len(data) // 2:]
+        head = (f"POST /v1/classify?top_k=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        self.sock.sendall(head + data[:len(data) // 2])
+
+    def finish(self):
+        self.sock.sendall(self.rest)
+        return self.response()
+
+    def response(self):
+        r = http.client.HTTPResponse(self.sock)
+        r.begin()
+        body = json.loads(r.read())
+        self.sock.close()
+        return r.status, body
+
+
+def post_image(url, data, **kw):
+    return httpx.post(url + "/v1/classify?top_k=1", content=data, headers={"Content-Type": "image/jpeg"},
+                      timeout=30, **kw)
+
+
+def test_full_queue_gets_503_and_a_stalled_upload_504(model, photo):
+    data = Path(photo).read_bytes()
+    with running_server(model, "--max-batch", 64, "--max-delay-ms", 8000, "--max-queue", 2,
+                        "--request-timeout-s", 3) as (url, _):
+        slow = StalledUpload(url, data)  # keeps the forming batch waiting for it
+        time.sleep(1.0)
+        with ThreadPoolExecutor(5) as pool:
+            futures = [pool.submit(post_image, url, data) for _ in range(5)]
+            done, waiting = wait(futures, timeout=1.0)
+            rejected = [f.result() for f in done]
+            assert sorted((r.status_code, r.json()["error"]["code"]) for r in rejected) == [(503, "overloaded")] * 3
+            assert all(r.headers["retry-after"] == "1" for r in rejected) and len(waiting) == 2
+            status, body = slow.response()  # the stalled upload gives up at 3 s ...
+            assert (status, body["error"]["code"]) == (504, "timeout")
+            accepted = [f.result() for f in waiting]
+        assert [r.status_code for r in accepted] == [200, 200]  # ... then the batch of 2 runs
+        assert [r.json()["batch_size"] for r in accepted] == [2, 2]
 
 
 def test_micro_batching_and_graceful_shutdown(model, photo):
@@ -165,29 +199,34 @@ def test_micro_batching_and_graceful_shutdown(model, photo):
     frames = [cv2.imencode(".jpg", cv2.flip(cv2.imread(photo), k))[1].tobytes() for k in (-1, 0, 1)] + [data]
     with ImageClassifier.from_path(model, ClassifierOptions(top_k=1)) as clf:
         want = [clf.classify(f).top for f in frames]
-    with running_server(model, "--max-batch", 8, "--max-delay-ms", 1500, log_level="-v") as (url, proc):
-        def post(i):
-            return httpx.post(url + "/v1/classify?top_k=1", content=frames[i % 4],
-                              headers={"Content-Type": "image/jpeg"}, timeout=30)
-
+    with running_server(model, "--max-batch", 16, "--max-delay-ms", 10000, log_level="-v") as (url, proc):
+        # A lone request is not kept waiting for company.
+        assert post_image(url, data).json()["batch_size"] == 1
+        slow = StalledUpload(url, data)
         with ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(post, range(8)))
-        assert all(r.status_code == 200 for r in responses)
-        assert max(r.json()["batch_size"] for r in responses) > 1, "concurrent requests share a batch"
+            futures = [pool.submit(post_image, url, frames[i % 4]) for i in range(8)]
+            time.sleep(1.0)
+            assert not any(f.done() for f in futures), "the batch waits for the announced upload"
+            assert slow.finish()[0] == 200
+            responses = [f.result() for f in futures]
+        assert [r.json()["batch_size"] for r in responses] == [9] * 8, "one batch of 9"
         for i, r in enumerate(responses):  # batching does not change any answer
             top = r.json()["categories"][0]
             assert top["label"] == want[i % 4].label and top["score"] == pytest.approx(want[i % 4].score, abs=1e-5)
 
-        # SIGTERM while 4 requests wait for their batch: they still get their answers.
+        # SIGTERM while 4 requests wait for a slow upload: all 5 still get their answers.
+        slow = StalledUpload(url, data)
         with ThreadPoolExecutor(4) as pool:
-            pending = [pool.submit(post, i) for i in range(4)]
+            pending = [pool.submit(post_image, url, frames[i]) for i in range(4)]
             time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert slow.finish()[0] == 200
             done = [f.result() for f in pending]
         assert [r.status_code for r in done] == [200] * 4
         assert proc.wait(20) == -signal.SIGTERM  # uvicorn re-raises the signal after shutting down
         log = proc.stdout.read().decode()
-        assert re.search(r"Waiting for connections to close.*stopped after \d+ batches, 12 images", log, re.S), log
+        assert re.search(r"Waiting for connections to close.*stopped after 3 batches, 15 images", log, re.S), log
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/healthz", timeout=2)
 

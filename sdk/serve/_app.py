@@ -166,20 +166,22 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise ApiError(504, "timeout", f"not answered within {config.request_timeout_s:g} s") from None
 
     async def _classify(request: Request, top_k: int, t0: float) -> dict:
-        data = await _image_bytes(request, config.max_body_bytes)
-        size = header_size(data)
-        if size is not None and size[0] * size[1] > config.max_pixels:
-            raise ApiError(413, "image_too_large", f"image is {size[0]}x{size[1]} pixels, over the "
-                           f"limit of {config.max_pixels}")
-        try:
-            x = await anyio.to_thread.run_sync(clf.preprocess, data)
-        except ImageError as exc:
-            code, status = ("image_too_large", 413) if "over the limit" in str(exc) else ("bad_image", 400)
-            raise ApiError(status, code, str(exc)) from None
-        try:
-            logits, batch_size = await batcher.submit(x)
-        except Overloaded as exc:
-            raise ApiError(503, "overloaded", str(exc), {"Retry-After": "1"}) from None
+        with batcher.announce():  # a forming batch may wait for this request
+            data = await _image_bytes(request, config.max_body_bytes)
+            size = header_size(data)
+            if size is not None and size[0] * size[1] > config.max_pixels:
+                raise ApiError(413, "image_too_large", f"image is {size[0]}x{size[1]} pixels, over the "
+                               f"limit of {config.max_pixels}")
+            try:
+                x = await anyio.to_thread.run_sync(clf.preprocess, data)
+            except ImageError as exc:
+                code, status = ("image_too_large", 413) if "over the limit" in str(exc) else ("bad_image", 400)
+                raise ApiError(status, code, str(exc)) from None
+            try:
+                future = batcher.submit(x)
+            except Overloaded as exc:
+                raise ApiError(503, "overloaded", str(exc), {"Retry-After": "1"}) from None
+        logits, batch_size = await future
         result = clf.postprocess(logits[None])[0]
         return {"model": meta.model_name, "batch_size": batch_size,
                 "categories": [{"label": c.label, "index": c.index, "score": c.score}

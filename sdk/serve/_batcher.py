@@ -2,7 +2,8 @@
 
 Each request submits one preprocessed tensor and awaits its row of the output. One collector
 task takes the first waiting tensor, gathers more until ``max_batch`` or ``max_delay_s`` after
-that first one, and runs the whole batch on a dedicated inference thread, so the event loop
+that first one (but waits only while other requests are on their way: announced and still
+being read or preprocessed, so a lone request never waits for company), and runs the whole batch on a dedicated inference thread, so the event loop
 never blocks on the model. While a batch runs, new requests wait and form the next batch: the
 busier the service, the larger the batches. At most ``max_queue`` tensors wait (not yet sent to
 the model); beyond that :meth:`submit` raises :class:`Overloaded` at once instead of letting
@@ -11,6 +12,7 @@ latency grow without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -35,6 +37,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._waiting = 0          # submitted, not yet handed to the model
+        self._incoming = 0         # announced, not yet submitted (reading or preprocessing)
         self._closing = False
         self.batches = 0
         self.images = 0
@@ -47,6 +50,18 @@ class MicroBatcher:
         self._queue, self._arrived = asyncio.Queue(), asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skulens-infer")
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="skulens-batcher")
+
+    @contextlib.contextmanager
+    def announce(self):
+        """Wrap the work of a request before its :meth:`submit` (reading, preprocessing): a
+        forming batch waits for announced requests (up to ``max_delay_s``), not for others."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            if self._arrived is not None:
+                self._arrived.set()  # the collector re-checks whether anyone is still coming
 
     def submit(self, x: np.ndarray) -> asyncio.Future:
         """Queue one tensor (no batch axis) -> future of (output row, size of its batch)."""
@@ -88,7 +103,7 @@ class MicroBatcher:
                         stopping = True
                         break
                     batch.append(item)
-                if stopping or len(batch) >= self.max_batch:
+                if stopping or len(batch) >= self.max_batch or self._incoming == 0:
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
