@@ -1,5 +1,6 @@
 """Export options (torch-free, so the CLI can build its flags without importing torch).
-Field names are exactly the keyword arguments of :func:`export.export_classifier`."""
+Field names are exactly the keyword arguments of :func:`export.export_classifier`, except
+``triton_repo``, which the CLI handles after the export (export._triton.write_triton_repo)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,3 +19,4 @@ class ExportConfig:
     eval_limit: int | None = None
     opset: int = 18
     threads: int = 0
+    triton_repo: str | None = None      # also write a Triton model repository here (CLI only)

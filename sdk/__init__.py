@@ -8,6 +8,7 @@ from ._errors import DatasetError, ImageError, MissingExtraError, ModelError, Sk
 from ._generator import GeneratorOptions, ImageGenerator
 from ._image import decode_image
 from ._preprocess import PreprocessConfig
+from ._triton_client import TritonClassifier
 from ._stream import FrameClassifier, FrameClassifierOptions, FrameResult, RunningMode, RunningModeError, StreamError
 from ._version import __version__
 
@@ -16,6 +17,7 @@ __all__ = [
     "PreprocessConfig", "decode_image", "load_dataset",
     "SkulensError", "ImageError", "ModelError", "DatasetError", "MissingExtraError",
     "FrameClassifier", "FrameClassifierOptions", "FrameResult", "RunningMode", "RunningModeError", "StreamError",
+    "TritonClassifier",
     "ImageGenerator", "GeneratorOptions",
     "__version__",
 ]

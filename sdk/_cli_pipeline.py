@@ -75,12 +75,20 @@ def _export(args) -> int:
     from export.config import ExportConfig
 
     cfg = dataclass_from_args(ExportConfig, args)
+    kwargs = dataclasses.asdict(cfg)
+    triton_repo = kwargs.pop("triton_repo")
     from training.checkpoint import load_checkpoint  # dispatch on the checkpoint's kind
     if load_checkpoint(cfg.checkpoint).get("kind", "classifier") == "generator":
+        if triton_repo:
+            raise SystemExit("skulens export: error: --triton-repo is for classifiers")
         from export._gan import export_generator
-        report = export_generator(**dataclasses.asdict(cfg))
+        report = export_generator(**kwargs)
     else:
-        report = export_classifier(**dataclasses.asdict(cfg))
+        report = export_classifier(**kwargs)
+    if triton_repo:  # the deployed file: INT8 when exported, else fp32
+        from export._triton import write_triton_repo
+        report["triton"] = write_triton_repo((report.get("int8") or report["fp32"])["path"], triton_repo,
+                                             intra_op_threads=cfg.threads)
     print(json.dumps(report, indent=2))
     return 0
 
