@@ -41,10 +41,11 @@ class GanConfig:
     steps_per_epoch: int = 0
     batch_size: int = 64
     lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
+    lr_d: float = 4e-4                # two time-scale updates (D learns faster; n_dis = 1)
+    beta1: float = 0.0
     beta2: float = 0.999
     ema_decay: float = 0.999
+    mode_seeking: float = 1.0         # MSGAN weight against intra-class mode collapse (0 = off)
     diffaug: str = "color,translation,cutout"
     hflip: bool = True
     seed: int = 0
@@ -65,6 +66,8 @@ class GanConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch < 0:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
+        if self.mode_seeking < 0:
+            problems.append(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         unknown = [p for p in self.policies if p not in DIFFAUG_POLICIES]

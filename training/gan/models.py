@@ -139,7 +139,7 @@ class EMA:
 
 
 @torch.no_grad()
-def standing_stats(gen: Generator, label_pool: torch.Tensor, batches: int = 16, batch_size: int = 64,
+def standing_stats(gen: Generator, label_pool: torch.Tensor, batches: int = 8, batch_size: int = 64,
                    seed: int = 0) -> Generator:
     """Recompute BatchNorm running statistics of ``gen`` from its own samples (exact average over
     ``batches`` batches), then put it in eval mode. Labels are drawn from ``label_pool``."""

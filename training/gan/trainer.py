@@ -62,7 +62,9 @@ def _save_losses(history: list[dict], path) -> Path:
     ep = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(ep, [h["loss_d"] for h in history], label="D hinge loss")
-    ax1.plot(ep, [h["loss_g"] for h in history], label="G loss")
+    ax1.plot(ep, [h["loss_g"] for h in history], label="G adversarial loss")
+    if any(h.get("loss_ms") for h in history):
+        ax1.plot(ep, [h.get("loss_ms", 0.0) for h in history], label="G mode-seeking term")
     ax1.set(xlabel="epoch", ylabel="loss", title="losses (epoch means)")
     ax1.legend()
     ax2.plot(ep, [h["d_real"] for h in history], label="D(real)")
@@ -78,6 +80,14 @@ def _save_losses(history: list[dict], path) -> Path:
 
 def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
     """Train per ``cfg`` (on ``real`` if given, else on ``cfg.data``); returns the metrics dict."""
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(cfg, real)
+    finally:  # cfg.threads must not leak into the caller's process
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +153,7 @@ def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
     t_train = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
-        sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_ms": 0.0, "d_real": 0.0, "d_fake": 0.0}
         bar = tqdm(range(steps), desc=f"gan epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         for _ in bar:
             idx = torch.randint(len(real), (cfg.batch_size,), generator=rng)
@@ -153,13 +163,15 @@ def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
                 x_real = torch.where(flip[:, None, None, None], x_real.flip(3), x_real)
             y = real.labels[idx]
             z = torch.randn(cfg.batch_size, cfg.z_dim, generator=rng)
-            fake = G(z, y)
+            half = cfg.batch_size // 2
+            y_fake = torch.cat([y[:half], y[:half], y[2 * half:]]) if cfg.mode_seeking > 0 else y
+            fake = G(z, y_fake)  # with mode seeking: pairs (i, i + half) share a class, differ in z
 
             # discriminator: hinge loss on augmented real and fake (one forward pass)
             for p in D.parameters():
                 p.requires_grad_(True)
             scores = D(torch.cat([diff_augment(x_real, policies, rng),
-                                  diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y]))
+                                  diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
             d_real, d_fake = scores[:cfg.batch_size], scores[cfg.batch_size:]
             loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
@@ -169,28 +181,39 @@ def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in D.parameters():
                 p.requires_grad_(False)
-            loss_g = -D(diff_augment(fake, policies, rng), y).mean()
+            loss_g = -D(diff_augment(fake, policies, rng), y_fake).mean()
+            loss_ms = torch.zeros(())
+            if cfg.mode_seeking > 0:  # MSGAN (Mao et al. 2019): penalise G(z1, c) ~= G(z2, c)
+                d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))
+                d_z = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
+                loss_ms = cfg.mode_seeking / ((d_img / d_z).mean() + 1e-5)
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            (loss_g + loss_ms).backward()
             opt_g.step()
             ema.update(G)
             step += 1
-            for key, v in (("loss_d", loss_d), ("loss_g", loss_g), ("d_real", d_real.mean()),
-                           ("d_fake", d_fake.mean())):
-                sums[key] += float(v)
-            bar.set_postfix(d=f"{float(loss_d):.3f}", g=f"{float(loss_g):.3f}")
+            for key, v in (("loss_d", loss_d), ("loss_g", loss_g), ("loss_ms", loss_ms),
+                           ("d_real", d_real.mean()), ("d_fake", d_fake.mean())):
+                sums[key] += v.detach().item()
+            bar.set_postfix(d=f"{loss_d.detach().item():.3f}", g=f"{loss_g.detach().item():.3f}")
 
         standing_stats(ema.model, labels_all, seed=cfg.seed)
         seconds = elapsed_before + time.perf_counter() - t_train
         record = {"epoch": epoch + 1, "step": step, **{key: v / steps for key, v in sums.items()},
                   "seconds": round(seconds, 1)}
         history.append(record)
-        log.info("gan epoch %d/%d  D %.3f  G %.3f  D(real) %.2f  D(fake) %.2f  (%.0fs)", epoch + 1,
-                 cfg.epochs, record["loss_d"], record["loss_g"], record["d_real"], record["d_fake"], seconds)
         with torch.no_grad():
             zs = fixed_z.repeat(len(grid_ids), 1)
             ys = torch.tensor(grid_ids).repeat_interleave(cfg.grid_per_class)
-            tiles = to_bgr_uint8(ema.model(zs, ys))
+            grid = ema.model(zs, ys)
+            tiles = to_bgr_uint8(grid)
+            grid = grid.view(len(grid_ids), cfg.grid_per_class, -1)
+        # diversity diagnostic: pixel std across latents within a class vs across class means
+        record["within_class_std"] = float(grid.std(dim=1).mean()) if cfg.grid_per_class > 1 else 0.0
+        record["across_class_std"] = float(grid.mean(dim=1).std(dim=0).mean()) if len(grid_ids) > 1 else 0.0
+        log.info("gan epoch %d/%d  D %.3f  G %.3f  D(real) %.2f  D(fake) %.2f  diversity %.3f/%.3f  (%.0fs)",
+                 epoch + 1, cfg.epochs, record["loss_d"], record["loss_g"], record["d_real"], record["d_fake"],
+                 record["within_class_std"], record["across_class_std"], seconds)
         scale = max(1, 64 // cfg.image_size)
         write_png(out / "samples" / f"epoch_{epoch + 1:04d}.png",
                   make_grid(list(tiles), ncol=cfg.grid_per_class, scale=scale,

@@ -1,0 +1,131 @@
+"""sdk.ImageGenerator, `skulens generate`, the --gan-augment hook and `skulens gan eval`."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from sdk import GeneratorOptions, ImageGenerator, ModelError, SkulensError
+from sdk._generator import GenerationError
+
+TINY = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_size=8,
+            steps_per_epoch=3, threads=1)
+
+
+@pytest.fixture(scope="module")
+def gen_path(grocery_subset, tmp_path_factory):
+    from export._gan import export_generator
+    from training.gan import GanConfig, train_gan
+
+    out = tmp_path_factory.mktemp("sdk_gan")
+    train_gan(GanConfig(data=str(grocery_subset), out=str(out / "run"), epochs=1, **TINY))
+    export_generator(out / "run" / "last.pt", out / "gen.onnx")
+    return out / "gen.onnx"
+
+
+def test_generate_is_bgr_uint8_and_deterministic_for_a_seed(gen_path):
+    with ImageGenerator.from_path(gen_path, GeneratorOptions(num_threads=1, max_batch=3)) as g:
+        a = g.generate("Lime", n=5, seed=7)
+        b = g.generate(g.labels.index("Lime"), n=5, seed=7)
+        c = g.generate("Lime", n=5, seed=8)
+        raw = g.generate_raw("Lime", n=5, seed=7)
+        assert g.output_size == (16, 16) and g.z_dim == 16
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # OpenCV conventions: channel 0 of the output is blue = the model's RGB channel 2
+    expected_blue = np.clip(np.rint((raw[:, 2] + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert np.array_equal(a[..., 0], expected_blue)
+    # max_batch does not change results (the latents are drawn once, with numpy)
+    with ImageGenerator.from_path(gen_path, GeneratorOptions(max_batch=64)) as g:
+        assert np.array_equal(g.generate("Lime", n=5, seed=7), a)
+
+
+def test_generator_errors(gen_path, tiny_models):
+    with ImageGenerator.from_path(gen_path) as g:
+        with pytest.raises(GenerationError, match="unknown label 'Lemon'"):
+            g.generate("Lemon", n=1, seed=0)
+        with pytest.raises(GenerationError, match="out of range"):
+            g.generate(6, n=1)
+        for bad in (0, -3, 2.5, True):
+            with pytest.raises(GenerationError, match="n must be a positive integer"):
+                g.generate("Lime", n=bad)
+        with pytest.raises(GenerationError, match="seed"):
+            g.generate("Lime", n=1, seed=-1)
+        assert isinstance(GenerationError("x"), SkulensError)
+    with pytest.raises(RuntimeError, match="closed"):
+        g.generate("Lime", n=1, seed=0)
+    fp32_classifier = tiny_models[0]
+    with pytest.raises(ModelError, match="this is a classifier model, expected a generator"):
+        ImageGenerator.from_path(fp32_classifier)
+    with pytest.raises(ModelError, match="no such model file"):
+        ImageGenerator.from_path(gen_path.with_name("missing.onnx"))
+
+
+def test_sdk_stays_torch_free():
+    code = "import sys, sdk, sdk._generator, sdk._cli_gan; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_generate_cli_writes_a_deterministic_grid(gen_path, tmp_path, capsys):
+    from sdk._cli import main
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (a, b):
+        assert main(["generate", str(gen_path), "--label", "Lime", "--n", "16", "--seed", "0",
+                     "--out", str(out)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    grid = cv2.imread(str(a))
+    assert grid.shape == (4 * (64 + 2) + 2, 4 * (64 + 2) + 2, 3)  # 4x4 tiles of 16 px scaled x4
+    assert main(["generate", str(gen_path), "--label", "Nope", "--out", str(tmp_path / "c.png")]) == 2
+    assert "unknown label 'Nope'" in capsys.readouterr().err
+
+
+def test_gan_augment_hook_adds_synthetic_samples(gen_path, grocery_subset, tmp_path):
+    from sdk import PreprocessConfig
+    from training import AugmentConfig, TrainConfig, train
+    from training.data import TrainSet
+    from training.gan.augment_hook import GanAugment
+
+    with ImageGenerator.from_path(gen_path) as g:
+        classes = list(g.labels) + ["Unknown-Product"]
+    real_labels = [0, 0, 1, 2, 6, 6]
+    extra = GanAugment(gen_path, classes, real_labels, ratio=1.5, seed=0)
+    assert len(extra) == 3 + 2 + 2 and set(extra.slot_labels.tolist()) == {0, 1, 2}  # none for class 6
+    pre = PreprocessConfig(input_size=(32, 32))
+    images = [np.zeros((40, 40, 3), np.uint8)] * len(real_labels)
+    ts = TrainSet(images, real_labels, pre, AugmentConfig(), seed=0, extra=extra)
+    assert len(ts) == len(real_labels) + len(extra)
+    x, y = ts[len(real_labels)]
+    assert tuple(x.shape) == (3, 32, 32) and y == 0
+    assert TrainConfig(data="x").gan_augment is None  # off by default
+    m = train(TrainConfig(data=str(grocery_subset), out=str(tmp_path), model="edge_resnet_tiny", epochs=1,
+                          input_size=16, batch_size=16, num_workers=0, threads=1, gan_augment=str(gen_path)))
+    assert m["n_train"] == 48 and "eval" in m
+
+
+def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
+    from sdk._dataset import load_dataset, subset, write_split_lists
+    from training.gan import evaluate_gan
+    from training.gan.config import GanEvalConfig
+
+    ds = load_dataset(grocery_subset)
+    low = write_split_lists(subset(ds, range(6), per_class={"train": 2}), tmp_path / "low")
+    with pytest.raises(SkulensError, match="lowdata"):
+        GanEvalConfig(generator=str(gen_path), data="d", classifier="c", lowdata_data=str(low))
+    cfg = GanEvalConfig(generator=str(gen_path), data=str(grocery_subset), classifier=str(tiny_run[0] / "best.pt"),
+                        out=str(tmp_path / "eval"), lowdata_data=str(low), lowdata_generator=str(gen_path),
+                        seeds=2, lowdata_epochs=1, cas=True)
+    r = evaluate_gan(cfg)
+    saved = json.loads((tmp_path / "eval" / "gan_eval.json").read_text())
+    assert saved["fid"]["n_generated"] == saved["fid"]["n_real_train"] == 48
+    assert saved["fid"]["generated_vs_real_test"] > 0 and saved["fid"]["real_train_vs_real_test"] > 0
+    assert 0 <= saved["cas"]["top1_generated_only"] <= 1 and saved["cas"]["n_generated_train"] == 48
+    low_r = saved["lowdata"]
+    assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]
+    assert low_r["n_real_train"] == 12 and low_r["generator_saw_only_lowdata_images"] is False  # saw 48
+    assert set(saved["latency"]["batch16_ms"]) == {"fp32"}
+    for png in ("gan_eval.png", "samples_real_vs_generated.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 1000
+    assert r["fid"] == saved["fid"]
