@@ -27,6 +27,7 @@ import sdk
 from sdk import DatasetError, load_dataset
 from sdk._evaluate import accuracy_report
 
+from . import _distributed as _ddp
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_preprocess
 from .data import TrainSet, eval_tensors, load_images
@@ -126,12 +127,15 @@ def train(cfg: TrainConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
                      num_workers=cfg.num_workers, generator=gen)
+    dctx = _ddp.context()  # under torchrun: each process loads a 1/N share of every global batch
+    loader_kw = _ddp.loader_kwargs(loader_kw, train_set, dctx, cfg.seed)
 
     # -- model, optimiser, schedule ---------------------------------------------------------------
     model_kwargs = {"in_chans": pre.channels, "input_size": cfg.input_size, **cfg.model_kwargs}
     model = create_model(cfg.model, num_classes=len(labels), **model_kwargs)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
+    net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
     optimizer = _optimizer(model, cfg)
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size if loader_kw["drop_last"] else
                           math.ceil(len(train_set) / cfg.batch_size))
@@ -169,11 +173,12 @@ def train(cfg: TrainConfig) -> dict:
             p.requires_grad_(not frozen or name.startswith("head."))
         model.train()
         train_set.epoch = epoch
+        _ddp.set_epoch(loader_kw, epoch)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
         for x, y in bar:                       # x [B, C, H, W] float32, y [B]
-            logits = model(x)                  # [B, K]
+            logits = net(x)                    # [B, K]
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -183,6 +188,7 @@ def train(cfg: TrainConfig) -> dict:
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        loss_sum, correct, seen = _ddp.all_reduce_sums(dctx, loss_sum, correct, seen)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
                   "lr": optimizer.param_groups[0]["lr"]}
         if len(x_val):
@@ -196,9 +202,13 @@ def train(cfg: TrainConfig) -> dict:
         score = record.get("val_top1", record["train_top1"])
         if score >= best_top1:
             best_top1 = score
-            save_checkpoint(out / "best.pt", state(epoch, seconds))
-        save_checkpoint(out / "last.pt", state(epoch, seconds))
+            if dctx.is_main:
+                save_checkpoint(out / "best.pt", state(epoch, seconds))
+        if dctx.is_main:
+            save_checkpoint(out / "last.pt", state(epoch, seconds))
     train_seconds = elapsed_before + time.perf_counter() - t_train
+    if not dctx.is_main:  # under torchrun only rank 0 evaluates and writes
+        return {"rank": dctx.rank}
 
     # -- final evaluation of the best checkpoint ------------------------------------------------
     best = load_checkpoint(out / "best.pt")
