@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from .config import FP32_PEERS, INT8_PEERS, PEERS, BenchConfig
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+NOISY_SPREAD = 1.5  # max/min of the per-round ratios above which a comparison is called unreliable
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 
 
@@ -198,6 +200,7 @@ def _summaries(configs: list[dict], rounds_by_id: dict, macs: int | None, ceilin
         samples = [s for r in rounds for s in r["samples"]]
         c.update(summarize(samples, c["batch"]))
         c["round_p50_ms"] = [round(float(np.median(r["samples"])) * 1e3, 4) for r in rounds]
+        c["round_spread"] = round(max(c["round_p50_ms"]) / max(min(c["round_p50_ms"]), 1e-9), 3)
         if c["mode"] == "e2e":
             c["stages_ms"] = {}
             for st in STAGES:
@@ -244,16 +247,27 @@ def _pairs(configs: list[dict], rounds_by_id: dict, subject: str) -> list[dict]:
 
 def _verdict(pairs: list[dict], cfg: BenchConfig, cpu: dict) -> dict:
     t, b = (1 if 1 in cfg.threads else min(cfg.threads)), (1 if 1 in cfg.batch else min(cfg.batch))
-    speedups = {}
+    speedups, spread = {}, 1.0
     for p in pairs:
         if (p["mode"], p["threads"], p["batch"]) != ("model", t, b):
             continue
         for act, peer in ACTIVATION_PEER.items():
             if {p["a"], p["b"]} == {peer, "ort_fp32"}:
                 speedups[act] = p["speedup"] if p["a"] == peer else 1 / p["speedup"]
+                spread = max(spread, p["max"] / p["min"])
     v = _cpu.int8_verdict(speedups, cpu)
-    v.update(threads=t, batch=b)
+    v.update(threads=t, batch=b, round_ratio_spread=round(spread, 3), reliable=spread <= NOISY_SPREAD)
+    if speedups and spread > NOISY_SPREAD:
+        v["text"] += (f" (unreliable: the ratio varied {spread:.1f}x between rounds; the machine was busy, "
+                      "re-run on an idle machine)")
     return v
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _export_check(prep: Prepared, cfg: BenchConfig) -> dict | None:
@@ -278,6 +292,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cpu = _cpu.cpu_report()
+    load_start = _load()
     if max(cfg.threads) > cpu["cpus_available"]:
         log.warning("threads %s exceed the %d CPUs available: oversubscribed", cfg.threads, cpu["cpus_available"])
     models_dir = out / "models"
@@ -317,6 +332,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         "tool": "skulens bench", "skulens_version": sdk.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": _environment(names),
+        "machine_load": {"loadavg_1_5_15_start": load_start, "loadavg_1_5_15_end": _load(),
+                         "busy": bool(load_start and load_start[0] > 0.5 * cpu["cpus_available"])},
         "cpu": cpu, "subject": prep.subject, "model": str(cfg.model),
         "settings": {"threads": list(cfg.threads), "batch": list(cfg.batch), "e2e_batch": list(cfg.e2e_batch),
                      "rounds": cfg.rounds, "round_time_s": cfg.round_time, "warmup_s": cfg.warmup_time,

@@ -105,6 +105,11 @@ def markdown(result: dict) -> str:
         line += (f"; export's activation check (choose_activation_type) here picks **{ec['export_would_choose'].upper()}S8**"
                  + ("" if ec.get("agrees_with_this_benchmark", True) else " (disagrees with the fresh-process timing above)"))
     L += [line + ".", ""]
+    ml = result.get("machine_load") or {}
+    if ml.get("busy"):
+        L += [f"> **Warning: the machine was busy** (load average {ml['loadavg_1_5_15_start'][0]} at the start, "
+              f"{(ml.get('loadavg_1_5_15_end') or ['?'])[0]} at the end, on {cpu['cpus_available']} CPUs): absolute "
+              "latencies are inflated; interleaving protects the ratios only partly (see the min–max ranges).", ""]
     L.append(f"Inputs: {s['eval_n']} {s['inputs']} ({s['eval_split']} split{', ' + s['dataset'] if s.get('dataset') else ''}); "
              f"{s['rounds']} interleaved rounds x {s['round_time_s']} s per configuration, each in a fresh process.")
     L += ["", f"## Models (model-only, batch {b}, {t} thread)", "",

@@ -18,7 +18,7 @@ from sdk import SkulensError
 
 TOP_LEVEL = {"schema_version", "tool", "skulens_version", "created_utc", "environment", "cpu", "subject",
              "model", "settings", "peers", "macs_per_image", "gemm_ceiling", "startup", "configs", "pairs",
-             "verdict", "diagnostics", "notes", "charts"}
+             "verdict", "diagnostics", "notes", "charts", "machine_load"}
 
 
 @pytest.fixture(scope="module")
