@@ -75,3 +75,19 @@ def test_checkpoints_are_written_atomically(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ModelError, match="not a readable skulens checkpoint"):
         load_checkpoint(path)
+
+
+def test_cutmix_mixup_keeps_shapes_and_label_weights():
+    from training.trainer import _mix
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8)
+    seen_kinds = set()
+    for _ in range(20):
+        xm, yb, lam = _mix(x, y, 1.0, gen)
+        assert xm.shape == x.shape and 0.0 <= lam <= 1.0 and sorted(yb.tolist()) == list(range(8))
+        # CutMix copies whole pixels from the partner image; MixUp blends them
+        same_or_partner = ((xm == x) | (xm == x[yb])).all()  # y = arange, so x[yb] = partners
+        seen_kinds.add("cutmix" if bool(same_or_partner) else "mixup")
+    assert seen_kinds == {"cutmix", "mixup"}
+    assert _mix(x, y, 0.0, gen) == (x, y, 1.0)

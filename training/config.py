@@ -27,6 +27,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
+    mix_prob: float = 0.0             # probability per batch of CutMix (or MixUp, half the time)
     seed: int = 0
     num_workers: int = 1              # augmentation processes beside the training process
     threads: int = 0                  # torch intra-op threads (0 = torch default)

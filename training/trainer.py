@@ -85,6 +85,24 @@ def _init_from(model, path) -> None:
     log.info("init-from %s: %d/%d tensors copied", path, len(matched), len(own))
 
 
+def _mix(x, y, prob: float, gen: torch.Generator):
+    """With probability ``prob``: CutMix (a random box from a shuffled batch) or MixUp (a blend),
+    half the time each; returns (x, y_b, lam) for loss = lam*CE(y) + (1-lam)*CE(y_b)."""
+    if prob <= 0 or torch.rand(1, generator=gen).item() >= prob:
+        return x, y, 1.0
+    perm = torch.randperm(len(x), generator=gen)
+    lam = torch.rand(1, generator=gen).item()  # Beta(1, 1)
+    if torch.rand(1, generator=gen).item() < 0.5:  # MixUp
+        return lam * x + (1 - lam) * x[perm], y[perm], lam
+    h, w = x.shape[2:]
+    ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+    cy, cx = torch.randint(h, (1,), generator=gen).item(), torch.randint(w, (1,), generator=gen).item()
+    y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
 @torch.no_grad()
 def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
@@ -165,6 +183,8 @@ def train(cfg: TrainConfig) -> dict:
                 "loader_rng": gen.get_state(), "skulens_version": sdk.__version__,
                 "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve())}
 
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
     # -- epochs ----------------------------------------------------------------------------------
     t_train = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -178,8 +198,9 @@ def train(cfg: TrainConfig) -> dict:
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
         for x, y in bar:                       # x [B, C, H, W] float32, y [B]
+            x, y_b, lam = _mix(x, y, cfg.mix_prob, mix_gen)
             logits = net(x)                    # [B, K]
-            loss = criterion(logits, y)
+            loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_b)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
