@@ -27,6 +27,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
+    ema_decay: float = 0.0            # per-step EMA of the weights (0 = off); the EMA is what is kept
     mix_prob: float = 0.0             # probability per batch of CutMix (or MixUp, half the time)
     seed: int = 0
     num_workers: int = 1              # augmentation processes beside the training process

@@ -155,6 +155,12 @@ def train(cfg: TrainConfig) -> dict:
         _init_from(model, cfg.init_from)
     net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
     optimizer = _optimizer(model, cfg)
+    # EMA of weights and BatchNorm statistics: evaluated, checkpointed and exported instead of
+    # the raw weights (which stay in the checkpoint for --resume).
+    ema = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0 else None)
+    final = ema.module if ema is not None else model  # the weights that are evaluated and kept
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size if loader_kw["drop_last"] else
                           math.ceil(len(train_set) / cfg.batch_size))
     scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
@@ -166,7 +172,9 @@ def train(cfg: TrainConfig) -> dict:
         if ckpt["model_name"] != cfg.model or ckpt["labels"] != labels:
             raise ValueError(f"{out / 'last.pt'} was trained with another model or class set; "
                              "use a new --out folder")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["raw_model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         history, best_top1 = ckpt["history"], ckpt["best_top1"]
@@ -176,7 +184,8 @@ def train(cfg: TrainConfig) -> dict:
 
     def state(epoch: int, train_seconds: float) -> dict:
         return {"kind": "classifier", "model_name": cfg.model, "model_kwargs": model_kwargs,
-                "model": model.state_dict(), "labels": labels, "coarse_labels": dataset.coarse_labels,
+                "model": final.state_dict(), "raw_model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "labels": labels, "coarse_labels": dataset.coarse_labels,
                 "preprocess": pre.to_dict(), "train_config": cfg.to_dict(), "epoch": epoch,
                 "history": history, "best_top1": best_top1, "train_seconds": train_seconds,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -205,6 +214,8 @@ def train(cfg: TrainConfig) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -213,7 +224,7 @@ def train(cfg: TrainConfig) -> dict:
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
                   "lr": optimizer.param_groups[0]["lr"]}
         if len(x_val):
-            v_logits = predict_logits(model, x_val)
+            v_logits = predict_logits(final, x_val)
             record["val_loss"] = float(nn.functional.cross_entropy(v_logits, y_val))
             record["val_top1"] = float((v_logits.argmax(1) == y_val).float().mean())
         history.append(record)
@@ -233,7 +244,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # -- final evaluation of the best checkpoint ------------------------------------------------
     best = load_checkpoint(out / "best.pt")
-    model.load_state_dict(best["model"])
+    final.load_state_dict(best["model"])
     metrics = {"model": cfg.model, "num_classes": len(labels), "best_epoch": best["epoch"] + 1,
                "best_val_top1": best_top1, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.perf_counter() - t_start, 1),
@@ -244,7 +255,7 @@ def train(cfg: TrainConfig) -> dict:
     if eval_samples:
         x_eval = eval_tensors(eval_samples, pre)
         y_eval = np.array([s.label for s in eval_samples])
-        logits = predict_logits(model, x_eval).numpy()
+        logits = predict_logits(final, x_eval).numpy()
         coarse = None
         if dataset.fine_to_coarse:
             coarse = np.array([dataset.fine_to_coarse.get(i, -1) for i in range(len(labels))])
