@@ -28,12 +28,15 @@ def test_run_writes_metrics_plots_and_a_weights_only_checkpoint(tiny_run):
 
 
 def test_resume_continues_an_interrupted_run(grocery_subset, tmp_path):
-    train(_cfg(grocery_subset, tmp_path / "r", epochs=1))
+    train(_cfg(grocery_subset, tmp_path / "r", epochs=1, ema_decay=0.9))
     first = load_checkpoint(tmp_path / "r" / "last.pt")
     assert first["epoch"] == 0
-    train(_cfg(grocery_subset, tmp_path / "r", epochs=3, resume=True))
+    # with EMA the kept weights are the average, the raw ones are kept for resuming
+    assert not torch.equal(first["model"]["head.weight"], first["raw_model"]["head.weight"])
+    train(_cfg(grocery_subset, tmp_path / "r", epochs=3, resume=True, ema_decay=0.9))
     resumed = load_checkpoint(tmp_path / "r" / "last.pt")
     assert resumed["epoch"] == 2 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert int(resumed["ema"]["n_averaged"]) == 3 * int(first["ema"]["n_averaged"])
     with pytest.raises(ValueError, match="another model or class set"):
         train(_cfg(grocery_subset, tmp_path / "r", model="seed_cnn", epochs=4, resume=True))
 
