@@ -113,6 +113,7 @@ def _startup_phase(cfg: BenchConfig, prep: Prepared, names: list[str]) -> dict:
     try:
         runs = [_procs.import_sdk_probe() for _ in range(cfg.cold_start_repeats)]
         out["import_sdk_s"] = float(np.median([r["import_s"] for r in runs]))
+        out["import_sdk_s_min"] = float(min(r["import_s"] for r in runs))
         out["import_sdk_rss_mb"] = float(np.median([r["peak_rss_mb"] for r in runs]))
     except _procs.WorkerError as exc:
         out["import_sdk_error"] = str(exc)
@@ -123,6 +124,7 @@ def _startup_phase(cfg: BenchConfig, prep: Prepared, names: list[str]) -> dict:
                 runs = [_procs.cold_start_probe(prep.peers[name].path, prep.images[0], 1, cfg.top_k)
                         for _ in range(cfg.cold_start_repeats)]
                 cold[name] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+                cold[name]["total_s_min"] = float(min(r["total_s"] for r in runs))
             except _procs.WorkerError as exc:
                 cold[name] = {"error": str(exc)}
     out["cold_start_threads1"] = cold

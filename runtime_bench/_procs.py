@@ -19,9 +19,15 @@ class WorkerError(RuntimeError):
     """A worker process failed; the message carries its error or the tail of its log."""
 
 
-def worker_env() -> dict:
+def worker_env(threads: int | None = None) -> dict:
+    """The parent's environment, the repository importable, and with ``threads`` the OpenMP /
+    MKL / OpenBLAS pools capped too (torch.set_num_threads alone leaves an idle OpenMP pool
+    whose threads compete for the CPU on a busy machine)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(int(threads))
     return env
 
 
@@ -33,7 +39,7 @@ class Worker:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "runtime_bench._worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True, env=worker_env(),
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, env=worker_env(spec.get("threads")),
                                      cwd=os.getcwd())
         self._lines: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

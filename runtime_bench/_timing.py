@@ -58,7 +58,8 @@ def time_models(paths: Sequence, x: np.ndarray, *, threads: int = 1, rounds: int
 
 
 # -- statistics of per-iteration samples (used by ``skulens bench``) --------------------------
-PERCENTILES = (50, 90, 99)
+PERCENTILES = (25, 50, 90, 99)
+RATIO_PERCENTILE = 25  # per-round statistic that speedup ratios compare (see paired_speedup)
 MIN_SAMPLES_P99 = 100  # fewer samples than this and p99 is just the maximum
 
 
@@ -77,16 +78,24 @@ def summarize(samples_s: Sequence[float], batch: int = 1) -> dict:
     return {"latency_ms": out, "throughput_ips": batch / mean if mean > 0 else float("inf")}
 
 
-def paired_speedup(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]]) -> dict:
+def paired_speedup(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]],
+                   q: float = RATIO_PERCENTILE) -> dict:
     """How many times faster A is than B, from interleaved rounds of samples.
 
-    Each round gives the ratio of B's median to A's median; the result is the median of those
-    ratios (drift between rounds cancels) with their spread. ``speedup > 1``: A is faster.
+    Each round gives the ratio of B's ``q``-th percentile latency to A's; the result is the
+    median of those ratios (drift between rounds cancels) with their spread. The lower quartile
+    rather than the median is compared so that iterations delayed by other processes (a busy
+    machine preempts some of them) do not decide the ratio; on an idle machine both agree.
+    ``speedup > 1``: A is faster.
     """
-    ratios = [float(np.median(b)) / float(np.median(a))
-              for a, b in zip(rounds_a, rounds_b) if len(a) and len(b) and np.median(a) > 0]
+    ratios = []
+    for a, b in zip(rounds_a, rounds_b):
+        if len(a) and len(b):
+            qa, qb = float(np.percentile(a, q)), float(np.percentile(b, q))
+            if qa > 0:
+                ratios.append(qb / qa)
     if not ratios:
         raise ValueError("no common rounds to compare")
     r = np.asarray(ratios)
     return {"speedup": float(np.median(r)), "min": float(r.min()), "max": float(r.max()),
-            "rounds": int(r.size)}
+            "rounds": int(r.size), "percentile": q}
