@@ -80,7 +80,7 @@ def tiny_run(grocery_subset, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = TrainConfig(data=str(grocery_subset), out=str(out), model="edge_resnet_tiny", epochs=2,
-                      input_size=32, batch_size=16, num_workers=0, lr=0.05)
+                      input_size=32, batch_size=16, num_workers=0, lr=0.05, ema_decay=0.0)
     metrics = train(cfg)
     return out, metrics
 

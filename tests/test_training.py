@@ -11,7 +11,7 @@ from training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 
 def _cfg(data, out, **kw):
     base = dict(data=str(data), out=str(out), model="edge_resnet_tiny", epochs=2, input_size=32,
-                batch_size=16, num_workers=0, lr=0.05)
+                batch_size=16, num_workers=0, lr=0.05, ema_decay=0.0)
     return TrainConfig(**{**base, **kw})
 
 

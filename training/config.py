@@ -18,16 +18,16 @@ class TrainConfig:
     data: str
     out: str = "runs/train"
     model: str = "edge_resnet"
-    input_size: int = 64
+    input_size: int = 128
     color_order: str = "RGB"
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 64
     optimizer: str = "sgd"            # "sgd" (Nesterov) or "adamw"
     lr: float = 0.1
     weight_decay: float = 5e-4
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
-    ema_decay: float = 0.0            # per-step EMA of the weights (0 = off); the EMA is what is kept
+    ema_decay: float = 0.998          # per-step EMA of the weights (0 = off); the EMA is what is kept
     mix_prob: float = 0.0             # probability per batch of CutMix (or MixUp, half the time)
     seed: int = 0
     num_workers: int = 1              # augmentation processes beside the training process

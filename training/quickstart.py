@@ -34,18 +34,18 @@ def run_quickstart(data=None, out="runs/quickstart", model="edge_resnet", epochs
         data = out / "demo_catalogue"
         make_demo_catalogue(data, per_class=per_class, seed=seed)
         _say(f"[1/5] demo catalogue: generated {data} (product images drawn with OpenCV)")
-        epochs, batch_size = epochs or 20, 32
+        # a short run on small images: no weight EMA (it needs thousands of steps)
+        recipe = dict(epochs=epochs or 20, batch_size=32, input_size=input_size or 64, ema_decay=0.0)
     else:
         _say(f"[1/5] dataset: {data}")
-        epochs, batch_size = epochs or 40, 64
+        recipe = dict(epochs=epochs or TrainConfig.epochs, input_size=input_size or TrainConfig.input_size)
     dataset = load_dataset(data)
     _say(f"      {dataset.summary()}")
 
-    cfg = TrainConfig(data=str(data), out=str(out / "train"), model=model, epochs=epochs,
-                      input_size=input_size, seed=seed, batch_size=batch_size)
+    cfg = TrainConfig(data=str(data), out=str(out / "train"), model=model, seed=seed, **recipe)
     metrics = train(cfg)
     ev = metrics.get("eval", {})
-    _say(f"[2/5] trained {model} for {epochs} epochs in {metrics['train_seconds']:.0f}s: "
+    _say(f"[2/5] trained {model} for {cfg.epochs} epochs in {metrics['train_seconds']:.0f}s: "
          f"best val top-1 {metrics['best_val_top1']:.3f} (epoch {metrics['best_epoch']}), "
          f"PyTorch {ev.get('split', '-')} top-1 {ev.get('top1', float('nan')):.3f}")
 

@@ -155,15 +155,19 @@ def train(cfg: TrainConfig) -> dict:
         _init_from(model, cfg.init_from)
     net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
     optimizer = _optimizer(model, cfg)
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size if loader_kw["drop_last"] else
+                          math.ceil(len(train_set) / cfg.batch_size))
+    scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     # EMA of weights and BatchNorm statistics: evaluated, checkpointed and exported instead of
     # the raw weights (which stay in the checkpoint for --resume).
     ema = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         if cfg.ema_decay > 0 else None)
     final = ema.module if ema is not None else model  # the weights that are evaluated and kept
-    steps_per_epoch = max(1, len(train_set) // cfg.batch_size if loader_kw["drop_last"] else
-                          math.ceil(len(train_set) / cfg.batch_size))
-    scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    if ema is not None and cfg.epochs * steps_per_epoch < 2 / (1 - cfg.ema_decay):
+        log.warning("ema_decay=%s averages over ~%d steps but the run has only %d: the kept weights "
+                    "will lag; use a smaller ema_decay (or 0) for short runs", cfg.ema_decay,
+                    round(1 / (1 - cfg.ema_decay)), cfg.epochs * steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
 
