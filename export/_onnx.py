@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -14,7 +13,7 @@ import onnx
 import torch
 
 from sdk._metadata import ModelMetadata, encode_metadata
-from training.checkpoint import atomic_write
+from sdk._io import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
@@ -69,14 +68,6 @@ def write_metadata(path, meta: ModelMetadata, out=None) -> Path:
 
 def read_metadata_props(path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def io_spec(path) -> dict:

@@ -21,7 +21,8 @@ import sdk
 from sdk import ClassifierOptions, DatasetError, ImageClassifier, load_dataset
 from sdk._evaluate import accuracy_report, coarse_index, label_mapping
 from sdk._metadata import ModelMetadata
-from training.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, preprocess_of
+from sdk._io import atomic_write
+from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from training.data import eval_tensors
 from training.models import fold_batchnorm
 

@@ -14,7 +14,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quant_pre_process, quantize_static)
 
 from runtime_bench._timing import time_models
-from training.checkpoint import atomic_write
+from sdk._io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import onnx
 
 from sdk._errors import ModelError
 from sdk._metadata import decode_metadata
-from training.checkpoint import atomic_write
+from sdk._io import atomic_write
 
 log = logging.getLogger(__name__)
 

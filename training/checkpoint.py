@@ -5,33 +5,14 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from sdk import ModelError, PreprocessConfig
+from sdk._io import atomic_write  # noqa: F401  (re-exported for training/export)
 
 FORMAT = "skulens-checkpoint-1"
-
-
-def atomic_write(path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then fsync and rename over ``path``: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(path, state: dict) -> Path:

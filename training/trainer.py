@@ -28,7 +28,9 @@ from sdk import DatasetError, load_dataset
 from sdk._evaluate import accuracy_report
 
 from . import _distributed as _ddp
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from sdk._io import atomic_write
+
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_preprocess
 from .data import TrainSet, eval_tensors, load_images
 from .models import create_model
