@@ -26,10 +26,9 @@ from tqdm.auto import tqdm as _tqdm
 import sdk
 from sdk import DatasetError, load_dataset
 from sdk._evaluate import accuracy_report
-
-from . import _distributed as _ddp
 from sdk._io import atomic_write
 
+from . import _distributed as _ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_preprocess
 from .data import TrainSet, eval_tensors, load_images
