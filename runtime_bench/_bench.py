@@ -1,5 +1,21 @@
 """The benchmark run: accuracy and output checks of every peer, cold start, then the threads x
-batch sweep with one fresh process per configuration, interleaved round by round."""
+batch sweep with one fresh process per configuration, interleaved round by round.
+
+Result schema (``schema_version`` 1; keys are only ever added within a version):
+  cpu            model, arch, features {name: bool}, int8_dot_product, peak estimates
+  peers          {peer: status (ok|skipped|failed|wrong), reason, path, format, precision,
+                 origin, size_bytes, accuracy {n, top1, top5, ...}, top1_agreement_with_fp32}
+  configs        [{id "peer/mode/tT/bB", peer, mode (model|e2e), threads, batch, status,
+                 reason, import_s, create_s, first_run_s, rss_*_mb, peak_rss_mb,
+                 latency_ms {p25, p50, p90, p99, mean, std, min, max, n, p99_reliable},
+                 throughput_ips, round_p50_ms, round_spread, roofline | stages_ms, sdk_classify_ms}]
+  pairs          [{id "a/b/mode/tT/bB", a, b, mode, threads, batch, speedup (a over b), min,
+                 max, rounds, percentile}]
+  verdict        int8_faster, speedup, best_activation, text, reliable, export_check
+  startup        interpreter_start_s, import_sdk_s, cold_start_threads1 {peer: {...}}
+  settings, environment, machine_load, macs_per_image, gemm_ceiling, diagnostics, notes, charts,
+  baseline_comparison (with --baseline)
+"""
 from __future__ import annotations
 
 import datetime as _dt

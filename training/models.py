@@ -166,17 +166,3 @@ def count_macs(model: nn.Module, input_shape) -> int:
         h.remove()
     return total
 
-
-@register
-def edge_resnet_s2(num_classes, in_chans=3, input_size=None, **kw):
-    """edge_resnet with the first downsampling moved into the stem: the stem runs at half
-    resolution and the first stage keeps it (stride 1), so every later layer sees the same
-    sizes as in edge_resnet and the weights have the same shapes (``init_from`` an edge_resnet
-    works). The full-resolution 3-channel stem is edge_resnet's least efficient INT8 layer
-    (~19% of its INT8 latency for ~3% of its MACs); `skulens bench` measured this variant's
-    INT8 model ~15% faster at batch 1."""
-    model = EdgeResNet(num_classes, in_chans, stem_stride=2, **kw)
-    first = model.blocks[0]
-    first.conv1[0].stride = (1, 1)
-    first.shortcut[0].stride = (1, 1)
-    return model
