@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/transfer")
     p.add_argument("--model", default="edge_resnet")
-    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=TrainConfig.input_size)
+    p.add_argument("--ema-decay", type=float, default=0.0, help="0: these runs are too short for an EMA")
     p.add_argument("--source-epochs", type=int, default=40)
     p.add_argument("--target-epochs", type=int, default=15)
     p.add_argument("--freeze-epochs", type=int, default=3)
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     half = len(ds.classes) // 2
     source = write_split_lists(subset(ds, range(half)), out / "data_source")
     target = write_split_lists(subset(ds, range(half, len(ds.classes))), out / "data_target")
-    common = dict(model=args.model, input_size=args.input_size, seed=args.seed)
+    common = dict(model=args.model, input_size=args.input_size, seed=args.seed, ema_decay=args.ema_decay)
 
     src_ckpt = out / "source" / "best.pt"
     if not src_ckpt.is_file():
