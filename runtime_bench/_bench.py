@@ -9,7 +9,7 @@ Result schema (``schema_version`` 1; keys are only ever added within a version):
                  reason, import_s, create_s, first_run_s, rss_*_mb, peak_rss_mb,
                  latency_ms {p25, p50, p90, p99, mean, std, min, max, n, p99_reliable},
                  throughput_ips, round_p50_ms, round_spread, roofline | stages_ms, sdk_classify_ms}]
-  pairs          [{id "a/b/mode/tT/bB", a, b, mode, threads, batch, speedup (a over b), min,
+  pairs          [{id "a/b/mode/tT/bB", a, b, mode, threads, batch, speedup (a over b), round_median, min,
                  max, rounds, percentile}]
   verdict        int8_faster, speedup, best_activation, text, reliable, export_check
   startup        interpreter_start_s, import_sdk_s, cold_start_threads1 {peer: {...}}

@@ -5,7 +5,6 @@ the end-to-end path.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -16,7 +15,8 @@ import numpy as np
 
 from sdk import DatasetError, ModelError, PreprocessConfig, decode_image, load_dataset
 from sdk._evaluate import coarse_index, label_mapping
-from sdk._metadata import ModelMetadata, decode_metadata
+from sdk._io import sha256_file
+from sdk._metadata import ModelMetadata
 
 from .config import BenchConfig
 
@@ -55,14 +55,6 @@ class Prepared:
     dataset: str | None = None
     train_samples: list = field(default_factory=list)  # for calibration (export's check)
     notes: list[str] = field(default_factory=list)
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_metadata(path) -> ModelMetadata:

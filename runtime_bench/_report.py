@@ -3,33 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from sdk import SkulensError
+from sdk._io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 JSON_NAME, MD_NAME = "bench.json", "bench.md"
 LATENCY_PNG, ACCURACY_PNG = "latency.png", "accuracy_vs_latency.png"
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _ok(configs, **match):
@@ -171,7 +152,7 @@ def markdown(result: dict) -> str:
     subj = [p for p in result["pairs"] if p["a"] == result["subject"]]
     if subj:
         L += ["", f"## Speedup of `{result['subject']}` over each peer", "",
-              "Median over the interleaved rounds of the ratio of each round's lower-quartile latencies.", "",
+              "Ratio of lower-quartile latencies over all interleaved rounds; min–max: the same ratio round by round.", "",
               "| vs | mode | threads | batch | speedup | min–max over rounds |", "|---|---|---:|---:|---:|---|"]
         L += [f"| {p['b']} | {p['mode']} | {p['threads']} | {p['batch']} | {p['speedup']:.2f}x | "
               f"{p['min']:.2f}–{p['max']:.2f} |" for p in subj]

@@ -82,20 +82,18 @@ def paired_speedup(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Seque
                    q: float = RATIO_PERCENTILE) -> dict:
     """How many times faster A is than B, from interleaved rounds of samples.
 
-    Each round gives the ratio of B's ``q``-th percentile latency to A's; the result is the
-    median of those ratios (drift between rounds cancels) with their spread. The lower quartile
-    rather than the median is compared so that iterations delayed by other processes (a busy
-    machine preempts some of them) do not decide the ratio; on an idle machine both agree.
-    ``speedup > 1``: A is faster.
+    ``speedup``: B's ``q``-th percentile latency over A's, both pooled over all rounds (the
+    rounds interleave A and B, so drift hits both alike); ``min``/``max``/``round_median``:
+    the same ratio round by round, a measure of how steady the comparison was. The lower
+    quartile rather than the median is compared so that iterations delayed by other processes
+    (a busy machine preempts some of them, long iterations more often) do not decide the
+    ratio; on an idle machine the two agree. ``speedup > 1``: A is faster.
     """
-    ratios = []
-    for a, b in zip(rounds_a, rounds_b):
-        if len(a) and len(b):
-            qa, qb = float(np.percentile(a, q)), float(np.percentile(b, q))
-            if qa > 0:
-                ratios.append(qb / qa)
-    if not ratios:
+    pairs = [(a, b) for a, b in zip(rounds_a, rounds_b) if len(a) and len(b)]
+    if not pairs:
         raise ValueError("no common rounds to compare")
-    r = np.asarray(ratios)
-    return {"speedup": float(np.median(r)), "min": float(r.min()), "max": float(r.max()),
-            "rounds": int(r.size), "percentile": q}
+    ratios = np.asarray([float(np.percentile(b, q)) / max(float(np.percentile(a, q)), 1e-12) for a, b in pairs])
+    pooled_a = np.percentile(np.concatenate([np.asarray(a, float) for a, _ in pairs]), q)
+    pooled_b = np.percentile(np.concatenate([np.asarray(b, float) for _, b in pairs]), q)
+    return {"speedup": float(pooled_b / max(pooled_a, 1e-12)), "round_median": float(np.median(ratios)),
+            "min": float(ratios.min()), "max": float(ratios.max()), "rounds": int(ratios.size), "percentile": q}

@@ -91,7 +91,8 @@ def test_pairs_are_interleaved_ratios_within_a_group(bench):
     pairs = result["pairs"]
     assert len({p["id"] for p in pairs}) == len(pairs)
     for p in pairs:
-        assert p["a"] != p["b"] and p["min"] <= p["speedup"] <= p["max"] and p["rounds"] == 2
+        assert p["a"] != p["b"] and p["min"] <= p["round_median"] <= p["max"] and p["rounds"] == 2
+        assert p["speedup"] > 0
     subject = [p for p in pairs if p["a"] == result["subject"] and p["mode"] == "model" and p["batch"] == 1]
     assert {p["b"] for p in subject} == set(PEERS) - {"ort_int8_u8s8"}
     v = result["verdict"]
@@ -168,7 +169,7 @@ def test_statistics():
     assert s["throughput_ips"] == pytest.approx(2 / 0.0025) and lat["p99_reliable"] is False
     # drift hits both alike: per-round ratios stay 2.0 even though round 2 is 10x slower
     sp = paired_speedup([[1.0, 1.0], [10.0, 10.0]], [[2.0, 2.0], [20.0, 20.0]])
-    assert sp == {"speedup": 2.0, "min": 2.0, "max": 2.0, "rounds": 2, "percentile": 25}
+    assert sp == {"speedup": 2.0, "round_median": 2.0, "min": 2.0, "max": 2.0, "rounds": 2, "percentile": 25}
     # an iteration delayed by another process does not decide the ratio
     assert paired_speedup([[1.0, 1.0, 1.0, 50.0]], [[2.0, 2.0, 2.0, 2.0]])["speedup"] == 2.0
     with pytest.raises(ValueError):
