@@ -357,7 +357,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                      "rounds": cfg.rounds, "round_time_s": cfg.round_time, "warmup_s": cfg.warmup_time,
                      "eval_split": cfg.eval_split, "eval_n": int(len(np.load(prep.eval_npy, mmap_mode="r")))
                      if prep.eval_npy.exists() else None, "inputs": prep.inputs, "dataset": prep.dataset,
-                     "e2e_images": prep.images[:3], "top_k": cfg.top_k},
+                     "e2e_images": prep.images[:3], "top_k": cfg.top_k, "seed": cfg.seed},
         "peers": {n: {"status": prep.peers[n].status, "reason": prep.peers[n].reason, "path": prep.peers[n].path,
                       "format": prep.peers[n].format, "precision": prep.peers[n].precision,
                       "origin": prep.peers[n].origin, **prep.peers[n].info} for n in names},

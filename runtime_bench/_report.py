@@ -34,7 +34,8 @@ def compare_with_baseline(current: dict, baseline: dict, tolerance: float = 0.10
 
     A ratio lower than ``baseline * (1 - tolerance)``, a configuration that ran before and is
     now failed or wrong, or a top-1 lower by more than ``accuracy_tolerance_pp`` points is a
-    regression. Absolute latencies are not compared: they belong to one machine.
+    regression (top-1 only when both runs evaluated the same images). Absolute latencies are
+    not compared: they belong to one machine.
     """
     if baseline.get("schema_version") != current.get("schema_version"):
         raise SkulensError(f"baseline schema_version {baseline.get('schema_version')} differs from "
@@ -60,7 +61,9 @@ def compare_with_baseline(current: dict, baseline: dict, tolerance: float = 0.10
                      "why": f"speedup fell by {-change:.1%} (tolerance {tolerance:.0%})" if regressed else None})
     b_acc = (baseline.get("peers", {}).get(subject) or {}).get("accuracy") or {}
     c_acc = (current.get("peers", {}).get(subject) or {}).get("accuracy") or {}
-    if "top1" in b_acc and "top1" in c_acc:
+    same_eval = all((baseline.get("settings") or {}).get(k) == (current.get("settings") or {}).get(k)
+                    for k in ("eval_split", "eval_n", "dataset", "seed"))
+    if "top1" in b_acc and "top1" in c_acc and same_eval:
         drop = 100.0 * (b_acc["top1"] - c_acc["top1"])
         rows.append({"id": f"{subject}/top1", "baseline": b_acc["top1"], "current": c_acc["top1"],
                      "change": round(-drop, 3), "regressed": drop > accuracy_tolerance_pp,

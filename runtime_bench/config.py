@@ -23,17 +23,21 @@ class BenchConfig:
     threads, batch: the sweep; every peer runs every (threads, batch) configuration.
     peers: which peers to run (default: all of :data:`PEERS` that can run here).
     e2e_batch: batch sizes of the end-to-end (JPEG bytes -> top-k) measurement of ORT peers.
-    rounds, round_time: interleaved rounds (A B C .. A B C ..) and seconds per config per round.
+    rounds, round_time: interleaved rounds (A B C, C B A, ...) and seconds per config per round.
     warmup_time: seconds of warm-up per configuration after its first run.
     eval_split, eval_limit: accuracy of every peer on this many images of this split.
     top_k: results kept by the end-to-end path.
     int8_min_agreement: an INT8 peer whose top-1 agrees with ORT fp32 on fewer images than this
         is reported as wrong instead of being timed.
     export_check: also run export's activation-type check (choose_activation_type) here.
+    profile: onnxruntime profiler + optimised-graph op types of each ORT model (batch 1, 1 thread).
+    charts: write the PNG charts (needs matplotlib).
     baseline, tolerance: compare with a saved JSON; a speedup ratio of the model under test
         lower than baseline * (1 - tolerance), or a top-1 lower by more than
         ``accuracy_tolerance_pp`` points, is a regression (exit code 1).
-    out: folder for bench.json, bench.md and the PNG charts.
+    out: folder for bench.json, bench.md, the PNG charts and any INT8 model quantized here.
+    seed: which evaluation images are sampled.
+    cold_start_repeats: fresh interpreters timing ``import sdk`` + session + first result.
     """
 
     model: str

@@ -58,8 +58,9 @@ def _bench(args) -> int:
     try:
         kwargs.update(threads=parse_int_list(args.threads), batch=parse_int_list(args.batch),
                       e2e_batch=parse_int_list(args.e2e_batch), peers=parse_peers(args.peers))
-        if args.quick:
-            kwargs.update(QUICK)
+        if args.quick:  # shorter defaults; flags given explicitly still win
+            defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
+            kwargs.update({k: v for k, v in QUICK.items() if kwargs.get(k) == defaults[k]})
         cfg = BenchConfig(**kwargs)
     except ValueError as exc:
         raise SkulensError(str(exc)) from None
