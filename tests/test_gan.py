@@ -14,25 +14,40 @@ TINY = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_
             steps_per_epoch=3, threads=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_gan(grocery_subset, tmp_path_factory):
+_MADE: dict = {}  # built once per session, also for tests/test_generator.py (which imports these)
+
+
+def make_tiny_gan(grocery_subset, tmp_path_factory):
     """A tiny GAN trained 2 epochs x 3 steps on real Grocery photos (6 classes, 16x16)."""
     from training.gan import GanConfig, train_gan
 
-    out = tmp_path_factory.mktemp("tiny_gan")
-    cfg = GanConfig(data=str(grocery_subset), out=str(out), epochs=2, grid_classes="0,2,5", **TINY)
-    return out, train_gan(cfg), cfg
+    if "gan" not in _MADE:
+        out = tmp_path_factory.mktemp("tiny_gan")
+        cfg = GanConfig(data=str(grocery_subset), out=str(out), epochs=2, grid_classes="0,2,5", **TINY)
+        _MADE["gan"] = out, train_gan(cfg), cfg
+    return _MADE["gan"]
 
 
-@pytest.fixture(scope="module")
-def tiny_gen(tiny_gan, tmp_path_factory):
+def make_tiny_gen(grocery_subset, tmp_path_factory):
     """The tiny GAN exported through the same `skulens export` command as classifiers (+ INT8)."""
     from sdk._cli import main
 
-    path = tmp_path_factory.mktemp("tiny_gen") / "gen.onnx"
-    assert main(["-q", "export", str(tiny_gan[0] / "last.pt"), "--out", str(path), "--int8",
-                 "--calibration-size", "24"]) == 0
-    return path, json.loads(path.with_name("gen.report.json").read_text())
+    if "gen" not in _MADE:
+        ckpt = make_tiny_gan(grocery_subset, tmp_path_factory)[0] / "last.pt"
+        path = tmp_path_factory.mktemp("tiny_gen") / "gen.onnx"
+        assert main(["-q", "export", str(ckpt), "--out", str(path), "--int8", "--calibration-size", "24"]) == 0
+        _MADE["gen"] = path, json.loads(path.with_name("gen.report.json").read_text())
+    return _MADE["gen"]
+
+
+@pytest.fixture()
+def tiny_gan(grocery_subset, tmp_path_factory):
+    return make_tiny_gan(grocery_subset, tmp_path_factory)
+
+
+@pytest.fixture()
+def tiny_gen(grocery_subset, tmp_path_factory):
+    return make_tiny_gen(grocery_subset, tmp_path_factory)
 
 
 @pytest.mark.parametrize("size,channels", [(8, 3), (28, 1), (32, 3), (48, 3), (64, 1)])

@@ -10,19 +10,14 @@ import pytest
 from sdk import GeneratorOptions, ImageGenerator, ModelError, SkulensError
 from sdk._generator import GenerationError
 
-TINY = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_size=8,
-            steps_per_epoch=3, threads=1)
+from test_gan import make_tiny_gen
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def gen_path(grocery_subset, tmp_path_factory):
-    from export._gan import export_generator
-    from training.gan import GanConfig, train_gan
-
-    out = tmp_path_factory.mktemp("sdk_gan")
-    train_gan(GanConfig(data=str(grocery_subset), out=str(out / "run"), epochs=1, **TINY))
-    export_generator(out / "run" / "last.pt", out / "gen.onnx")
-    return out / "gen.onnx"
+    """The tiny GAN of test_gan.py (built once per session) exported as fp32 + INT8 (shipped or
+    rejected by its gate)."""
+    return make_tiny_gen(grocery_subset, tmp_path_factory)[0]
 
 
 def test_generate_is_bgr_uint8_and_deterministic_for_a_seed(gen_path):
@@ -125,7 +120,9 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]
     assert low_r["n_real_train"] == 12 and low_r["generator_saw_only_lowdata_images"] is False  # saw 48
-    assert set(saved["latency"]["batch16_ms"]) == {"fp32"}
+    # tiny_gen was exported with --int8: timed whether it shipped or was kept as .int8.rejected.onnx
+    assert set(saved["latency"]["batch16_ms"]) == {"fp32", "int8"}
+    assert saved["latency"]["int8_shipped"] == gen_path.with_name("gen.int8.onnx").exists()
     for png in ("gan_eval.png", "samples_real_vs_generated.png"):
         assert (tmp_path / "eval" / png).stat().st_size > 1000
     assert r["fid"] == saved["fid"]

@@ -95,6 +95,7 @@ class GanEvalConfig:
     lowdata_data / lowdata_generator: the low-data subset and a generator trained ONLY on it;
     lowdata_epochs: epochs of the real-only arm; equal_steps: give the +GAN arm the same number
     of optimiser steps (fewer epochs) instead of the same number of epochs.
+    fid / cas / latency: which measurements to run (``--no-fid --no-cas`` for latency only).
     """
 
     generator: str
@@ -108,6 +109,7 @@ class GanEvalConfig:
     lowdata_epochs: int = 60
     gan_ratio: float = 1.0
     equal_steps: bool = True
+    fid: bool = True
     cas: bool = True
     latency: bool = True
     threads: int = 1

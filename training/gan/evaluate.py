@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -110,31 +110,31 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
         val_counts = Counter(s.label for s in ds.splits.get("val") or [])
         gen_val, y_gen_val = _generate_matched(gen, ds.classes, {c: max(2, val_counts.get(c, 0))
                                                                 for c in range(len(ds.classes))}, cfg.seed + 1)
-    y_train = np.array([s.label for s in train_s])
-    y_test = np.array([s.label for s in test_s])
-    log.info("features: %d real train, %d real test, %d generated", len(train_s), len(test_s), len(gen_train))
-    f_tr, l_tr = extract([decode_image(s.path) for s in train_s])
-    f_te, l_te = extract([decode_image(s.path) for s in test_s])
-    f_g, l_g = extract(gen_train)
     result: dict = {
         "setup": {"generator": cfg.generator, "data": cfg.data, "classifier": cfg.classifier,
                   "classes": list(ds.classes), "generator_output": gen_meta.generator,
                   "generator_training": gen_meta.metrics.get("training"),
                   "classifier_model": clf_ckpt["model_name"], "classifier_input": clf_ckpt["preprocess"]["input_size"],
-                  "config": cfg.to_dict()},
-        "fid": {"generated_vs_real_test": frechet_distance(f_g, f_te),
-                "real_train_vs_real_test": frechet_distance(f_tr, f_te),
-                "generated_vs_real_train": frechet_distance(f_g, f_tr),
-                "n_generated": len(f_g), "n_real_train": len(f_tr), "n_real_test": len(f_te),
-                "feature_dim": int(f_g.shape[1]), "definition": FID_DEFINITION},
-        "classifier_on_real_test_top1": float((l_te.argmax(1) == y_test).mean()),
-        "classifier_on_generated_top1": float((l_g.argmax(1) == y_gen).mean()),
-    }
-    fid = result["fid"]
-    fid["ratio_to_floor"] = fid["generated_vs_real_test"] / max(fid["real_train_vs_real_test"], 1e-12)
-    log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f", fid["generated_vs_real_test"],
-             fid["real_train_vs_real_test"])
-    _save(out, result)
+                  "config": cfg.to_dict()}}
+    if cfg.fid or cfg.cas:
+        y_test = np.array([s.label for s in test_s])
+        f_te, l_te = extract([decode_image(s.path) for s in test_s])
+        result["classifier_on_real_test_top1"] = float((l_te.argmax(1) == y_test).mean())
+    if cfg.fid:
+        log.info("features: %d real train, %d real test, %d generated", len(train_s), len(test_s), len(gen_train))
+        f_tr, _ = extract([decode_image(s.path) for s in train_s])
+        f_g, l_g = extract(gen_train)
+        fid = {"generated_vs_real_test": frechet_distance(f_g, f_te),
+               "real_train_vs_real_test": frechet_distance(f_tr, f_te),
+               "generated_vs_real_train": frechet_distance(f_g, f_tr),
+               "n_generated": len(f_g), "n_real_train": len(f_tr), "n_real_test": len(f_te),
+               "feature_dim": int(f_g.shape[1]), "definition": FID_DEFINITION}
+        fid["ratio_to_floor"] = fid["generated_vs_real_test"] / max(fid["real_train_vs_real_test"], 1e-12)
+        result["fid"] = fid
+        result["classifier_on_generated_top1"] = float((l_g.argmax(1) == y_gen).mean())
+        log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f", fid["generated_vs_real_test"],
+                 fid["real_train_vs_real_test"])
+        _save(out, result)
 
     base_overrides = dict(threads=cfg.threads or 1, num_workers=0, resume=False, gan_augment=None)
     if cfg.cas:
@@ -222,6 +222,7 @@ def _latency(cfg) -> dict:
     paths = {"fp32": Path(cfg.generator), **({"int8": q} if q else {})}
     gens = {k: ImageGenerator.from_path(p, GeneratorOptions(num_threads=1)) for k, p in paths.items()}
     res = {"threads": 1, "what": "ImageGenerator.generate(label 0, n, seed=0): latent + ONNX + uint8 BGR",
+           "loadavg_before": [round(v, 2) for v in os.getloadavg()],
            "paths": {k: str(p) for k, p in paths.items()}}
     try:
         if q:
@@ -230,13 +231,14 @@ def _latency(cfg) -> dict:
             res["int8_gate"] = {k: gate.get(k) for k in ("psnr_db", "feature_distance", "reason")}
         for n in (1, 16):
             fns = [lambda g=g, n=n: g.generate(0, n=n, seed=0) for g in gens.values()]
-            secs = time_callables(fns, rounds=7, iters=max(3, 40 // n))
+            secs = time_callables(fns, rounds=15, iters=max(3, 40 // n))
             res[f"batch{n}_ms"] = {k: round(s * 1e3, 3) for k, s in zip(gens, secs)}
             if q:
                 res[f"batch{n}_int8_speedup"] = round(secs[0] / secs[1], 3)
     finally:
         for g in gens.values():
             g.close()
+    res["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     return res
 
 
@@ -249,10 +251,11 @@ def _plot(out: Path, r: dict) -> None:
 
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    f = r["fid"]
-    axes[0].bar(["generated\nvs real test", "real train\nvs real test"],
-                [f["generated_vs_real_test"], f["real_train_vs_real_test"]], color=["tab:orange", "tab:blue"])
-    axes[0].set(title="FID in classifier feature space", ylabel="Frechet distance (lower is better)")
+    f = r.get("fid")
+    if f:
+        axes[0].bar(["generated\nvs real test", "real train\nvs real test"],
+                    [f["generated_vs_real_test"], f["real_train_vs_real_test"]], color=["tab:orange", "tab:blue"])
+        axes[0].set(title="FID in classifier feature space", ylabel="Frechet distance (lower is better)")
     if "cas" in r:
         c = r["cas"]
         axes[1].bar(["real train", "generated only"], [c["top1_real_recipe"] or 0, c["top1_generated_only"]],
