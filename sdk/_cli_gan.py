@@ -48,7 +48,8 @@ def _gan_eval(args) -> int:
 
     result = evaluate_gan(dataclass_from_args(GanEvalConfig, args))
     short = {k: v for k, v in result.items() if k not in ("setup",)}
-    short["fid"] = {k: v for k, v in result["fid"].items() if k != "definition"}
+    if "fid" in result:
+        short["fid"] = {k: v for k, v in result["fid"].items() if k != "definition"}
     print(json.dumps(short, indent=2))
     return 0
 
