@@ -8,8 +8,6 @@ the same images on every machine and every onnxruntime build.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import cv2
 import numpy as np
 
 from ._errors import ModelError, SkulensError
+from ._io import atomic_write_bytes
 from ._metadata import ModelMetadata
 from ._session import open_model
 
@@ -169,21 +168,8 @@ def make_grid(images, ncol: int | None = None, pad: int = 2, scale: int = 1, row
 
 
 def write_png(path, image: np.ndarray) -> Path:
-    """Encode ``image`` as PNG and write it atomically (temp file + rename)."""
-    path = Path(path)
+    """Encode ``image`` as PNG and write it atomically."""
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise GenerationError(f"{path}: cannot encode image as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, buf.tobytes())
