@@ -165,7 +165,7 @@ def train(cfg: TrainConfig) -> dict:
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         if cfg.ema_decay > 0 else None)
     final = ema.module if ema is not None else model  # the weights that are evaluated and kept
-    if ema is not None and cfg.epochs * steps_per_epoch < 2 / (1 - cfg.ema_decay):
+    if ema is not None and dctx.is_main and cfg.epochs * steps_per_epoch < 2 / (1 - cfg.ema_decay):
         log.warning("ema_decay=%s averages over ~%d steps but the run has only %d: the kept weights "
                     "will lag; use a smaller ema_decay (or 0) for short runs", cfg.ema_decay,
                     round(1 / (1 - cfg.ema_decay)), cfg.epochs * steps_per_epoch)
