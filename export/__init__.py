@@ -1,9 +1,9 @@
 """skulens export: checkpoint -> self-describing ONNX (fp32 and INT8). Needs ``skulens[export]``."""
 from training import import_or_extra as _import_or_extra
 
-__all__ = ["export_classifier", "torch_to_onnx", "quantize_int8", "choose_activation_type",
+__all__ = ["export_checkpoint", "export_classifier", "torch_to_onnx", "quantize_int8", "choose_activation_type",
            "write_metadata", "int8_path_for"]
-_WHERE = {"export_classifier": "_pipeline", "int8_path_for": "_pipeline", "torch_to_onnx": "_onnx",
+_WHERE = {"export_checkpoint": "_pipeline", "export_classifier": "_pipeline", "int8_path_for": "_pipeline", "torch_to_onnx": "_onnx",
           "write_metadata": "_onnx", "quantize_int8": "_quantize", "choose_activation_type": "_quantize"}
 
 

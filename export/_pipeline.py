@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 import sdk
-from sdk import ClassifierOptions, DatasetError, ImageClassifier, load_dataset
+from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, load_dataset
 from sdk._evaluate import accuracy_report, coarse_index, label_mapping
 from sdk._metadata import ModelMetadata
 from sdk._io import atomic_write
@@ -143,6 +143,24 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
     atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     report["report_path"] = str(report_path)
     return report
+
+
+def checkpoint_kind(checkpoint) -> str:
+    """"classifier" or "generator" (ModelError for anything else)."""
+    kind = load_checkpoint(checkpoint).get("kind", "classifier")
+    if kind not in ("classifier", "generator"):
+        raise ModelError(f"{checkpoint}: unknown checkpoint kind {kind!r}")
+    return kind
+
+
+def export_checkpoint(checkpoint, out, **kwargs) -> dict:
+    """Export any skulens checkpoint: classifiers with :func:`export_classifier`, GAN
+    checkpoints with ``export._gan.export_generator`` (same keyword arguments)."""
+    if checkpoint_kind(checkpoint) == "generator":
+        from ._gan import export_generator
+
+        return export_generator(checkpoint, out, **kwargs)
+    return export_classifier(checkpoint, out, **kwargs)
 
 
 def _summary(ev: dict, split: str) -> dict:

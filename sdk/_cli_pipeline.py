@@ -71,24 +71,22 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from export import export_classifier
+    from export import export_checkpoint
+    from export._pipeline import checkpoint_kind
     from export.config import ExportConfig
 
-    cfg = dataclass_from_args(ExportConfig, args)
-    kwargs = dataclasses.asdict(cfg)
+    from ._errors import ModelError
+
+    kwargs = dataclasses.asdict(dataclass_from_args(ExportConfig, args))
     triton_repo = kwargs.pop("triton_repo")
-    from training.checkpoint import load_checkpoint  # dispatch on the checkpoint's kind
-    if load_checkpoint(cfg.checkpoint).get("kind", "classifier") == "generator":
-        if triton_repo:
-            raise SystemExit("skulens export: error: --triton-repo is for classifiers")
-        from export._gan import export_generator
-        report = export_generator(**kwargs)
-    else:
-        report = export_classifier(**kwargs)
+    if triton_repo and checkpoint_kind(args.checkpoint) != "classifier":
+        raise ModelError(f"{args.checkpoint}: --triton-repo is for classifiers, this is a GAN checkpoint")
+    report = export_checkpoint(**kwargs)
     if triton_repo:  # the deployed file: INT8 when exported, else fp32
         from export._triton import write_triton_repo
+
         report["triton"] = write_triton_repo((report.get("int8") or report["fp32"])["path"], triton_repo,
-                                             intra_op_threads=cfg.threads)
+                                             intra_op_threads=args.threads)
     print(json.dumps(report, indent=2))
     return 0
 
