@@ -11,7 +11,7 @@ import numpy as np
 from ._errors import ModelError
 from ._image import DEFAULT_MAX_PIXELS, decode_image
 from ._metadata import ModelMetadata
-from ._session import open_model
+from ._session import OnnxTask, open_model
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class ImageClassifier:
+class ImageClassifier(OnnxTask):
     """Classify product images with a skulens ONNX model.
 
     >>> with ImageClassifier.from_path("model.onnx") as clf:
@@ -113,21 +113,6 @@ class ImageClassifier:
         session, meta = open_model(path, num_threads=options.num_threads,
                                    providers=options.providers, expect_kind="classifier")
         return cls(session, meta, options, path=str(path))
-
-    # -- context manager -----------------------------------------------------------------------
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        self._session = None
-
-    def _require_open(self):
-        if self._session is None:
-            raise RuntimeError("this ImageClassifier is closed")
-        return self._session
 
     # -- the pipeline --------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:

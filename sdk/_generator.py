@@ -17,7 +17,7 @@ import numpy as np
 from ._errors import ModelError, SkulensError
 from ._io import atomic_write_bytes
 from ._metadata import ModelMetadata
-from ._session import open_model
+from ._session import OnnxTask, open_model
 
 
 class GenerationError(SkulensError, ValueError):
@@ -38,7 +38,7 @@ class GeneratorOptions:
             raise ValueError("num_threads must be >= 0 and max_batch >= 1")
 
 
-class ImageGenerator:
+class ImageGenerator(OnnxTask):
     """Generate product images of a given class.
 
     >>> with ImageGenerator.from_path("gen.onnx") as gen:
@@ -73,15 +73,6 @@ class ImageGenerator:
                                    expect_kind="generator")
         return cls(session, meta, options, path=str(path))
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        self._session = None
-
     @property
     def channels(self) -> int:
         return 1 if self.channel_order == "GRAY" else 3
@@ -109,14 +100,13 @@ class ImageGenerator:
 
     def run(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Model only: z [N, z_dim] float32, labels [N] int64 -> raw output [N, C, H, W]."""
-        if self._session is None:
-            raise RuntimeError("this ImageGenerator is closed")
+        session = self._require_open()
         z = np.ascontiguousarray(z, dtype=np.float32)
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         outs = []
         for i in range(0, len(z), self.options.max_batch):
             j = i + self.options.max_batch
-            outs.append(self._session.run([self._output_name], {"z": z[i:j], "label": labels[i:j]})[0])
+            outs.append(session.run([self._output_name], {"z": z[i:j], "label": labels[i:j]})[0])
         return np.concatenate(outs)
 
     def to_images(self, raw: np.ndarray) -> np.ndarray:

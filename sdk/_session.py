@@ -53,3 +53,24 @@ def open_model(path, *, num_threads: int = 0, providers=None,
     if expect_kind is not None and meta.kind != expect_kind:
         raise ModelError(f"{path}: this is a {meta.kind} model, expected a {expect_kind}")
     return session, meta
+
+
+class OnnxTask:
+    """Lifecycle shared by the SDK's task objects: a context manager around one session."""
+
+    _session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Release the model; later calls raise RuntimeError."""
+        self._session = None
+
+    def _require_open(self):
+        if self._session is None:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+        return self._session
