@@ -219,7 +219,7 @@ def write_split_lists(dataset: Dataset, dst) -> Path:
             c = dataset.fine_to_coarse.get(i)
             w.writerow([name, i, dataset.coarse_classes[c] if c is not None else "", "" if c is None else c])
     for name, samples in dataset.splits.items():
-        lines = [f"{s.path.resolve()}, {s.label}" + (f", {s.coarse}" if s.coarse is not None else "")
+        lines = [f"{s.path.absolute()}, {s.label}" + (f", {s.coarse}" if s.coarse is not None else "")
                  for s in samples]
         (dst / f"{name}.txt").write_text("\n".join(lines) + "\n" if lines else "", encoding="utf-8")
     return dst
