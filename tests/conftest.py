@@ -94,3 +94,33 @@ def tiny_models(tiny_run, grocery_subset, tmp_path_factory):
     report = export_classifier(tiny_run[0] / "best.pt", out, int8=True, data=str(grocery_subset),
                                calibration_size=32, activation_type="u8")
     return Path(report["fp32"]["path"]), Path(report["int8"]["path"]), report
+
+
+TINY_GAN = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_size=8,
+                steps_per_epoch=3, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gan(grocery_subset, tmp_path_factory):
+    """A tiny GAN trained 2 epochs x 3 steps on real Grocery photos (6 classes, 16x16):
+    (run folder, training result, GanConfig)."""
+    from training.gan import GanConfig, train_gan
+
+    out = tmp_path_factory.mktemp("tiny_gan")
+    cfg = GanConfig(data=str(grocery_subset), out=str(out), epochs=2, grid_classes="0,2,5", **TINY_GAN)
+    return out, train_gan(cfg), cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_gen(tiny_gan, tmp_path_factory):
+    """The tiny GAN exported through the same `skulens export` command as classifiers (+ INT8):
+    (path, export report)."""
+    import json
+
+    from sdk._cli import main
+
+    path = tmp_path_factory.mktemp("tiny_gen") / "gen.onnx"
+    if main(["-q", "export", str(tiny_gan[0] / "last.pt"), "--out", str(path), "--int8",
+             "--calibration-size", "24"]) != 0:
+        raise RuntimeError("exporting the tiny GAN failed")
+    return path, json.loads(path.with_name("gen.report.json").read_text())

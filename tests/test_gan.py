@@ -7,47 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import TINY_GAN
 from sdk import ImageGenerator, SkulensError
 from sdk._metadata import SCHEMA_VERSION, decode_metadata
-
-TINY = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_size=8,
-            steps_per_epoch=3, threads=1)
-
-
-_MADE: dict = {}  # built once per session, also for tests/test_generator.py (which imports these)
-
-
-def make_tiny_gan(grocery_subset, tmp_path_factory):
-    """A tiny GAN trained 2 epochs x 3 steps on real Grocery photos (6 classes, 16x16)."""
-    from training.gan import GanConfig, train_gan
-
-    if "gan" not in _MADE:
-        out = tmp_path_factory.mktemp("tiny_gan")
-        cfg = GanConfig(data=str(grocery_subset), out=str(out), epochs=2, grid_classes="0,2,5", **TINY)
-        _MADE["gan"] = out, train_gan(cfg), cfg
-    return _MADE["gan"]
-
-
-def make_tiny_gen(grocery_subset, tmp_path_factory):
-    """The tiny GAN exported through the same `skulens export` command as classifiers (+ INT8)."""
-    from sdk._cli import main
-
-    if "gen" not in _MADE:
-        ckpt = make_tiny_gan(grocery_subset, tmp_path_factory)[0] / "last.pt"
-        path = tmp_path_factory.mktemp("tiny_gen") / "gen.onnx"
-        assert main(["-q", "export", str(ckpt), "--out", str(path), "--int8", "--calibration-size", "24"]) == 0
-        _MADE["gen"] = path, json.loads(path.with_name("gen.report.json").read_text())
-    return _MADE["gen"]
-
-
-@pytest.fixture()
-def tiny_gan(grocery_subset, tmp_path_factory):
-    return make_tiny_gan(grocery_subset, tmp_path_factory)
-
-
-@pytest.fixture()
-def tiny_gen(grocery_subset, tmp_path_factory):
-    return make_tiny_gen(grocery_subset, tmp_path_factory)
 
 
 @pytest.mark.parametrize("size,channels", [(8, 3), (28, 1), (32, 3), (48, 3), (64, 1)])
@@ -109,8 +71,8 @@ def test_resume_continues_exactly(grocery_subset, tiny_gan, tmp_path):
     """2 epochs in one run == 1 epoch + resume for 1 more: seeded and resumable."""
     from training.gan import GanConfig, train_gan
 
-    train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=1, **TINY))
-    train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=2, resume=True, **TINY))
+    train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=1, **TINY_GAN))
+    train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=2, resume=True, **TINY_GAN))
     a = torch.load(tmp_path / "last.pt", weights_only=True)
     b = torch.load(tiny_gan[0] / "last.pt", weights_only=True)
     for key in ("generator_ema", "discriminator"):
@@ -187,7 +149,7 @@ def test_grayscale_fashion_mnist(fashion_sample, tmp_path):
     x, y = fashion_sample
     names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
     cfg = GanConfig(data="fashion", out=str(tmp_path / "gan"), channels=1, epochs=1,
-                    classes="Sneaker,Bag,Trouser", **{**TINY, "image_size": 28})
+                    classes="Sneaker,Bag,Trouser", **{**TINY_GAN, "image_size": 28})
     real = from_arrays(x, y, names, 28, 1, source="fashion-mnist-sample")
     metrics = train_gan(cfg, real=real)
     assert metrics["num_classes"] == 3 and metrics["n_train"] == 270 and metrics["channels"] == 1

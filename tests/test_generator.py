@@ -10,14 +10,11 @@ import pytest
 from sdk import GeneratorOptions, ImageGenerator, ModelError, SkulensError
 from sdk._generator import GenerationError
 
-from test_gan import make_tiny_gen
-
 
 @pytest.fixture()
-def gen_path(grocery_subset, tmp_path_factory):
-    """The tiny GAN of test_gan.py (built once per session) exported as fp32 + INT8 (shipped or
-    rejected by its gate)."""
-    return make_tiny_gen(grocery_subset, tmp_path_factory)[0]
+def gen_path(tiny_gen):
+    """The tiny GAN (conftest) exported as fp32 + INT8 (shipped or rejected by its gate)."""
+    return tiny_gen[0]
 
 
 def test_generate_is_bgr_uint8_and_deterministic_for_a_seed(gen_path):
