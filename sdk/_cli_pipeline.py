@@ -17,7 +17,7 @@ def register(sub) -> None:
                        "train, export fp32 + INT8, evaluate, classify, time")
     p.add_argument("--data", help="a real dataset instead of the generated demo catalogue")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
-    p.add_argument("--model", default="edge_resnet", help="model from the registry (default: edge_resnet)")
+    p.add_argument("--model", default=None, help="model from the registry (default: the train default)")
     p.add_argument("--epochs", type=int, default=None, help="default: 20 on the demo, the train default on --data")
     p.add_argument("--input-size", type=int, default=None, help="default: 64 on the demo, the train default on --data")
     p.add_argument("--per-class", type=int, default=50, help="demo images per class (default: 50)")

@@ -17,7 +17,7 @@ MEAN_STD = {"RGB": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 class TrainConfig:
     data: str
     out: str = "runs/train"
-    model: str = "edge_resnet"
+    model: str = "edge_resnet_slim"
     input_size: int = 128
     color_order: str = "RGB"
     epochs: int = 60

@@ -20,7 +20,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_quickstart(data=None, out="runs/quickstart", model="edge_resnet", epochs=None,
+def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
                    input_size=64, per_class=50, seed=0) -> int:
     from export import export_classifier
     from runtime_bench._timing import ort_runner, time_callables, torch_runner
@@ -42,10 +42,10 @@ def run_quickstart(data=None, out="runs/quickstart", model="edge_resnet", epochs
     dataset = load_dataset(data)
     _say(f"      {dataset.summary()}")
 
-    cfg = TrainConfig(data=str(data), out=str(out / "train"), model=model, seed=seed, **recipe)
+    cfg = TrainConfig(data=str(data), out=str(out / "train"), model=model or TrainConfig.model, seed=seed, **recipe)
     metrics = train(cfg)
     ev = metrics.get("eval", {})
-    _say(f"[2/5] trained {model} for {cfg.epochs} epochs in {metrics['train_seconds']:.0f}s: "
+    _say(f"[2/5] trained {cfg.model} for {cfg.epochs} epochs in {metrics['train_seconds']:.0f}s: "
          f"best val top-1 {metrics['best_val_top1']:.3f} (epoch {metrics['best_epoch']}), "
          f"PyTorch {ev.get('split', '-')} top-1 {ev.get('top1', float('nan')):.3f}")
 

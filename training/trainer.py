@@ -1,6 +1,6 @@
 """Training a product classifier, top to bottom.
 
-    cfg = TrainConfig(data="path/to/dataset", model="edge_resnet", epochs=40)
+    cfg = TrainConfig(data="path/to/dataset", model="edge_resnet_slim", epochs=60)
     result = train(cfg)          # writes best.pt, last.pt, metrics.json, PNGs under cfg.out
 
 Pipeline: load dataset -> decode + cache images -> model from the registry -> SGD/AdamW with

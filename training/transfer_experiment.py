@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/transfer")
-    p.add_argument("--model", default="edge_resnet")
+    p.add_argument("--model", default=TrainConfig.model)
     p.add_argument("--input-size", type=int, default=TrainConfig.input_size)
     p.add_argument("--ema-decay", type=float, default=0.0, help="0: these runs are too short for an EMA")
     p.add_argument("--source-epochs", type=int, default=40)
