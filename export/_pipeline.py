@@ -19,7 +19,7 @@ import torch
 
 import sdk
 from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, load_dataset
-from sdk._evaluate import accuracy_report, coarse_index, label_mapping
+from sdk._evaluate import evaluate_samples
 from sdk._metadata import ModelMetadata
 from sdk._io import atomic_write
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
@@ -52,12 +52,9 @@ def _sample(samples, n, seed=0):
 
 
 def _evaluate(path, samples, dataset, threads):
-    """Logits of the ONNX model at ``path`` through the SDK (decode -> contract -> ORT)."""
+    """Logits and accuracy of the ONNX model at ``path`` through the SDK (decode -> contract -> ORT)."""
     with ImageClassifier.from_path(path, ClassifierOptions(num_threads=threads, max_batch=64)) as clf:
-        logits = clf.logits_batch([s.path for s in samples])
-        targets = label_mapping(clf.labels, dataset)[np.array([s.label for s in samples])]
-        report = accuracy_report(logits, targets, clf.labels, coarse_of=coarse_index(clf.labels, dataset))
-    return logits, report
+        return evaluate_samples(clf, samples, dataset)
 
 
 def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None = None,

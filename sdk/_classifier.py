@@ -146,16 +146,10 @@ class ImageClassifier(OnnxTask):
     def classify_batch(self, images: Iterable) -> list[ClassificationResult]:
         """Classify many images; they are sent to the model in batches of ``max_batch``."""
         images = list(images)
-        results: list[ClassificationResult] = []
-        step = self.options.max_batch
-        for start in range(0, len(images), step):
-            chunk = images[start:start + step]
-            x = np.stack([self.preprocess(im) for im in chunk])
-            results.extend(self.postprocess(self.run(x), [_source_name(im) for im in chunk]))
-        return results
+        return self.postprocess(self.logits_batch(images), [_source_name(im) for im in images])
 
     def logits_batch(self, images: Iterable) -> np.ndarray:
-        """Raw logits for many images (used by evaluation)."""
+        """Raw logits [N, num_classes] for many images, run in batches of ``max_batch``."""
         images = list(images)
         out = []
         for start in range(0, len(images), self.options.max_batch):

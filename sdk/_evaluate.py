@@ -52,22 +52,18 @@ def coarse_index(model_labels, dataset: Dataset) -> np.ndarray | None:
     return np.array([by_name.get(name, -1) for name in model_labels], dtype=np.int64)
 
 
-def evaluate(classifier, dataset: Dataset, split: str = "test", limit: int | None = None,
-             progress=None) -> dict:
+def evaluate_samples(classifier, samples, dataset: Dataset) -> tuple[np.ndarray, dict]:
+    """(logits, accuracy report) of ``classifier`` (an ImageClassifier) on ``samples`` of ``dataset``."""
+    if not samples:
+        raise DatasetError(f"{dataset.root}: no samples to evaluate")
+    targets = label_mapping(classifier.labels, dataset)[np.array([s.label for s in samples])]
+    logits = classifier.logits_batch([s.path for s in samples])
+    return logits, accuracy_report(logits, targets, classifier.labels,
+                                   coarse_of=coarse_index(classifier.labels, dataset))
+
+
+def evaluate(classifier, dataset: Dataset, split: str = "test", limit: int | None = None) -> dict:
     """Run ``classifier`` (an ImageClassifier) over a split and report its accuracy."""
     samples = dataset.split(split)
-    if limit:
-        samples = samples[:limit]
-    mapping = label_mapping(classifier.labels, dataset)
-    targets = mapping[np.array([s.label for s in samples])]
-    chunks, step = [], classifier.options.max_batch
-    for start in range(0, len(samples), step):
-        chunk = samples[start:start + step]
-        chunks.append(classifier.logits_batch([s.path for s in chunk]))
-        if progress:
-            progress(len(chunk))
-    logits = np.concatenate(chunks)
-    report = accuracy_report(logits, targets, classifier.labels,
-                             coarse_of=coarse_index(classifier.labels, dataset))
-    report["split"] = split
-    return report
+    _, report = evaluate_samples(classifier, samples[:limit] if limit else samples, dataset)
+    return {**report, "split": split}
