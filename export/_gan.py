@@ -112,11 +112,15 @@ def export_generator(checkpoint, out, *, int8: bool = False, data: str | None = 
                      calibration_size: int = 256, activation_type: str = "auto",
                      calibrate_method: str = "minmax", eval_split: str = "test",
                      eval_limit: int | None = None, opset: int = DEFAULT_OPSET, threads: int = 0,
-                     psnr_min: float = 30.0, feature_max: float = 0.10, classifier=None) -> dict:
+                     input_dtype: str = "auto", psnr_min: float = 30.0, feature_max: float = 0.10,
+                     classifier=None) -> dict:
     """Export a GAN checkpoint's EMA generator to ``out``; with ``int8`` also try INT8.
 
     Takes the same keyword arguments as ``export_classifier`` (``data``, ``eval_split`` and
-    ``eval_limit`` are unused: a generator is checked against its own fp32 output)."""
+    ``eval_limit`` are unused: a generator is checked against its own fp32 output; its inputs
+    are latent vectors and labels, so ``input_dtype`` can only be "auto" or "float32")."""
+    if input_dtype not in ("auto", "float32"):
+        raise ValueError(f"input_dtype {input_dtype!r}: a generator takes float32 latent vectors")
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
     gen = generator_from_checkpoint(ckpt)

@@ -38,9 +38,43 @@ def torch_to_onnx(model: torch.nn.Module, example_inputs: tuple, path, *, input_
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True,
                               verbose=False)
+        model_proto = onnx.load(tmp)
+        if _global_average_pool(model_proto):
+            onnx.save(model_proto, tmp)
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
 
     return atomic_write(path, write)
+
+
+def _global_average_pool(model: onnx.ModelProto) -> int:
+    """Rewrite in place each ReduceMean over the two spatial axes of a 4-D tensor, with
+    keepdims, as GlobalAveragePool (what ``AdaptiveAvgPool2d(1)`` means; the exporter writes
+    ReduceMean). onnxruntime quantizes GlobalAveragePool into an NHWC integer kernel, while a
+    ReduceMean falls back to float between a DequantizeLinear and a QuantizeLinear, behind a
+    transpose back to NCHW. Returns the number of nodes rewritten."""
+    graph = model.graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.value_info) + list(inferred.input)}
+    rewritten = 0
+    for i, node in enumerate(graph.node):
+        if node.op_type != "ReduceMean" or len(node.input) != 2 or rank.get(node.input[0]) != 4:
+            continue
+        keepdims = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}.get("keepdims", 1)
+        axes = consts.get(node.input[1])
+        if keepdims != 1 or axes is None or {int(a) % 4 for a in np.ravel(axes)} != {2, 3}:
+            continue
+        graph.node[i].CopyFrom(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output),
+                                                     name=node.name or f"global_average_pool_{i}"))
+        rewritten += 1
+    if rewritten:  # drop the axes tensors nothing reads any more
+        used = {name for node in graph.node for name in node.input}
+        for init in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(init)
+    return rewritten
 
 
 @contextlib.contextmanager
@@ -82,14 +116,16 @@ def io_spec(path) -> dict:
     return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
 
 
-def parity(model: torch.nn.Module, onnx_path, inputs: np.ndarray, input_name: str = "input") -> float:
-    """Max |torch - onnxruntime| over the outputs for ``inputs`` (a preprocessed batch)."""
+def parity(model: torch.nn.Module, onnx_path, inputs: np.ndarray, input_name: str = "input",
+           onnx_inputs: np.ndarray | None = None) -> float:
+    """Max |torch - onnxruntime| over the outputs for ``inputs`` (a preprocessed batch); the
+    ONNX model gets ``onnx_inputs`` instead where its contract differs (the same images)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(inputs)).numpy()
-    got = sess.run(None, {input_name: inputs})[0]
+    got = sess.run(None, {input_name: inputs if onnx_inputs is None else onnx_inputs})[0]
     return float(np.abs(ref - got).max())
 
 

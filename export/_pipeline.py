@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 import sdk
-from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, load_dataset
+from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, decode_image, load_dataset
 from sdk._evaluate import evaluate_samples
 from sdk._metadata import ModelMetadata
 from sdk._io import atomic_write
@@ -26,6 +26,7 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint, preproce
 from training.data import eval_tensors
 from training.models import fold_batchnorm
 
+from ._input import float_to_uint8_input, resolve_input_dtype
 from ._onnx import DEFAULT_OPSET, file_size, io_spec, parity, sha256_file, torch_to_onnx, write_metadata
 from ._quantize import choose_activation_type, quantize_int8
 
@@ -61,12 +62,19 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
                       calibration_size: int = 256, activation_type: str = "auto",
                       calibrate_method: str = "minmax", eval_split: str = "test",
                       eval_limit: int | None = None, opset: int = DEFAULT_OPSET,
-                      threads: int = 0) -> dict:
-    """Export a classifier checkpoint to ``out`` (fp32) and, with ``int8``, ``<out>.int8.onnx``."""
+                      threads: int = 0, input_dtype: str = "auto") -> dict:
+    """Export a classifier checkpoint to ``out`` (fp32) and, with ``int8``, ``<out>.int8.onnx``.
+
+    ``input_dtype``: "uint8" makes both models take uint8 NHWC pixels with the normalisation
+    folded into the first convolution (export._input); "auto" does so where that is exact."""
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
     model = fold_batchnorm(model_from_checkpoint(ckpt))
-    pre = preprocess_of(ckpt)
+    train_pre = preprocess_of(ckpt)  # what the torch model takes
+    if resolve_input_dtype(input_dtype, model, train_pre) == "uint8":
+        onnx_model, pre = float_to_uint8_input(model, train_pre)
+    else:
+        onnx_model, pre = model, train_pre
     labels = ckpt["labels"]
     data = data or ckpt.get("dataset")
     dataset = None
@@ -77,17 +85,21 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
             raise DatasetError(f"INT8 calibration needs the training data: {exc}; pass --data") from exc
         log.warning("no dataset for parity/evaluation (%s); using random inputs for parity", exc)
     report: dict = {"checkpoint": str(checkpoint), "model": ckpt["model_name"], "opset": opset,
-                    "num_classes": len(labels), "fp32": {"path": str(out)}}
+                    "num_classes": len(labels), "input": {"dtype": pre.dtype, "layout": pre.layout},
+                    "fp32": {"path": str(out)}}
 
     # -- fp32 -------------------------------------------------------------------------------------
-    example = torch.zeros(2, *pre.tensor_shape)
-    torch_to_onnx(model, (example,), out, opset=opset)
+    example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
+    torch_to_onnx(onnx_model, (example,), out, opset=opset)
+    # parity: the trained model on training's tensors vs the ONNX model on the SDK's, same images
     if dataset is not None:
-        parity_x = eval_tensors(_sample(dataset.split("train"), 32, seed=1), pre).numpy()
+        images = [decode_image(s.path) for s in _sample(dataset.split("train"), 32, seed=1)]
     else:
-        parity_x = np.random.default_rng(0).standard_normal((8, *pre.tensor_shape)).astype(np.float32)
-    report["parity_max_abs_logit_diff"] = parity(model, out, parity_x)
-    report["parity_inputs"] = "real images" if dataset is not None else "random tensors"
+        h, w = pre.input_size
+        images = list(np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8))
+    report["parity_max_abs_logit_diff"] = parity(model, out, train_pre.apply_batch(images),
+                                                 onnx_inputs=pre.apply_batch(images))
+    report["parity_inputs"] = "real images" if dataset is not None else "random images"
     base = dict(kind="classifier", labels=tuple(labels), model_name=ckpt["model_name"],
                 preprocess=pre, io=io_spec(out), provenance=_provenance(checkpoint),
                 coarse_labels=tuple(ckpt["coarse_labels"]) if ckpt.get("coarse_labels") else None)

@@ -1,6 +1,10 @@
 """fp32 ONNX -> INT8 ONNX with onnxruntime's own tooling: pre-processing pass (shape inference
 + graph optimisation), static QDQ quantization, per-channel weights, calibration on real
 preprocessed images. The activation type (U8 or S8) can be chosen by timing both here.
+
+A model with uint8 pixel input (see export._input) keeps it: with U8 activations the pixels
+are quantized with scale 1 and zero point 0, an identity, so the Cast and QuantizeLinear at
+the input are removed and the first integer convolution reads the pixels directly.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quant_pre_process, quantize_static)
@@ -21,6 +26,11 @@ log = logging.getLogger(__name__)
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+
+
+def _as_input(x: np.ndarray) -> np.ndarray:
+    """A contiguous model input: uint8 pixels stay uint8, anything else becomes float32."""
+    return np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)
 
 
 class ArrayCalibrationReader(CalibrationDataReader):
@@ -40,7 +50,7 @@ class ArrayCalibrationReader(CalibrationDataReader):
             return None
         batch = self.images[self._i:self._i + self.batch_size]
         self._i += self.batch_size
-        return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return {self.input_name: _as_input(batch)}
 
     def rewind(self):
         self._i = 0
@@ -62,6 +72,10 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
     with tempfile.TemporaryDirectory(prefix="skulens-quant-") as tmp:
         prep = os.path.join(tmp, "prep.onnx")
         quant_pre_process(str(fp32_path), prep, skip_symbolic_shape=True)
+        pixels = _pixel_cast(onnx.load(prep)) if activation_type == "u8" else None
+        if pixels is not None:  # the cast uint8 pixels: quantized as they are
+            extra["TensorQuantOverrides"] = {pixels.output[0]: [
+                {"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]}
 
         def write(dst):
             quantize_static(prep, dst, ArrayCalibrationReader(calibration_images, input_name),
@@ -70,8 +84,57 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
                             weight_type=QuantType.QInt8,
                             calibrate_method=CALIBRATION_METHODS[calibrate_method],
                             extra_options=extra)
+            if pixels is not None:
+                model = onnx.load(dst)
+                _drop_pixel_quantize(model, pixels.output[0])
+                onnx.save(model, dst)
 
         return atomic_write(out_path, write)
+
+
+def _pixel_cast(model: onnx.ModelProto):
+    """The Cast to float of a uint8 graph input (reached through layout ops), or None."""
+    graph = model.graph
+    if len(graph.input) != 1 or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        return None
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    name = graph.input[0].name
+    while len(consumers.get(name, [])) == 1:
+        node = consumers[name][0]
+        if node.op_type == "Cast":
+            to = {a.name: a.i for a in node.attribute}.get("to")
+            return node if to == onnx.TensorProto.FLOAT else None
+        if node.op_type not in ("Transpose", "Reshape", "Identity"):
+            return None
+        name = node.output[0]
+    return None
+
+
+def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:
+    """Remove Cast -> QuantizeLinear(scale 1, zero point 0, uint8) at the input: the uint8
+    pixels feed the QuantizeLinear's consumers directly. RuntimeError if the pattern differs."""
+    graph = model.graph
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    cast = next((n for n in graph.node if n.op_type == "Cast" and n.output[0] == cast_output), None)
+    users = [n for n in graph.node if cast_output in n.input]
+    if cast is None or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+        raise RuntimeError(f"uint8 input: expected Cast -> QuantizeLinear at {cast_output!r}")
+    q = users[0]
+    scale, zero = init.get(q.input[1]), init.get(q.input[2]) if len(q.input) > 2 else None
+    if scale is None or zero is None or zero.dtype != np.uint8 or float(scale) != 1.0 or int(zero) != 0:
+        raise RuntimeError(f"uint8 input: the pixels were not quantized as they are "
+                           f"(scale {scale}, zero point {zero})")
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == q.output[0]:
+                node.input[k] = cast.input[0]
+    graph.node.remove(q)
+    graph.node.remove(cast)
+    for v in [v for v in graph.value_info if v.name in (cast_output, q.output[0])]:
+        graph.value_info.remove(v)
 
 
 def choose_activation_type(fp32_path, calibration_images: np.ndarray, *, calibrate_method: str = "minmax",
@@ -83,7 +146,7 @@ def choose_activation_type(fp32_path, calibration_images: np.ndarray, *, calibra
             paths[act] = quantize_int8(fp32_path, Path(tmp) / f"{act}.onnx", calibration_images[:32],
                                        activation_type=act, calibrate_method=calibrate_method,
                                        input_name=input_name)
-        x = np.ascontiguousarray(calibration_images[:1], dtype=np.float32)
+        x = _as_input(calibration_images[:1])
         u8, s8, fp32 = time_models([paths["u8"], paths["s8"], fp32_path], x, threads=threads)
     lat = {"u8": u8, "s8": s8}
     best = min(lat, key=lat.get)

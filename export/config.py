@@ -19,4 +19,5 @@ class ExportConfig:
     eval_limit: int | None = None
     opset: int = 18
     threads: int = 0
+    input_dtype: str = "auto"           # "auto" (uint8 pixels where exact), "float32" or "uint8"
     triton_repo: str | None = None      # also write a Triton model repository here (CLI only)

@@ -71,6 +71,10 @@ class ClassificationResult:
                                for c in self.categories]}
 
 
+# the input element type per contract dtype, as onnxruntime and Triton name it
+_INPUT_TYPES = {"float32": ("tensor(float)", "TYPE_FP32"), "uint8": ("tensor(uint8)", "TYPE_UINT8")}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -101,6 +105,11 @@ class ImageClassifier(OnnxTask):
         if isinstance(n_out, int) and n_out != len(self.labels):
             raise ModelError(f"{path}: metadata lists {len(self.labels)} labels but the model "
                              f"outputs {n_out} scores")
+        want = _INPUT_TYPES[self.preprocess_config.dtype]
+        got_type = getattr(inputs[0], "type", None)
+        if got_type is not None and got_type not in want:
+            raise ModelError(f"{path}: model input type {got_type} does not match the preprocessing "
+                             f"contract's dtype {self.preprocess_config.dtype!r} (expects {want[0]})")
         expected = list(self.preprocess_config.tensor_shape)
         got = inputs[0].shape[1:]
         if all(isinstance(v, int) for v in got) and list(got) != expected:
@@ -116,12 +125,12 @@ class ImageClassifier(OnnxTask):
 
     # -- the pipeline --------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
-        """Decode (if needed) and preprocess one image -> float32 tensor without batch axis."""
+        """Decode (if needed) and preprocess one image -> the contract's tensor, no batch axis."""
         img = decode_image(image, max_pixels=self.options.max_pixels)
         return self.preprocess_config.apply(img)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Model-only: preprocessed float32 batch -> logits [N, num_classes]."""
+        """Model-only: a preprocessed batch (the contract's layout and dtype) -> logits [N, num_classes]."""
         session = self._require_open()
         return session.run([self._output_name], {self._input_name: batch})[0]
 

@@ -24,6 +24,7 @@ _INTERP = {
 _COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 _RESIZE_MODES = ("shorter_side_crop", "direct")
 _LAYOUTS = ("NCHW", "NHWC")
+_DTYPES = ("float32", "uint8")
 
 
 def check_image_array(image) -> None:
@@ -51,7 +52,10 @@ class PreprocessConfig:
     interpolation: OpenCV interpolation name ("area", "linear", "cubic", "nearest").
     mean, std: per channel, applied after scaling pixels to [0, 1], in ``color_order``.
     layout: "NCHW" or "NHWC" of the batched tensor.
-    dtype: tensor dtype; only "float32" is produced.
+    dtype: "float32": the tensor is normalised here, ``(pixel / 255 - mean) / std``;
+        "uint8": the tensor holds the resized pixels and the model normalises them itself
+        (export folds ``mean``/``std`` into its first convolution), which spares the caller
+        the float conversion and the INT8 model its input quantization.
     """
 
     input_size: tuple[int, int] = (64, 64)
@@ -86,8 +90,8 @@ class PreprocessConfig:
             problems.append("std values must be positive")
         if self.layout not in _LAYOUTS:
             problems.append(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
-        if self.dtype != "float32":
-            problems.append(f"dtype must be 'float32', got {self.dtype!r}")
+        if self.dtype not in _DTYPES:
+            problems.append(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if problems:
             raise ValueError("invalid PreprocessConfig: " + "; ".join(problems))
 
@@ -173,10 +177,12 @@ class PreprocessConfig:
         return out.reshape(th, tw, -1)
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """Preprocess one uint8 OpenCV image into a float32 tensor of shape ``tensor_shape``."""
+        """Preprocess one uint8 OpenCV image into a ``dtype`` tensor of shape ``tensor_shape``."""
         check_image_array(image)
         img = self.resize_and_crop(image)
         img = self.to_model_colors(img)  # HxWxC uint8, model colour order
+        if self.dtype == "uint8":
+            return np.ascontiguousarray(img.transpose(2, 0, 1) if self.layout == "NCHW" else img)
         x = img.astype(np.float32)
         x *= np.float32(1.0 / 255.0)
         x -= np.asarray(self.mean, dtype=np.float32)

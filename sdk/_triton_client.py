@@ -5,8 +5,8 @@
 
 Decoding and preprocessing stay local and follow the model's own contract (``skulens.*``
 parameters that ``skulens export --triton-repo`` writes into config.pbtxt, or the metadata of
-a local copy of the model via ``metadata_from``); only the float32 tensor batch travels to the
-server (``tritonclient.http``, binary tensor extension). Needs ``pip install 'skulens[triton]'``.
+a local copy of the model via ``metadata_from``); only the preprocessed tensor batch (float32,
+or uint8 pixels for models that normalise inside) travels to the server (``tritonclient.http``, binary tensor extension). Needs ``pip install 'skulens[triton]'``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from ._classifier import ClassifierOptions, ImageClassifier
 from ._errors import ModelError, require_extra
 from ._metadata import ModelMetadata
 from ._preprocess import PreprocessConfig
+
+
+_WIRE_TYPES = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}
 
 
 def _param(config: dict, key: str):
@@ -51,8 +54,10 @@ class _TritonSession:
 
     def run(self, output_names, feed: dict):
         (name, x), = feed.items()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        inp = self._http.InferInput(name, list(x.shape), "FP32")
+        x = np.ascontiguousarray(x)
+        if x.dtype not in _WIRE_TYPES:
+            raise ModelError(f"triton model {self._name!r}: cannot send a {x.dtype} tensor")
+        inp = self._http.InferInput(name, list(x.shape), _WIRE_TYPES[x.dtype])
         inp.set_data_from_numpy(x, binary_data=self._binary)
         outs = [self._http.InferRequestedOutput(n, binary_data=self._binary) for n in output_names]
         try:
@@ -97,8 +102,6 @@ class TritonClassifier(ImageClassifier):
         try:
             meta = cls._metadata(config, where, metadata_from)
             session = _TritonSession(client, http, model_name, model_version, config, headers, binary)
-            if len(session.get_inputs()) == 1 and session.get_inputs()[0].type not in (None, "TYPE_FP32"):
-                raise ModelError(f"{where}: input type {session.get_inputs()[0].type}; the SDK sends float32")
             max_batch = int(config.get("max_batch_size", 0))
             if max_batch > 0 and options.max_batch > max_batch:
                 options = replace(options, max_batch=max_batch)

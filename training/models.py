@@ -166,6 +166,15 @@ def edge_resnet_tiny(num_classes, in_chans=3, input_size=None, **kw):
                       stem_width=12, **kw)
 
 
+def input_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The convolution that reads the input image (export folds the normalisation into it)."""
+    if isinstance(model, EdgeResNet):
+        return model.stem[0]
+    if isinstance(model, SeedCNN):
+        return model.body[0]
+    return None
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every Conv2d -> BatchNorm2d pair inside ConvBNAct into one biased Conv2d (eval only)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval

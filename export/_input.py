@@ -1,0 +1,88 @@
+"""The model's input: float32 NCHW as trained -> uint8 NHWC pixels with the normalisation inside.
+
+A classifier trained on ``(pixel / 255 - mean) / std`` in NCHW can take the raw resized pixels
+instead when its first convolution has no padding: then normalising is an affine map of each
+input pixel that folds exactly into that convolution's weights and bias. The exported model
+takes uint8 [N, H, W, C], which
+
+- spares every caller the float conversion, normalisation and HWC -> CHW transpose;
+- lets the INT8 model consume the pixels as they are: quantizing them with scale 1 and zero
+  point 0 is the identity, so :func:`export._quantize.quantize_int8` removes the input's
+  QuantizeLinear and onnxruntime's NHWC kernels need no input transpose either;
+- moves 4x fewer bytes per image (servers, Triton).
+
+With zero padding the fold would be wrong at the borders (a padded 0 is not a normalised 0),
+so models whose first layer pads keep float32 input.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from sdk import PreprocessConfig
+from training.models import input_conv
+
+INPUT_DTYPES = ("auto", "float32", "uint8")
+
+
+def uint8_input_problem(model: nn.Module, pre: PreprocessConfig) -> str | None:
+    """Why ``model`` cannot take uint8 pixels exactly, or None when it can."""
+    if pre.dtype != "float32" or pre.layout != "NCHW":
+        return f"the model was trained on {pre.dtype} {pre.layout} tensors, not float32 NCHW"
+    conv = input_conv(model)
+    if conv is None:
+        return f"{type(model).__name__} has no known first convolution"
+    if conv.groups != 1 or conv.in_channels != pre.channels:
+        return "its first convolution is grouped or does not read the image channels"
+    pads = conv.padding != "valid" if isinstance(conv.padding, str) else any(p != 0 for p in conv.padding)
+    if pads:
+        return (f"its first convolution pads (padding {conv.padding}): the normalisation does not "
+                "fold into it exactly")
+    return None
+
+
+class Uint8Input(nn.Module):
+    """uint8 [N, H, W, C] pixels -> the wrapped model, whose first convolution now normalises."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):  # x [N, H, W, C] uint8 -> logits [N, num_classes]
+        return self.model(x.permute(0, 3, 1, 2).contiguous().float())
+
+
+@torch.no_grad()
+def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Module, PreprocessConfig]:
+    """A copy of ``model`` (BatchNorm already folded, eval mode) that takes the uint8 NHWC pixels
+    of the returned contract, and that contract. ValueError when the fold would not be exact."""
+    problem = uint8_input_problem(model, pre)
+    if problem:
+        raise ValueError(f"uint8 input is not possible for this model: {problem}")
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    conv = input_conv(model)
+    # conv(x_norm), x_norm = p * a - m / s with a = 1 / (255 s): weights w * a, bias b - sum(w * m / s)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std], dtype=conv.weight.dtype).view(1, -1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(pre.mean, pre.std)], dtype=conv.weight.dtype).view(1, -1, 1, 1)
+    w = conv.weight.detach().clone()
+    bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    conv.weight.copy_(w * scale)
+    conv.bias = nn.Parameter(bias - (w * shift).sum(dim=(1, 2, 3)), requires_grad=False)
+    return Uint8Input(model).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
+
+
+def resolve_input_dtype(input_dtype: str, model: nn.Module, pre: PreprocessConfig) -> str:
+    """"auto" -> "uint8" where the fold is exact, else "float32"; an explicit choice is checked."""
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
+    problem = uint8_input_problem(model, pre)
+    if input_dtype == "auto":
+        return "float32" if problem else "uint8"
+    if input_dtype == "uint8" and problem:
+        raise ValueError(f"--input-dtype uint8 is not possible for this model: {problem}; "
+                         "use float32 (or a model with a patchify stem, e.g. edge_resnet_patch)")
+    return input_dtype
