@@ -54,7 +54,7 @@ def _spec(prep: Prepared, peer: str, mode: str, threads: int, batch: int, top_k:
     p = prep.peers[peer]
     kind = "torch" if peer == "torch_eager" else "opencv" if peer == "opencv_dnn" else "ort"
     spec = {"peer": peer, "kind": kind, "mode": mode, "threads": threads, "batch": batch,
-            "input": str(prep.input_npy), "top_k": top_k}
+            "input": str(p.input_npy or prep.input_npy), "top_k": top_k}
     spec["checkpoint" if kind == "torch" else "path"] = p.path
     if mode == "e2e":
         spec["images"] = prep.images
@@ -91,7 +91,7 @@ def _accuracy_phase(cfg: BenchConfig, prep: Prepared, work: Path, names: list[st
         try:
             w = _procs.Worker(_spec(prep, name, "model", max(cfg.threads), 1), work / f"eval_{name}.log")
             out = work / f"logits_{name}.npy"
-            w.request({"cmd": "eval", "input": str(prep.eval_npy), "out": str(out), "batch": 1})
+            w.request({"cmd": "eval", "input": str(peer.eval_npy or prep.eval_npy), "out": str(out), "batch": 1})
             w.close()
             logits[name] = np.load(out)
         except _procs.WorkerError as exc:

@@ -35,6 +35,10 @@ class Peer:
     precision: str = "fp32"
     origin: str = "given"       # given | sibling | quantized here | checkpoint
     info: dict = field(default_factory=dict)
+    # its own inputs, where its preprocessing differs from the ONNX contract (the same images):
+    # PyTorch takes the float tensors it was trained on when the ONNX model takes uint8 pixels
+    eval_npy: Path | None = None
+    input_npy: Path | None = None
 
     def fail(self, status: str, reason: str) -> None:
         self.status, self.reason = status, reason
@@ -49,7 +53,7 @@ class Prepared:
     eval_npy: Path
     input_npy: Path
     images: list[str]
-    inputs: str                          # "real images" or "random tensors"
+    inputs: str                          # "real images" or "random images"
     targets: np.ndarray | None = None    # eval labels in model indices
     coarse_of: np.ndarray | None = None
     dataset: str | None = None
@@ -79,6 +83,12 @@ def _checkpoint_dataset(checkpoint) -> str | None:
     return load_checkpoint(checkpoint).get("dataset")
 
 
+def _checkpoint_preprocess(checkpoint) -> PreprocessConfig:
+    from training.checkpoint import load_checkpoint, preprocess_of
+
+    return preprocess_of(load_checkpoint(checkpoint))
+
+
 def _sample(samples, n: int, seed: int):
     """The same deterministic sample export takes (numpy choice without replacement, sorted)."""
     if len(samples) <= n:
@@ -88,7 +98,13 @@ def _sample(samples, n: int, seed: int):
 
 
 def _tensors(samples, pre: PreprocessConfig) -> np.ndarray:
-    return np.stack([pre.apply(decode_image(s.path)) for s in samples]).astype(np.float32)
+    return np.stack([pre.apply(decode_image(s.path)) for s in samples])
+
+
+def _random_images(n: int, pre: PreprocessConfig, seed: int) -> list[np.ndarray]:
+    """Noise images of the model's input size, for timing when there is no dataset."""
+    h, w = pre.input_size
+    return list(np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8))
 
 
 def _synthetic_jpegs(folder: Path, n: int = 4, size: int = 348) -> list[str]:
@@ -217,18 +233,22 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Prepared:
     if dataset is not None:
         samples = _sample(dataset.split(cfg.eval_split), cfg.eval_limit, seed=cfg.seed)
         x = _tensors(samples, pre)
+        model_inputs = lambda p: _tensors(samples, p)  # noqa: E731
         targets = label_mapping(meta.labels, dataset)[np.array([s.label for s in samples])]
         coarse_of = coarse_index(meta.labels, dataset)
         images = [str(s.path) for s in samples[:N_E2E_IMAGES]]
         inputs = "real images"
     else:
-        x = np.random.default_rng(cfg.seed).standard_normal((min(cfg.eval_limit, 64), *pre.tensor_shape)).astype(np.float32)
+        noise = _random_images(min(cfg.eval_limit, 64), pre, cfg.seed)
+        x = pre.apply_batch(noise)
+        model_inputs = lambda p: p.apply_batch(noise)  # noqa: E731
         images = _synthetic_jpegs(workdir)
-        inputs = "random tensors"
-        notes.append("no dataset: timing on random tensors and synthetic JPEGs, no accuracy")
+        inputs = "random images"
+        notes.append("no dataset: timing on random images and synthetic JPEGs, no accuracy")
+    n_input = max(cfg.batch + cfg.e2e_batch)
     eval_npy, input_npy = workdir / "eval.npy", workdir / "input.npy"
     np.save(eval_npy, x)
-    np.save(input_npy, x[:max(cfg.batch + cfg.e2e_batch)])
+    np.save(input_npy, x[:n_input])
 
     # -- peers that are not ONNX Runtime ------------------------------------------------------
     if "torch_eager" in peers:
@@ -242,6 +262,13 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Prepared:
             p.fail("failed", f"{cfg.checkpoint}: no such checkpoint")
         else:
             p.path = str(cfg.checkpoint)
+            torch_pre = _checkpoint_preprocess(cfg.checkpoint)
+            if torch_pre != pre:  # e.g. float32 NCHW for PyTorch, uint8 NHWC pixels for ONNX
+                tx = model_inputs(torch_pre)
+                p.eval_npy, p.input_npy = workdir / "eval_torch.npy", workdir / "input_torch.npy"
+                np.save(p.eval_npy, tx)
+                np.save(p.input_npy, tx[:n_input])
+                p.info["input"] = f"{torch_pre.dtype} {torch_pre.layout} (its training contract; same images)"
     if "opencv_dnn" in peers:
         p = peers["opencv_dnn"]
         p.format = "OpenCV DNN (fp32 ONNX)"

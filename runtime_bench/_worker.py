@@ -122,7 +122,7 @@ class _Runner:
         if self.mode == "model":
             x = np.load(spec["input"])
             reps = -(-self.batch // len(x))
-            self.x = np.ascontiguousarray(np.concatenate([x] * reps)[:self.batch], dtype=np.float32)
+            self.x = np.ascontiguousarray(np.concatenate([x] * reps)[:self.batch])  # the contract's dtype
             if self.kind == "torch":
                 self.xt = torch.from_numpy(self.x)
         t3 = time.perf_counter()

@@ -75,25 +75,38 @@ def fashion_sample():
 
 @pytest.fixture(scope="session")
 def tiny_run(grocery_subset, tmp_path_factory):
-    """A tiny edge model trained 2 epochs on the real subset (32x32 inputs)."""
+    """A tiny edge model with a patchify stem, like the shipped edge_resnet_patch, trained
+    2 epochs on the real subset (32x32 inputs)."""
     from training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = TrainConfig(data=str(grocery_subset), out=str(out), model="edge_resnet_tiny", epochs=2,
-                      input_size=32, batch_size=16, num_workers=0, lr=0.05, ema_decay=0.0)
+                      input_size=32, batch_size=16, num_workers=0, lr=0.05, ema_decay=0.0,
+                      model_kwargs={"stem_stride": 2, "patch_stem": True})
     metrics = train(cfg)
     return out, metrics
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tiny_run, grocery_subset, tmp_path_factory):
-    """The tiny model exported: (fp32 path, int8 path, export report)."""
+def _export_tiny(tiny_run, grocery_subset, folder, **kwargs):
     from export import export_classifier
 
-    out = tmp_path_factory.mktemp("tiny_export") / "tiny.onnx"
-    report = export_classifier(tiny_run[0] / "best.pt", out, int8=True, data=str(grocery_subset),
-                               calibration_size=32, activation_type="u8")
+    report = export_classifier(tiny_run[0] / "best.pt", folder / "tiny.onnx", int8=True, data=str(grocery_subset),
+                               calibration_size=32, activation_type="u8", **kwargs)
     return Path(report["fp32"]["path"]), Path(report["int8"]["path"]), report
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_run, grocery_subset, tmp_path_factory):
+    """The tiny model exported as export does by default: uint8 NHWC pixel input (the
+    normalisation folded into the patchify stem). (fp32 path, int8 path, export report)."""
+    return _export_tiny(tiny_run, grocery_subset, tmp_path_factory.mktemp("tiny_export"))
+
+
+@pytest.fixture(scope="session")
+def tiny_float_models(tiny_run, grocery_subset, tmp_path_factory):
+    """The same checkpoint exported with float32 NCHW input (the contract it was trained on)."""
+    return _export_tiny(tiny_run, grocery_subset, tmp_path_factory.mktemp("tiny_float_export"),
+                        input_dtype="float32")
 
 
 TINY_GAN = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_size=8,

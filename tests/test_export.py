@@ -12,8 +12,10 @@ from sdk import ImageClassifier, ModelError, PreprocessConfig
 from sdk._metadata import ModelMetadata, decode_metadata
 
 
-def test_fp32_model_is_self_contained_checked_and_batch_dynamic(tiny_models):
-    fp32, _, report = tiny_models
+@pytest.mark.parametrize("which, dtype, shape", [("tiny_models", np.uint8, (32, 32, 3)),
+                                                  ("tiny_float_models", np.float32, (3, 32, 32))])
+def test_fp32_model_is_self_contained_checked_and_batch_dynamic(which, dtype, shape, request):
+    fp32, _, report = request.getfixturevalue(which)
     assert not list(fp32.parent.glob("*.data")), "weights must not go to a side file"
     model = onnx.load(str(fp32))
     onnx.checker.check_model(model, full_check=True)
@@ -21,12 +23,45 @@ def test_fp32_model_is_self_contained_checked_and_batch_dynamic(tiny_models):
     (inp,) = model.graph.input
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and all(d.dim_value > 0 for d in dims[1:]), "only the batch axis is dynamic"
+    assert tuple(d.dim_value for d in dims[1:]) == shape
+    assert onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type) == dtype
     sess = ort.InferenceSession(str(fp32))
     for n in (1, 3):
-        out = sess.run(None, {inp.name: np.zeros((n, 3, 32, 32), np.float32)})[0]
+        out = sess.run(None, {inp.name: np.zeros((n, *shape), dtype)})[0]
         assert out.shape == (n, 6)
+    # parity: PyTorch on its training tensors vs this model on the SDK's tensors, same photos
     assert report["parity_max_abs_logit_diff"] < 1e-4
     assert report["parity_inputs"] == "real images"
+    assert report["input"] == {"dtype": np.dtype(dtype).name, "layout": "NHWC" if dtype == np.uint8 else "NCHW"}
+    ops = [n.op_type for n in model.graph.node]
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops
+
+
+def test_uint8_int8_model_reads_the_pixels_without_quantizing_them(tiny_models, tiny_float_models):
+    """With uint8 input the INT8 model has no Cast and no QuantizeLinear at its input, before and
+    after onnxruntime's optimisation; the float32-input one quantizes its input (one Q left)."""
+    from runtime_bench._graph import optimized_op_types
+
+    _, int8, report = tiny_models
+    graph = onnx.load(str(int8)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert not [n for n in graph.node if n.op_type in ("Cast", "QuantizeLinear") and graph.input[0].name in n.input]
+    ops = optimized_op_types(int8)
+    assert ops["qdq_fully_fused"] and ops["remaining_quantize"] == 0
+    assert "QLinearGlobalAveragePool" in ops["optimized_ops"]
+    assert optimized_op_types(tiny_float_models[1])["remaining_quantize"] == 1
+    # the same checkpoint, quantized either way, answers alike
+    assert report["int8"]["top1_agreement_with_fp32"] >= 0.9
+    assert tiny_float_models[2]["int8"]["top1_agreement_with_fp32"] >= 0.9
+
+
+def test_contract_dtype_must_match_the_model_input(tiny_models, tiny_float_models, tmp_path):
+    fp32, _, _ = tiny_models
+    float_meta = decode_metadata(read_metadata_props(tiny_float_models[0]))
+    wrong = tmp_path / "wrong_dtype.onnx"
+    write_metadata(fp32, float_meta, out=wrong)
+    with pytest.raises(ModelError, match="input type tensor\\(uint8\\) does not match .* dtype 'float32'"):
+        ImageClassifier.from_path(wrong)
 
 
 def test_metadata_survives_quantization_and_names_its_parent(tiny_models):

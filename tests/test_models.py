@@ -43,3 +43,35 @@ def test_unknown_model_and_bad_class_count():
         create_model("nope", 3)
     with pytest.raises(ValueError, match="num_classes must be >= 2"):
         create_model("seed_cnn", 1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad(name):
+    """export._input: a model whose first conv has no padding takes uint8 NHWC pixels and gives
+    the logits of the float model on normalised NCHW tensors; a padded first conv is refused."""
+    from export._input import float_to_uint8_input, resolve_input_dtype
+    from sdk import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, input_size=32)
+    model.train()
+    for _ in range(2):
+        model(torch.randn(8, 3, 32, 32))
+    model = fold_batchnorm(model.eval())
+    pre = PreprocessConfig(input_size=(32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    if name in ("edge_resnet_patch",):  # the registry's patchify-stem models
+        assert resolve_input_dtype("auto", model, pre) == "uint8"
+        wrapped, u8_pre = float_to_uint8_input(model, pre)
+        assert (u8_pre.dtype, u8_pre.layout) == ("uint8", "NHWC") and u8_pre.mean == pre.mean
+        with torch.no_grad():
+            ref = model(torch.from_numpy(pre.apply_batch(list(pixels))))
+            got = wrapped(torch.from_numpy(u8_pre.apply_batch(list(pixels))))
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        assert resolve_input_dtype("float32", model, pre) == "float32"
+    else:
+        assert resolve_input_dtype("auto", model, pre) == "float32"
+        with pytest.raises(ValueError, match="uint8 input is not possible.*pads"):
+            float_to_uint8_input(model, pre)
+        with pytest.raises(ValueError, match="--input-dtype uint8 is not possible"):
+            resolve_input_dtype("uint8", model, pre)

@@ -13,6 +13,20 @@ def test_rejects_invalid_contracts():
         PreprocessConfig(color_order="GRAY")
     with pytest.raises(ValueError, match="crop_fraction"):
         PreprocessConfig(crop_fraction=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        PreprocessConfig(dtype="float16")
+
+
+def test_uint8_contract_gives_the_resized_pixels(grocery_image):
+    """dtype uint8: the same geometry and colour order, no normalisation (the model does it)."""
+    bgr = decode_image(grocery_image)
+    u8 = PreprocessConfig(input_size=(40, 56), dtype="uint8", layout="NHWC")
+    f32 = PreprocessConfig(input_size=(40, 56), mean=(0, 0, 0), std=(1, 1, 1))
+    x = u8.apply(bgr)
+    assert x.shape == (40, 56, 3) and x.dtype == np.uint8 and x.flags.c_contiguous
+    np.testing.assert_allclose(x.transpose(2, 0, 1) / np.float32(255), f32.apply(bgr), atol=1e-6)
+    nchw = PreprocessConfig(input_size=(40, 56), dtype="uint8").apply(bgr)
+    np.testing.assert_array_equal(nchw, x.transpose(2, 0, 1))
 
 
 def test_json_round_trip_and_unknown_fields():
@@ -61,6 +75,19 @@ def test_bad_arrays_are_refused(bad):
         PreprocessConfig().apply(bad)
 
 
+def test_float_export_preprocessing_is_identical_to_training(tiny_run, tiny_float_models, grocery_subset):
+    from sdk import load_dataset
+    from training.checkpoint import load_checkpoint, preprocess_of
+    from training.data import eval_tensors
+
+    samples = load_dataset(grocery_subset).split("test")[:6]
+    train_side = eval_tensors(samples, preprocess_of(load_checkpoint(tiny_run[0] / "best.pt"))).numpy()
+    with ImageClassifier.from_path(tiny_float_models[1]) as clf:
+        sdk_side = np.stack([clf.preprocess(s.path.read_bytes()) for s in samples])
+    assert sdk_side.shape == train_side.shape == (6, 3, 32, 32)
+    np.testing.assert_allclose(sdk_side, train_side, atol=1e-6, rtol=0)
+
+
 def test_training_and_sdk_preprocessing_are_identical(tiny_run, tiny_models, grocery_subset):
     """Parity: the tensors training evaluated on == what the SDK feeds the exported model,
     using the contract read back from the ONNX metadata, for the same real photos."""
@@ -69,8 +96,13 @@ def test_training_and_sdk_preprocessing_are_identical(tiny_run, tiny_models, gro
     from training.data import eval_tensors
 
     samples = load_dataset(grocery_subset).split("test")[:6]
-    train_side = eval_tensors(samples, preprocess_of(load_checkpoint(tiny_run[0] / "best.pt"))).numpy()
+    train_pre = preprocess_of(load_checkpoint(tiny_run[0] / "best.pt"))
+    train_side = eval_tensors(samples, train_pre).numpy()
     with ImageClassifier.from_path(tiny_models[1]) as clf:
         sdk_side = np.stack([clf.preprocess(s.path.read_bytes()) for s in samples])
-    assert sdk_side.shape == train_side.shape == (6, 3, 32, 32)
-    np.testing.assert_allclose(sdk_side, train_side, atol=1e-6, rtol=0)
+    assert train_side.shape == (6, 3, 32, 32) and train_side.dtype == np.float32
+    # the exported model takes the pixels and normalises inside: the same tensor once normalised
+    assert sdk_side.shape == (6, 32, 32, 3) and sdk_side.dtype == np.uint8
+    mean, std = (np.array(v, np.float32)[:, None, None] for v in (train_pre.mean, train_pre.std))
+    normalised = (sdk_side.transpose(0, 3, 1, 2) / np.float32(255) - mean) / std
+    np.testing.assert_allclose(normalised, train_side, atol=1e-5, rtol=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk import ClassifierOptions, ImageClassifier, load_dataset
+from sdk import ClassifierOptions, ImageClassifier, decode_image, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
     from export import export_classifier
     from runtime_bench._timing import ort_runner, time_callables, torch_runner
     from training import TrainConfig, train
-    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
     from training.demo_data import make_demo_catalogue
 
     t0 = time.perf_counter()
@@ -54,7 +54,8 @@ def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
     q = report["int8"]
     _say(f"[3/5] exported {onnx_path} ({report['fp32']['size_bytes'] / 1e6:.2f} MB, parity vs PyTorch "
          f"{report['parity_max_abs_logit_diff']:.1e}) and {q['path']} ({q['size_bytes'] / 1e6:.2f} MB, "
-         f"{q['quantization']['activations'].upper()}S8 QDQ)")
+         f"{q['quantization']['activations'].upper()}S8 QDQ); input {report['input']['dtype']} "
+         f"{report['input']['layout']}")
     if "eval" in q:
         f, i = report["fp32"]["eval"], q["eval"]
         _say(f"[4/5] {f['split']} top-1 (n={f['n']}): fp32 {f['top1']:.3f}, INT8 {i['top1']:.3f} "
@@ -67,8 +68,9 @@ def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
             _say(f"      {Path(s.path).name}: true {dataset.classes[s.label]!r} -> {r.top.label!r} "
                  f"({r.top.score:.2f})")
         x = clf.preprocess(samples[0].path)[None]
-    torch_model = model_from_checkpoint(load_checkpoint(out / "train" / "best.pt"))
-    eager, fp32, int8 = time_callables([torch_runner(torch_model, x, 1), ort_runner(onnx_path, x, 1),
+    ckpt = load_checkpoint(out / "train" / "best.pt")
+    torch_x = preprocess_of(ckpt).apply(decode_image(samples[0].path))[None]  # what PyTorch was trained on
+    eager, fp32, int8 = time_callables([torch_runner(model_from_checkpoint(ckpt), torch_x, 1), ort_runner(onnx_path, x, 1),
                                         ort_runner(q["path"], x, 1)], rounds=5, iters=30)
     _say("[5/5] model-only latency, batch 1, 1 thread (interleaved, median):")
     _say(f"      PyTorch eager {eager * 1e3:7.3f} ms\n      ORT fp32      {fp32 * 1e3:7.3f} ms "
