@@ -83,6 +83,9 @@ def test_peers_are_checked_against_ort_fp32_and_evaluated(bench):
     for name in ("torch_eager", "opencv_dnn"):  # fp32 peers must reproduce ORT fp32
         assert peers[name]["top1_agreement_with_fp32"] == 1.0
         assert peers[name]["max_abs_logit_diff_vs_fp32"] < 1e-3
+    # the ONNX models take uint8 pixels; PyTorch gets its own float tensors of the same images
+    assert peers["torch_eager"]["input"].startswith("float32 NCHW")
+    assert "input" not in peers["ort_fp32"]
     assert result["macs_per_image"] > 0
 
 

@@ -55,10 +55,10 @@ def test_macs_counted_from_the_onnx_graph_match_pytorch(tiny_models, tiny_run):
 
 def test_diagnostics_see_qdq_fusion_and_profile(tiny_models):
     fp32, int8, _ = tiny_models
-    x = np.zeros((1, 3, 32, 32), np.float32)
+    x = np.zeros((1, 32, 32, 3), np.uint8)  # the tiny model takes uint8 NHWC pixels
     d8 = diagnose(int8, x, threads=1)
     assert d8["ops"]["source_ops"]["QuantizeLinear"] > 0
-    assert isinstance(d8["ops"]["qdq_fully_fused"], bool)
+    assert d8["ops"]["qdq_fully_fused"] is True
     share = d8["profile"]["op_share"]
     assert share and sum(share.values()) == pytest.approx(1.0, abs=1e-3)
     d32 = diagnose(fp32, x, threads=1, profile=False)

@@ -45,10 +45,11 @@ def test_config_parses_with_tritons_schema_and_matches_the_onnx_model(repo):
     assert cfg.name == written["name"] == "tiny_int8" and cfg.backend == "onnxruntime"
     assert cfg.max_batch_size == 32
     assert [i.name for i in cfg.input] == [inp.name] and [o.name for o in cfg.output] == [out.name]
-    assert list(cfg.input[0].dims) == [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [3, 32, 32]
+    assert list(cfg.input[0].dims) == [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [32, 32, 3]
     assert list(cfg.output[0].dims) == [d.dim_value for d in out.type.tensor_type.shape.dim[1:]] == [6]
     assert inp.type.tensor_type.shape.dim[0].dim_param, "batch axis is dynamic in the ONNX model"
-    assert cfg.input[0].data_type == cfg.output[0].data_type == pb2.TYPE_FP32
+    assert cfg.input[0].data_type == pb2.TYPE_UINT8, "uint8 pixels travel, as the ONNX model takes them"
+    assert cfg.output[0].data_type == pb2.TYPE_FP32
     assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16], "sizes over max_batch_size are left out"
     assert cfg.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_CPU
@@ -119,11 +120,12 @@ class _V2Handler(BaseHTTPRequestHandler):
         req, blob = json.loads(body[:n_json]), body[n_json:]
         feed, offset = {}, 0
         for t in req["inputs"]:
+            dtype = {"FP32": np.float32, "UINT8": np.uint8}[t["datatype"]]
             if "binary_data_size" in t.get("parameters", {}):
                 size = t["parameters"]["binary_data_size"]
-                arr, offset = np.frombuffer(blob[offset:offset + size], np.float32), offset + size
+                arr, offset = np.frombuffer(blob[offset:offset + size], dtype), offset + size
             else:
-                arr = np.asarray(t["data"], np.float32)
+                arr = np.asarray(t["data"], dtype)
             feed[t["name"]] = arr.reshape(t["shape"])
         names = [o["name"] for o in req["outputs"]]
         results = model["session"].run(names, feed)
