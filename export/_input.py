@@ -21,7 +21,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from sdk import PreprocessConfig
+from sdk import ModelError, PreprocessConfig
 from training.models import input_conv
 
 INPUT_DTYPES = ("auto", "float32", "uint8")
@@ -76,13 +76,14 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
 
 
 def resolve_input_dtype(input_dtype: str, model: nn.Module, pre: PreprocessConfig) -> str:
-    """"auto" -> "uint8" where the fold is exact, else "float32"; an explicit choice is checked."""
+    """"auto" -> "uint8" where the fold is exact, else "float32". ModelError when "uint8" is
+    asked of a model that cannot take it."""
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
     problem = uint8_input_problem(model, pre)
     if input_dtype == "auto":
         return "float32" if problem else "uint8"
     if input_dtype == "uint8" and problem:
-        raise ValueError(f"--input-dtype uint8 is not possible for this model: {problem}; "
+        raise ModelError(f"--input-dtype uint8 is not possible for this model: {problem}; "
                          "use float32 (or a model with a patchify stem, e.g. edge_resnet_patch)")
     return input_dtype

@@ -4,6 +4,7 @@ Field names are exactly the keyword arguments of :func:`export.export_classifier
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -13,11 +14,11 @@ class ExportConfig:
     int8: bool = False
     data: str | None = None             # calibration/evaluation data (default: the training data)
     calibration_size: int = 256
-    activation_type: str = "auto"       # "auto" (time U8 and S8 here), "u8" or "s8"
-    calibrate_method: str = "minmax"    # "minmax", "entropy" or "percentile"
+    activation_type: Literal["auto", "u8", "s8"] = "auto"  # "auto": time U8 and S8 here
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     eval_split: str = "test"
     eval_limit: int | None = None
     opset: int = 18
     threads: int = 0
-    input_dtype: str = "auto"           # "auto" (uint8 pixels where exact), "float32" or "uint8"
+    input_dtype: Literal["auto", "float32", "uint8"] = "auto"  # "auto": uint8 pixels where exact
     triton_repo: str | None = None      # also write a Triton model repository here (CLI only)

@@ -30,6 +30,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), positiona
         args = typing.get_args(tp)
         if type(None) in args:  # Optional[X]
             tp = next(a for a in args if a is not type(None))
+        choices = None
+        if typing.get_origin(tp) is typing.Literal:  # Literal["a", "b"]: a str flag with choices
+            choices, tp = typing.get_args(tp), str
         if tp not in (int, float, str, bool):
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -41,7 +44,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), positiona
             parser.add_argument(name, type=tp)
         else:
             parser.add_argument(name, type=tp, default=default, required=default is None and f.default is dataclasses.MISSING,
-                                help=f"(default: {default})")
+                                choices=choices, help=f"(default: {default})")
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):

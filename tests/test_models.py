@@ -50,7 +50,7 @@ def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad
     """export._input: a model whose first conv has no padding takes uint8 NHWC pixels and gives
     the logits of the float model on normalised NCHW tensors; a padded first conv is refused."""
     from export._input import float_to_uint8_input, resolve_input_dtype
-    from sdk import PreprocessConfig
+    from sdk import ModelError, PreprocessConfig
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, input_size=32)
@@ -73,5 +73,5 @@ def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad
         assert resolve_input_dtype("auto", model, pre) == "float32"
         with pytest.raises(ValueError, match="uint8 input is not possible.*pads"):
             float_to_uint8_input(model, pre)
-        with pytest.raises(ValueError, match="--input-dtype uint8 is not possible"):
+        with pytest.raises(ModelError, match="--input-dtype uint8 is not possible"):
             resolve_input_dtype("uint8", model, pre)
