@@ -13,6 +13,12 @@ takes uint8 [N, H, W, C], which
 
 With zero padding the fold would be wrong at the borders (a padded 0 is not a normalised 0),
 so models whose first layer pads keep float32 input.
+
+A patchify first convolution (stride = kernel width) gets one more exact rewrite: in NHWC the
+``k`` pixels of a patch row are ``k * C`` contiguous bytes, so the image is reshaped (free) to
+[N, H, W / k, k * C] and the convolution becomes a (kh, 1) one over ``k * C`` channels. Its
+im2col then copies one run of ``k * C`` bytes per kernel row instead of ``k`` runs of ``C``:
+the 4x4 stem of edge_resnet_patch took half the time in onnxruntime's INT8 kernels.
 """
 from __future__ import annotations
 
@@ -44,14 +50,30 @@ def uint8_input_problem(model: nn.Module, pre: PreprocessConfig) -> str | None:
 
 
 class Uint8Input(nn.Module):
-    """uint8 [N, H, W, C] pixels -> the wrapped model, whose first convolution now normalises."""
+    """uint8 [N, H, W, C] pixels -> the wrapped model, whose first convolution now normalises
+    (and, with ``width_fold`` k > 1, reads [N, k * C, H, W / k]: see the module doc)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, width_fold: int = 1):
         super().__init__()
-        self.model = model
+        self.model, self.width_fold = model, width_fold
 
     def forward(self, x):  # x [N, H, W, C] uint8 -> logits [N, num_classes]
+        if self.width_fold > 1:  # [N, H, W, C] -> [N, H, W / k, k * C], a free reshape
+            x = x.reshape(-1, x.shape[1], x.shape[2] // self.width_fold, x.shape[3] * self.width_fold)
         return self.model(x.permute(0, 3, 1, 2).contiguous().float())
+
+
+def _fold_width_into_channels(conv: nn.Conv2d, width: int) -> int:
+    """Rewrite a conv whose stride equals its kernel width (no padding) to read the image
+    reshaped to [N, k * C, H, W / k]; returns k (1: left as it is)."""
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+    if kw == 1 or sw != kw or conv.dilation != (1, 1) or width % kw:
+        return 1
+    w = conv.weight.detach()  # [O, C, kh, kw] -> [O, kw * C, kh, 1]: channel j = kw_index * C + c
+    conv.weight = nn.Parameter(w.permute(0, 3, 1, 2).reshape(w.shape[0], kw * w.shape[1], kh, 1).contiguous(),
+                               requires_grad=False)
+    conv.in_channels, conv.kernel_size, conv.stride = kw * conv.in_channels, (kh, 1), (sh, 1)
+    return kw
 
 
 @torch.no_grad()
@@ -72,7 +94,8 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
     bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
     conv.weight.copy_(w * scale)
     conv.bias = nn.Parameter(bias - (w * shift).sum(dim=(1, 2, 3)), requires_grad=False)
-    return Uint8Input(model).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
+    fold = _fold_width_into_channels(conv, pre.input_size[1])
+    return Uint8Input(model, fold).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
 
 
 def resolve_input_dtype(input_dtype: str, model: nn.Module, pre: PreprocessConfig) -> str:
