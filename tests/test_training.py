@@ -27,6 +27,16 @@ def test_run_writes_metrics_plots_and_a_weights_only_checkpoint(tiny_run):
     assert ckpt["preprocess"]["input_size"] == [32, 32] and len(ckpt["labels"]) == 6
 
 
+def test_best_checkpoint_is_the_last_epoch_or_the_best_val_one(tiny_run, grocery_subset, tmp_path):
+    out, metrics = tiny_run  # the default: select="last"
+    assert load_checkpoint(out / "best.pt")["epoch"] == load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert metrics["best_epoch"] == 2
+    m = train(_cfg(grocery_subset, tmp_path / "v", epochs=3, select="val"))
+    vals = [h["val_top1"] for h in json.loads((tmp_path / "v" / "metrics.json").read_text())["history"]]
+    want = max(i for i, v in enumerate(vals) if v == max(vals))  # ties go to the later epoch
+    assert load_checkpoint(tmp_path / "v" / "best.pt")["epoch"] == want and m["best_epoch"] == want + 1
+
+
 def test_resume_continues_an_interrupted_run(grocery_subset, tmp_path):
     train(_cfg(grocery_subset, tmp_path / "r", epochs=1, ema_decay=0.9))
     first = load_checkpoint(tmp_path / "r" / "last.pt")
@@ -53,9 +63,11 @@ def test_init_from_copies_the_backbone_and_replaces_the_head(tiny_run, grocery_s
         keep = [ln for ln in (grocery_subset / f"{split}.txt").read_text().splitlines()
                 if ln and int(ln.split(", ")[1]) < 4]
         (sub / f"{split}.txt").write_text("\n".join(keep) + "\n")
-    src = load_checkpoint(tiny_run[0] / "best.pt")["model"]
+    src_ckpt = load_checkpoint(tiny_run[0] / "best.pt")
+    src = src_ckpt["model"]
     out = tmp_path / "ft"
-    train(_cfg(sub, out, epochs=1, init_from=str(tiny_run[0] / "best.pt"), freeze_backbone=1, lr=0.0))
+    train(_cfg(sub, out, epochs=1, init_from=str(tiny_run[0] / "best.pt"), freeze_backbone=1, lr=0.0,
+               model_kwargs=src_ckpt["model_kwargs"]))
     ft = load_checkpoint(out / "last.pt")["model"]
     assert len(ds.classes) == 6 and ft["head.weight"].shape[0] == 6  # classes.csv names 6
     # lr=0 and frozen backbone: the copied backbone weights are unchanged

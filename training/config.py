@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sdk import PreprocessConfig
 
@@ -17,7 +18,7 @@ MEAN_STD = {"RGB": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 class TrainConfig:
     data: str
     out: str = "runs/train"
-    model: str = "edge_resnet_slim"
+    model: str = "edge_resnet_patch"
     input_size: int = 128
     color_order: str = "RGB"
     epochs: int = 60
@@ -28,6 +29,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     ema_decay: float = 0.998          # per-step EMA of the weights (0 = off); the EMA is what is kept
+    select: Literal["last", "val"] = "last"  # best.pt holds the last epoch, or the best val top-1 one
     mix_prob: float = 0.0             # probability per batch of CutMix (or MixUp, half the time)
     seed: int = 0
     num_workers: int = 1              # augmentation processes beside the training process

@@ -140,20 +140,21 @@ def edge_resnet(num_classes, in_chans=3, input_size=None, **kw):
 
 @register
 def edge_resnet_slim(num_classes, in_chans=3, input_size=None, **kw):
-    """The default edge model: edge_resnet with one block less and a 160-wide last stage,
-    ~0.83 M parameters (INT8 file under 1 MB), ~75 MMAC at 128x128. On Grocery it matched
-    edge_resnet's accuracy (64.1 % vs 63.6 % test top-1) in 22 % fewer MACs."""
+    """edge_resnet with one block less and a 160-wide last stage, ~0.83 M parameters (INT8
+    file under 1 MB), ~75 MMAC at 128x128. On Grocery it matched edge_resnet's accuracy
+    (64.1 % vs 63.6 % test top-1) in 22 % fewer MACs. The default until edge_resnet_patch."""
     return EdgeResNet(num_classes, in_chans, **{"stem_stride": 2, "widths": (32, 64, 128, 160),
                                                 "depths": (1, 2, 1, 1), **kw})
 
 
 @register
 def edge_resnet_patch(num_classes, in_chans=3, input_size=None, **kw):
-    """edge_resnet_slim behind a 4x4 stride-4 patchify stem (32 wide) instead of the 3x3
-    stride-2 stem and the first stage's stride: same 32x32 grid into the first block at
-    128 px, ~77 MMAC. The slim stem's 3-channel im2col over 64x64 outputs took ~20 % of the
-    INT8 latency; this one is ~4x cheaper, and it lets export fold the input normalisation
-    into the stem so the INT8 model takes uint8 pixels."""
+    """The default edge model: edge_resnet_slim's body behind a 4x4 stride-4 patchify stem
+    (32 wide) instead of a 3x3 stride-2 stem and the first stage's stride: the same 32x32
+    grid into the first block at 128 px, ~76 MMAC, 0.83 M parameters. The slim stem's
+    3-channel im2col over 64x64 outputs took ~20 % of the INT8 latency; this one is several
+    times cheaper, and export folds the input normalisation into it, so the models take
+    uint8 pixels."""
     return EdgeResNet(num_classes, in_chans, **{"stem_stride": 4, "patch_stem": True, "stem_width": 32,
                                                 "strides": (1, 2, 2, 2), "widths": (32, 64, 128, 160),
                                                 "depths": (1, 2, 1, 1), **kw})
