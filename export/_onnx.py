@@ -70,11 +70,15 @@ def _global_average_pool(model: onnx.ModelProto) -> int:
         graph.node[i].CopyFrom(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output),
                                                      name=node.name or f"global_average_pool_{i}"))
         rewritten += 1
-    if rewritten:  # drop the axes tensors nothing reads any more
-        used = {name for node in graph.node for name in node.input}
-        for init in [i for i in graph.initializer if i.name not in used]:
-            graph.initializer.remove(init)
+    if rewritten:  # the axes tensors nothing reads any more
+        drop_unused_initializers(graph)
     return rewritten
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 @contextlib.contextmanager

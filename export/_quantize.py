@@ -2,7 +2,8 @@
 + graph optimisation), static QDQ quantization, per-channel weights, calibration on real
 preprocessed images. The activation type (U8 or S8) can be chosen by timing both here.
 
-A model with uint8 pixel input (see export._input) keeps it: with U8 activations the pixels
+The logits of a final Gemm stay float (see _float_gemm_outputs). A model with uint8 pixel
+input (see export._input) keeps it: with U8 activations the pixels
 are quantized with scale 1 and zero point 0, an identity, so the Cast and QuantizeLinear at
 the input are removed and the first integer convolution reads the pixels directly.
 """
@@ -20,6 +21,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 
 from runtime_bench._timing import time_models
 from sdk._io import atomic_write
+
+from ._onnx import drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +87,36 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
                             weight_type=QuantType.QInt8,
                             calibrate_method=CALIBRATION_METHODS[calibrate_method],
                             extra_options=extra)
+            model = onnx.load(dst)
             if pixels is not None:
-                model = onnx.load(dst)
                 _drop_pixel_quantize(model, pixels.output[0])
+            if _float_gemm_outputs(model) or pixels is not None:
+                drop_unused_initializers(model.graph)
                 onnx.save(model, dst)
 
         return atomic_write(out_path, write)
+
+
+def _float_gemm_outputs(model: onnx.ModelProto) -> int:
+    """Graph outputs written by Gemm -> QuantizeLinear -> DequantizeLinear come straight from
+    the Gemm instead: onnxruntime then runs a QGemm with float output (one node fewer) and the
+    logits keep full precision rather than 256 levels. Returns the number of outputs changed."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    changed = 0
+    for out in graph.output:
+        dq = producer.get(out.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        gemm = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if gemm is None or gemm.op_type != "Gemm":
+            continue
+        if sum(q.output[0] in n.input for n in graph.node) != 1 or sum(gemm.output[0] in n.input for n in graph.node) != 1:
+            continue  # the quantized values are used elsewhere too
+        gemm.output[0] = out.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        changed += 1
+    return changed
 
 
 def _pixel_cast(model: onnx.ModelProto):
