@@ -22,6 +22,7 @@ the 4x4 stem of edge_resnet_patch took half the time in onnxruntime's INT8 kerne
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -83,8 +84,6 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
     problem = uint8_input_problem(model, pre)
     if problem:
         raise ValueError(f"uint8 input is not possible for this model: {problem}")
-    import copy
-
     model = copy.deepcopy(model).eval()
     conv = input_conv(model)
     # conv(x_norm), x_norm = p * a - m / s with a = 1 / (255 s): weights w * a, bias b - sum(w * m / s)
