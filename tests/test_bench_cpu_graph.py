@@ -63,3 +63,17 @@ def test_diagnostics_see_qdq_fusion_and_profile(tiny_models):
     assert share and sum(share.values()) == pytest.approx(1.0, abs=1e-3)
     d32 = diagnose(fp32, x, threads=1, profile=False)
     assert d32["ops"]["qdq_fully_fused"] is None and "profile" not in d32
+
+
+def test_arch_screen_times_variants_through_the_export_path(capsys):
+    from runtime_bench.arch_screen import main, screen
+
+    rows = screen([{}, {"patch_stem": False, "stem_stride": 2, "strides": [2, 2, 2, 2]}],
+                  input_size=32, num_classes=5, rounds=1, iters=2)
+    assert [r["input"] for r in rows] == ["uint8", "float32"]  # only the patchify stem folds
+    for r in rows:
+        assert r["mmac"] > 0 and r["int8_ms"] > 0 and r["torch_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["torch_ms"] / r["int8_ms"], rel=0.05)
+    with pytest.raises(SystemExit):
+        main(["[1, 2]"])
+    assert "JSON dict" in capsys.readouterr().err
