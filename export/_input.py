@@ -109,3 +109,12 @@ def resolve_input_dtype(input_dtype: str, model: nn.Module, pre: PreprocessConfi
         raise ModelError(f"--input-dtype uint8 is not possible for this model: {problem}; "
                          "use float32 (or a model with a patchify stem, e.g. edge_resnet_patch)")
     return input_dtype
+
+
+def onnx_input(model: nn.Module, pre: PreprocessConfig,
+               input_dtype: str = "auto") -> tuple[nn.Module, PreprocessConfig]:
+    """The module to export and the contract its ONNX file declares: ``model`` and ``pre`` as
+    trained, or their uint8-input version (see :func:`resolve_input_dtype`)."""
+    if resolve_input_dtype(input_dtype, model, pre) == "uint8":
+        return float_to_uint8_input(model, pre)
+    return model, pre

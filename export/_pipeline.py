@@ -26,7 +26,7 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint, preproce
 from training.data import eval_tensors
 from training.models import fold_batchnorm
 
-from ._input import float_to_uint8_input, resolve_input_dtype
+from ._input import onnx_input
 from ._onnx import DEFAULT_OPSET, file_size, io_spec, parity, sha256_file, torch_to_onnx, write_metadata
 from ._quantize import choose_activation_type, quantize_int8
 
@@ -71,10 +71,7 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
     ckpt = load_checkpoint(checkpoint)
     model = fold_batchnorm(model_from_checkpoint(ckpt))
     train_pre = preprocess_of(ckpt)  # what the torch model takes
-    if resolve_input_dtype(input_dtype, model, train_pre) == "uint8":
-        onnx_model, pre = float_to_uint8_input(model, train_pre)
-    else:
-        onnx_model, pre = model, train_pre
+    onnx_model, pre = onnx_input(model, train_pre, input_dtype)
     labels = ckpt["labels"]
     data = data or ckpt.get("dataset")
     dataset = None

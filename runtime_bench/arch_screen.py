@@ -22,7 +22,7 @@ def screen(variants: list[dict], model: str = "edge_resnet_patch", input_size: i
     import numpy as np
     import torch
 
-    from export._input import float_to_uint8_input, resolve_input_dtype
+    from export._input import onnx_input
     from export._onnx import torch_to_onnx
     from export._quantize import quantize_int8
     from training.config import TrainConfig, make_preprocess
@@ -43,10 +43,7 @@ def screen(variants: list[dict], model: str = "edge_resnet_patch", input_size: i
                     m.running_var.uniform_(0.5, 2.0)
                     m.weight.data.uniform_(0.5, 1.5)
                     m.bias.data.uniform_(-0.1, 0.1)
-            folded = fold_batchnorm(copy.deepcopy(net))
-            onnx_model, onnx_pre = folded, pre
-            if resolve_input_dtype("auto", folded, pre) == "uint8":
-                onnx_model, onnx_pre = float_to_uint8_input(folded, pre)
+            onnx_model, onnx_pre = onnx_input(fold_batchnorm(copy.deepcopy(net)), pre)
             x = onnx_pre.apply_batch(images)
             fp32, int8 = Path(tmp) / f"v{i}.onnx", Path(tmp) / f"v{i}.int8.onnx"
             torch_to_onnx(onnx_model, (torch.from_numpy(x[:2]),), fp32)

@@ -6,7 +6,8 @@
 Decoding and preprocessing stay local and follow the model's own contract (``skulens.*``
 parameters that ``skulens export --triton-repo`` writes into config.pbtxt, or the metadata of
 a local copy of the model via ``metadata_from``); only the preprocessed tensor batch (float32,
-or uint8 pixels for models that normalise inside) travels to the server (``tritonclient.http``, binary tensor extension). Needs ``pip install 'skulens[triton]'``.
+or uint8 pixels for models that normalise inside) travels to the server (``tritonclient.http``,
+binary tensor extension). Needs ``pip install 'skulens[triton]'``.
 """
 from __future__ import annotations
 
