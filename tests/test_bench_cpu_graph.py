@@ -77,3 +77,16 @@ def test_arch_screen_times_variants_through_the_export_path(capsys):
     with pytest.raises(SystemExit):
         main(["[1, 2]"])
     assert "JSON dict" in capsys.readouterr().err
+
+
+def test_arch_screen_layers_reports_marginal_cost_per_layer(capsys):
+    from runtime_bench.arch_screen import main, screen_layers
+
+    rows = screen_layers([{"kind": "conv3x3", "channels": 8, "size": 8}, {"kind": "basic", "channels": 8, "size": 4}],
+                         rounds=1, iters=2, lo=1, hi=2)
+    assert [(r["kind"], r["channels"], r["size"]) for r in rows] == [("conv3x3", 8, 8), ("basic", 8, 4)]
+    for r in rows:
+        assert set(r) >= {"int8_us", "torch_us", "ratio"}
+    with pytest.raises(SystemExit):
+        main(["--layers", '{"kind": "depthwise", "channels": 8, "size": 4}'])
+    assert "layer kind must be one of" in capsys.readouterr().err
