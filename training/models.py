@@ -161,26 +161,6 @@ def edge_resnet_patch(num_classes, in_chans=3, input_size=None, **kw):
 
 
 @register
-def edge_resnet_patch_wide(num_classes, in_chans=3, input_size=None, **kw):
-    """edge_resnet_patch with the classic doubling to a 256-wide last stage of two blocks and
-    one 16x16 block less: ~83 MMAC, 2.4 M parameters. Compute moves to the 4x4 stage, where
-    INT8 convolutions run ~10x faster than PyTorch eager (at 32x32 only ~5x)."""
-    return EdgeResNet(num_classes, in_chans, **{"stem_stride": 4, "patch_stem": True, "stem_width": 32,
-                                                "strides": (1, 2, 2, 2), "widths": (32, 64, 128, 256),
-                                                "depths": (1, 1, 1, 2), **kw})
-
-
-@register
-def edge_resnet_patch3(num_classes, in_chans=3, input_size=None, **kw):
-    """Patchify stem (4x4, 32 wide) then three stages at 16x16, 8x8 and 4x4 (64, 128, 256 wide;
-    2, 1, 2 blocks): no block at the stem's 32x32 grid, whose 32-channel convolutions are the
-    least efficient in INT8. ~83 MMAC, 2.5 M parameters."""
-    return EdgeResNet(num_classes, in_chans, **{"stem_stride": 4, "patch_stem": True, "stem_width": 32,
-                                                "strides": (2, 2, 2), "widths": (64, 128, 256),
-                                                "depths": (2, 1, 2), **kw})
-
-
-@register
 def edge_resnet_tiny(num_classes, in_chans=3, input_size=None, **kw):
     """A quarter-width edge_resnet for tests, demos and very small devices."""
     return EdgeResNet(num_classes, in_chans, widths=(16, 24, 32, 48), depths=(1, 1, 1, 1),
