@@ -87,6 +87,7 @@ def test_arch_screen_layers_reports_marginal_cost_per_layer(capsys):
     assert [(r["kind"], r["channels"], r["size"]) for r in rows] == [("conv3x3", 8, 8), ("basic", 8, 4)]
     for r in rows:
         assert set(r) >= {"int8_us", "torch_us", "ratio"}
+        assert r["ratio"] is None or r["ratio"] == pytest.approx(r["torch_us"] / r["int8_us"], rel=0.05)
     with pytest.raises(SystemExit):
         main(["--layers", '{"kind": "depthwise", "channels": 8, "size": 4}'])
     assert "layer kind must be one of" in capsys.readouterr().err
