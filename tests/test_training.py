@@ -30,11 +30,14 @@ def test_run_writes_metrics_plots_and_a_weights_only_checkpoint(tiny_run):
 def test_best_checkpoint_is_the_last_epoch_or_the_best_val_one(tiny_run, grocery_subset, tmp_path):
     out, metrics = tiny_run  # the default: select="last"
     assert load_checkpoint(out / "best.pt")["epoch"] == load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert metrics["best_epoch"] == 2
+    assert metrics["best_epoch"] == 2 and metrics["select"] == "last"
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert metrics["best_val_top1"] == history[-1]["val_top1"]  # best.pt's, not the max
     m = train(_cfg(grocery_subset, tmp_path / "v", epochs=3, select="val"))
     vals = [h["val_top1"] for h in json.loads((tmp_path / "v" / "metrics.json").read_text())["history"]]
     want = max(i for i, v in enumerate(vals) if v == max(vals))  # ties go to the later epoch
     assert load_checkpoint(tmp_path / "v" / "best.pt")["epoch"] == want and m["best_epoch"] == want + 1
+    assert m["select"] == "val" and m["best_val_top1"] == max(vals)
 
 
 def test_resume_continues_an_interrupted_run(grocery_subset, tmp_path):

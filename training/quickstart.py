@@ -46,7 +46,7 @@ def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
     metrics = train(cfg)
     ev = metrics.get("eval", {})
     _say(f"[2/5] trained {cfg.model} for {cfg.epochs} epochs in {metrics['train_seconds']:.0f}s: "
-         f"best val top-1 {metrics['best_val_top1']:.3f} (epoch {metrics['best_epoch']}), "
+         f"best.pt (epoch {metrics['best_epoch']}, select {metrics['select']}) val top-1 {metrics['best_val_top1']:.3f}, "
          f"PyTorch {ev.get('split', '-')} top-1 {ev.get('top1', float('nan')):.3f}")
 
     onnx_path = out / "model.onnx"

@@ -254,7 +254,8 @@ def train(cfg: TrainConfig) -> dict:
     # -- final evaluation of the best checkpoint ------------------------------------------------
     best = load_checkpoint(out / "best.pt")
     final.load_state_dict(best["model"])
-    metrics = {"model": cfg.model, "num_classes": len(labels), "best_epoch": best["epoch"] + 1,
+    # best_*: the checkpoint in best.pt, which cfg.select chose (the last epoch, or the best val one)
+    metrics = {"model": cfg.model, "num_classes": len(labels), "select": cfg.select, "best_epoch": best["epoch"] + 1,
                "best_val_top1": best_top1, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.perf_counter() - t_start, 1),
                "cpu_seconds": round(_cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
