@@ -54,21 +54,31 @@ def eval_tensors(samples: list[Sample], cfg: PreprocessConfig, progress=None) ->
 
 class TrainSet(TorchDataset):
     """Augmented training samples. Augmentation randomness is a pure function of
-    (seed, epoch, index), so results do not depend on the number of loader workers."""
+    (seed, epoch, index), so results do not depend on the number of loader workers.
+
+    ``aug_size``: side of the augmented crop before the contract's resize (default: the
+    contract's input size). ``views``: with K views, epoch e repeats the augmentation of epoch
+    e % K (distillation caches the teacher's logits for those K views)."""
 
     def __init__(self, images: list[np.ndarray], labels: list[int], cfg: PreprocessConfig,
-                 augment_cfg: AugmentConfig, seed: int = 0, extra=None):
+                 augment_cfg: AugmentConfig, seed: int = 0, extra=None, aug_size: int | None = None,
+                 views: int | None = None):
         self.images, self.labels = images, labels
         self.cfg, self.augment_cfg, self.seed = cfg, augment_cfg, seed
+        self.aug_size = (aug_size, aug_size) if aug_size else cfg.input_size
+        self.views = views
         self.epoch = 0
         self.extra = extra  # optional sized callable(index, rng) -> (image, label): synthetic samples
 
     def __len__(self):
         return len(self.images) + (len(self.extra) if self.extra is not None else 0)
 
+    def view(self) -> int:
+        return self.epoch % self.views if self.views else self.epoch
+
     def __getitem__(self, i):
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, self.view(), i])
         n = len(self.images)
         image, label = self.extra(i - n, rng) if i >= n else (self.images[i], self.labels[i])
-        img = augment(image, self.cfg.input_size, self.augment_cfg, rng)
+        img = augment(image, self.aug_size, self.augment_cfg, rng)
         return torch.from_numpy(self.cfg.apply(img)), label

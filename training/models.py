@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .efficientnet import LITE_VARIANTS, EfficientNetLite
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -23,12 +25,34 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
+                 **kwargs) -> nn.Module:
+    """A registered model; with ``pretrained`` its ImageNet weights (all but the classifier,
+    which is new for ``num_classes``) are loaded and ``model.pretrained_info`` says from where."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.pretrained_info = None
+    if pretrained:
+        from .pretrained import has_pretrained, load_pretrained
+
+        if not has_pretrained(name):
+            raise ValueError(f"{name} has no pretrained weights; pretrained models: "
+                             f"{[m for m in list_models() if has_pretrained(m)]}")
+        if in_chans != 3:
+            raise ValueError(f"pretrained {name} takes 3-channel RGB images, not {in_chans} channels")
+        model.pretrained_info = load_pretrained(model, name)
+    return model
+
+
+def preprocess_facts(name: str) -> dict:
+    """What a registered model declares about its input (e.g. the normalisation its
+    pretrained weights expect); {} for models without such facts."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    return dict(getattr(_REGISTRY[name], "preprocess_facts", {}))
 
 
 class ConvBNAct(nn.Sequential):
@@ -167,8 +191,26 @@ def edge_resnet_tiny(num_classes, in_chans=3, input_size=None, **kw):
                       stem_width=12, **kw)
 
 
+def _lite(variant):
+    def build(num_classes, in_chans=3, input_size=None, **kw):
+        return EfficientNetLite(num_classes, in_chans, variant=variant, **kw)
+
+    build.__name__ = f"efficientnet_{variant}"
+    build.__doc__ = (f"EfficientNet-{variant.capitalize()} (MBConv, no SE, ReLU6; native "
+                     f"{LITE_VARIANTS[variant][2]} px), with ImageNet weights when pretrained.")
+    build.preprocess_facts = EfficientNetLite.preprocess_facts
+    return register(build)
+
+
+efficientnet_lite0 = _lite("lite0")
+efficientnet_lite1 = _lite("lite1")
+efficientnet_lite2 = _lite("lite2")
+
+
 def input_conv(model: nn.Module) -> nn.Conv2d | None:
     """The convolution that reads the input image (export folds the normalisation into it)."""
+    if hasattr(type(model), "input_conv"):
+        return model.input_conv
     if isinstance(model, EdgeResNet):
         return model.stem[0]
     if isinstance(model, SeedCNN):
@@ -177,13 +219,17 @@ def input_conv(model: nn.Module) -> nn.Conv2d | None:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every Conv2d -> BatchNorm2d pair inside ConvBNAct into one biased Conv2d (eval only)."""
+    """Fold every Conv2d -> BatchNorm2d pair of an nn.Sequential (ConvBNAct, ConvBNReLU6) into
+    one biased Conv2d (eval only)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     for module in model.modules():
-        if isinstance(module, ConvBNAct) and isinstance(module[1], nn.BatchNorm2d):
-            module[0] = fuse_conv_bn_eval(module[0].eval(), module[1].eval())
-            module[1] = nn.Identity()
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(module[i].eval(), module[i + 1].eval())
+                module[i + 1] = nn.Identity()
     return model
 
 

@@ -14,6 +14,7 @@ two seeds of edge_resnet_patch the best-val epoch was 1.4 and 2.4 pp worse on te
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,9 +35,10 @@ from sdk._io import atomic_write
 
 from . import _distributed as _ddp
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, make_preprocess
+from .config import TrainConfig, make_preprocess, resolve
 from .data import TrainSet, eval_tensors, load_images
-from .models import create_model
+from .distill import Teacher, distill_loss
+from .models import create_model, preprocess_facts
 from .plots import confusion_matrix, save_confusion, save_curves
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,39 @@ def _splits(dataset):
     return keep, val
 
 
+def _param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """Weight decay on weights only (not biases / BatchNorm); learning rate x ``layer_decay``^d
+    for layer groups d steps from the output (models that list ``param_groups_by_depth``), and
+    x ``head_lr_mult`` for the classifier."""
+    head = {id(p) for p in model.head.parameters()} if isinstance(getattr(model, "head", None), nn.Module) else set()
+    if hasattr(model, "param_groups_by_depth") and cfg.layer_decay != 1.0:
+        depth_groups = model.param_groups_by_depth()
+    else:
+        depth_groups = [[p for p in model.parameters() if id(p) not in head], [p for p in model.parameters() if id(p) in head]]
+    groups = []
+    for d, params in enumerate(depth_groups):
+        scale = cfg.layer_decay ** (len(depth_groups) - 1 - d)
+        for decay in (True, False):
+            ps = [p for p in params if (p.ndim > 1) == decay]
+            if ps:
+                mult = cfg.head_lr_mult if all(id(p) in head for p in ps) else scale
+                groups.append({"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * mult})
+    return groups
+
+
+def _bf16(precision: str) -> bool:
+    """Whether to autocast to bfloat16: asked for, or "auto" on a CPU with bf16 instructions."""
+    if precision == "bf16":
+        return True
+    if precision == "auto":
+        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool((check and check()) or (amx and amx()))
+    return False
+
+
 def _optimizer(model, cfg: TrainConfig):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = _param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     if cfg.optimizer == "adamw":
@@ -111,7 +141,8 @@ def _mix(x, y, prob: float, gen: torch.Generator):
 @torch.no_grad()
 def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+                      for i in range(0, len(x), batch_size)])
 
 
 def _cpu_seconds() -> float:
@@ -124,6 +155,7 @@ def _cpu_seconds() -> float:
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also written to ``out/metrics.json``)."""
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+    cfg = resolve(cfg)  # model, pretrained and the recipe's defaults filled in
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -136,17 +168,24 @@ def train(cfg: TrainConfig) -> dict:
     train_samples, val_samples = _splits(dataset)
     if not train_samples:
         raise DatasetError(f"{cfg.data}: no training images")
-    pre = make_preprocess(cfg)
-    log.info("dataset %s", dataset.summary())
+    pre = make_preprocess(cfg, preprocess_facts(cfg.model))  # the contract: evaluation and export
+    train_pre = dataclasses.replace(pre, input_size=(cfg.train_size, cfg.train_size))
+    teacher = Teacher.from_checkpoint(cfg.teacher, labels) if cfg.teacher else None
+    if teacher is not None and cfg.mix_prob > 0:
+        raise ValueError("distillation (--teacher) and CutMix/MixUp (--mix-prob) do not combine")
+    log.info("dataset %s; model %s (%s recipe)", dataset.summary(), cfg.model, cfg.recipe)
     with tqdm(total=len(train_samples) + len(val_samples), desc="decode", unit="img", leave=False) as bar:
-        images = load_images(train_samples, cfg.cache_size or 2 * cfg.input_size, progress=bar.update)
+        cache = cfg.cache_size or 2 * max(cfg.input_size, teacher.input_size if teacher else 0)
+        images = load_images(train_samples, cache, progress=bar.update)
         x_val = eval_tensors(val_samples, pre, progress=bar.update)
     y_val = torch.tensor([s.label for s in val_samples])
     extra = None
     if cfg.gan_augment:  # synthetic images from an exported generator (training/gan/augment_hook.py)
         from .gan.augment_hook import GanAugment
         extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed)
-    train_set = TrainSet(images, [s.label for s in train_samples], pre, cfg.augment, seed=cfg.seed, extra=extra)
+    train_set = TrainSet(images, [s.label for s in train_samples], train_pre, cfg.augment, seed=cfg.seed, extra=extra)
+    if teacher is not None:  # the teacher's logits for a fixed set of augmented views of each image
+        train_set = teacher.prepare(train_set, cfg.num_workers, progress=tqdm)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
                      num_workers=cfg.num_workers, generator=gen)
@@ -155,7 +194,11 @@ def train(cfg: TrainConfig) -> dict:
 
     # -- model, optimiser, schedule ---------------------------------------------------------------
     model_kwargs = {"in_chans": pre.channels, "input_size": cfg.input_size, **cfg.model_kwargs}
-    model = create_model(cfg.model, num_classes=len(labels), **model_kwargs)
+    model = create_model(cfg.model, num_classes=len(labels), pretrained=cfg.pretrained, **model_kwargs)
+    pretrained_info = model.pretrained_info
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    use_bf16 = _bf16(cfg.precision)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
     net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
@@ -199,7 +242,9 @@ def train(cfg: TrainConfig) -> dict:
                 "history": history, "best_top1": best_top1, "train_seconds": train_seconds,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "loader_rng": gen.get_state(), "skulens_version": sdk.__version__,
-                "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve())}
+                "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve()),
+                "pretrained": pretrained_info, "teacher": teacher.info if teacher else None,
+                "precision": "bf16" if use_bf16 else "fp32"}
 
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
@@ -215,10 +260,16 @@ def train(cfg: TrainConfig) -> dict:
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
-        for x, y in bar:                       # x [B, C, H, W] float32, y [B]
+        for batch in bar:                      # x [B, C, H, W] float32, y [B] (+ soft [B, K])
+            x, y = batch[0].contiguous(memory_format=memory_format), batch[1]
             x, y_b, lam = _mix(x, y, cfg.mix_prob, mix_gen)
-            logits = net(x)                    # [B, K]
-            loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_b)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = net(x)                # [B, K]
+            logits = logits.float()
+            if teacher is not None:
+                loss = distill_loss(logits, batch[2], y, cfg.distill_alpha, cfg.distill_temperature, criterion)
+            else:
+                loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_b)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -255,7 +306,10 @@ def train(cfg: TrainConfig) -> dict:
     best = load_checkpoint(out / "best.pt")
     final.load_state_dict(best["model"])
     # best_*: the checkpoint in best.pt, which cfg.select chose (the last epoch, or the best val one)
-    metrics = {"model": cfg.model, "num_classes": len(labels), "select": cfg.select, "best_epoch": best["epoch"] + 1,
+    metrics = {"model": cfg.model, "recipe": cfg.recipe, "pretrained": (pretrained_info or {}).get("weights"),
+               "teacher": cfg.teacher, "input_size": cfg.input_size, "train_size": cfg.train_size,
+               "precision": "bf16" if use_bf16 else "fp32",
+               "num_classes": len(labels), "select": cfg.select, "best_epoch": best["epoch"] + 1,
                "best_val_top1": best_top1, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.perf_counter() - t_start, 1),
                "cpu_seconds": round(_cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
