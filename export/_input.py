@@ -12,7 +12,10 @@ takes uint8 [N, H, W, C], which
 - moves 4x fewer bytes per image (servers, Triton).
 
 With zero padding the fold would be wrong at the borders (a padded 0 is not a normalised 0),
-so models whose first layer pads keep float32 input.
+so models whose first convolution pads keep float32 input. A model that pads in a separate
+layer in front of it (``model.input_pad``, EfficientNet-Lite's TF "same" padding) folds
+exactly when one integer pixel value normalises to 0 in every channel (127 for
+``(x - 127) / 128``): the padding layer then pads the raw pixels with that value.
 
 A patchify first convolution (stride = kernel width) gets one more exact rewrite: in NHWC the
 ``k`` pixels of a patch row are ``k * C`` contiguous bytes, so the image is reshaped (free) to
@@ -47,7 +50,19 @@ def uint8_input_problem(model: nn.Module, pre: PreprocessConfig) -> str | None:
     if pads:
         return (f"its first convolution pads (padding {conv.padding}): the normalisation does not "
                 "fold into it exactly")
+    if getattr(model, "input_pad", None) is not None and zero_pixel(pre) is None:
+        return (f"it pads its input, and no pixel value normalises to 0 in every channel "
+                f"(mean {pre.mean}): padded raw pixels would not match padded normalised ones")
     return None
+
+
+def zero_pixel(pre: PreprocessConfig) -> float | None:
+    """The integer pixel value that ``(p / 255 - mean) / std`` maps to 0 in every channel, or None."""
+    values = {round(255.0 * m, 4) for m in pre.mean}
+    if len(values) != 1:
+        return None
+    v = values.pop()
+    return float(round(v)) if abs(v - round(v)) < 1e-3 and 0 <= v <= 255 else None
 
 
 class Uint8Input(nn.Module):
@@ -93,6 +108,8 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
     bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
     conv.weight.copy_(w * scale)
     conv.bias = nn.Parameter(bias - (w * shift).sum(dim=(1, 2, 3)), requires_grad=False)
+    if getattr(model, "input_pad", None) is not None:  # pad raw pixels with the value that normalises to 0
+        model.input_pad.value = zero_pixel(pre)
     fold = _fold_width_into_channels(conv, pre.input_size[1])
     return Uint8Input(model, fold).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
 

@@ -1,4 +1,5 @@
-"""CLI command ``skulens bench``: the runtime benchmark (runtime_bench), with a compare-only mode.
+"""CLI commands ``skulens bench`` (the runtime benchmark, with a compare-only mode) and
+``skulens robustness`` (accuracy under image corruptions), both from runtime_bench.
 
 Only the torch-free ``runtime_bench.config`` is imported to build the flags; the benchmark
 itself runs its PyTorch peer in a separate process.
@@ -34,6 +35,38 @@ def register(sub) -> None:
                    "(no measurement)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown report")
     p.set_defaults(func=_bench)
+    _register_robustness(sub)
+
+
+def _register_robustness(sub) -> None:
+    p = sub.add_parser("robustness", help="top-1 of a model under lighting, angle, scale and sensor "
+                       "corruptions, as a fraction of its clean top-1 (runtime_bench.robustness)")
+    p.add_argument("model", help="the ONNX model under test (fp32 or INT8)")
+    p.add_argument("--data", required=True, help="dataset folder (class folders or split lists)")
+    p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
+    p.add_argument("--corruptions", help="comma-separated corruption names (default: all)")
+    p.add_argument("--limit", type=int, help="evaluate only N images, evenly spaced through the split "
+                   "(default: all)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (default: 0)")
+    p.add_argument("--out", default="robustness", help="folder for robustness.json/.md/.png "
+                   "(default: robustness/)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown table")
+    p.set_defaults(func=_robustness)
+
+
+def _robustness(args) -> int:
+    from runtime_bench.robustness import evaluate_robustness, markdown, write_report
+
+    try:
+        result = evaluate_robustness(args.model, args.data, split=args.split, corruptions=args.corruptions,
+                                     limit=args.limit, threads=args.threads, seed=args.seed)
+    except ValueError as exc:
+        raise SkulensError(str(exc)) from None
+    written = write_report(result, args.out)
+    print(json.dumps(result, indent=2) if args.json else markdown(result), end="\n" if args.json else "")
+    print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
 
 
 def _bench(args) -> int:

@@ -6,7 +6,7 @@ import torch
 from export import torch_to_onnx
 from export._onnx import parity
 from training import create_model, list_models
-from training.models import fold_batchnorm
+from training.models import fold_batchnorm, preprocess_facts
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -58,9 +58,12 @@ def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad
     for _ in range(2):
         model(torch.randn(8, 3, 32, 32))
     model = fold_batchnorm(model.eval())
-    pre = PreprocessConfig(input_size=(32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    imagenet = PreprocessConfig(input_size=(32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    facts = preprocess_facts(name)  # EfficientNet-Lite: (x - 127) / 128, so a padded 127 is a normalised 0
+    pre = PreprocessConfig(input_size=(32, 32), mean=facts["mean"], std=facts["std"]) if facts else imagenet
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    if name.startswith("edge_resnet_patch"):  # the registry's patchify-stem models
+    pixels[:, :, -1] = 255  # the padded border is where a wrong fold shows
+    if name.startswith("edge_resnet_patch") or facts:  # patchify stems, and the input-padding Lite models
         assert resolve_input_dtype("auto", model, pre) == "uint8"
         wrapped, u8_pre = float_to_uint8_input(model, pre)
         assert (u8_pre.dtype, u8_pre.layout) == ("uint8", "NHWC") and u8_pre.mean == pre.mean
@@ -69,9 +72,9 @@ def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad
             got = wrapped(torch.from_numpy(u8_pre.apply_batch(list(pixels))))
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
         assert resolve_input_dtype("float32", model, pre) == "float32"
-    else:
-        assert resolve_input_dtype("auto", model, pre) == "float32"
+    if not name.startswith("edge_resnet_patch"):  # ImageNet mean/std: no integer pixel normalises to 0
+        assert resolve_input_dtype("auto", model, imagenet) == "float32"
         with pytest.raises(ValueError, match="uint8 input is not possible.*pads"):
-            float_to_uint8_input(model, pre)
+            float_to_uint8_input(model, imagenet)
         with pytest.raises(ModelError, match="--input-dtype uint8 is not possible"):
-            resolve_input_dtype("uint8", model, pre)
+            resolve_input_dtype("uint8", model, imagenet)

