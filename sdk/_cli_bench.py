@@ -1,5 +1,6 @@
-"""CLI commands ``skulens bench`` (the runtime benchmark, with a compare-only mode) and
-``skulens robustness`` (accuracy under image corruptions), both from runtime_bench.
+"""CLI commands ``skulens bench`` (the runtime benchmark, with a compare-only mode),
+``skulens robustness`` (accuracy under image corruptions) and ``skulens bench-table`` (the
+accuracy / latency / size frontier of several models), all from runtime_bench.
 
 Only the torch-free ``runtime_bench.config`` is imported to build the flags; the benchmark
 itself runs its PyTorch peer in a separate process.
@@ -36,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown report")
     p.set_defaults(func=_bench)
     _register_robustness(sub)
+    _register_bench_table(sub)
 
 
 def _register_robustness(sub) -> None:
@@ -53,6 +55,43 @@ def _register_robustness(sub) -> None:
                    "(default: robustness/)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown table")
     p.set_defaults(func=_robustness)
+
+
+def _register_bench_table(sub) -> None:
+    p = sub.add_parser("bench-table", help="accuracy, model-only and end-to-end latency and size of several "
+                       "exported models side by side, in one table (runtime_bench.frontier)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="skulens ONNX models to compare (fp32 or INT8)")
+    p.add_argument("--data", help="dataset folder for accuracy and real JPEGs (default: none: no accuracy, "
+                   "synthetic JPEGs)")
+    p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images of the split (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all models "
+                   "(default: 5)")
+    p.add_argument("--e2e-images", type=int, default=8, help="JPEGs cycled by the end-to-end timing "
+                   "(default: 8)")
+    p.add_argument("--reuse-metadata-eval", action="store_true", help="take top-1 from the eval stored in "
+                   "the model file when it covers the same whole split (default: measure)")
+    p.add_argument("--out", default="frontier", help="folder for frontier.json/.md/.png (default: frontier/)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown table")
+    p.set_defaults(func=_bench_table)
+
+
+def _bench_table(args) -> int:
+    from runtime_bench.frontier import frontier_table, markdown, write_table
+
+    try:
+        result = frontier_table(args.models, data=args.data, split=args.split, limit=args.limit,
+                                threads=args.threads, rounds=args.rounds, e2e_images=args.e2e_images,
+                                reuse_metadata_eval=args.reuse_metadata_eval)
+    except ValueError as exc:  # ModelError / DatasetError are SkulensErrors and pass through as such
+        if isinstance(exc, SkulensError):
+            raise
+        raise SkulensError(str(exc)) from None
+    written = write_table(result, args.out)
+    print(json.dumps(result, indent=2) if args.json else markdown(result), end="\n" if args.json else "")
+    print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return 0
 
 
 def _robustness(args) -> int:

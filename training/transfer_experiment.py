@@ -5,7 +5,8 @@ and compare with training from scratch on the same budget (same epochs, same rec
         --out runs/transfer --source-epochs 40 --target-epochs 15
 
 Writes ``summary.json`` with the target-half test top-1 of: scratch, init-from (full fine-tune),
-and init-from with the backbone frozen for the first epochs.
+init-from with the backbone frozen for the first epochs, and (``--imagenet-model``, where its
+weights are installed) the ImageNet-pretrained model fine-tuned with its own recipe.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from sdk._dataset import load_dataset, subset, write_split_lists
 
-from .config import TrainConfig
+from .config import TrainConfig, pretrained_installed
 from .trainer import train
 
 
@@ -24,8 +25,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/transfer")
-    p.add_argument("--model", default=TrainConfig.model)
-    p.add_argument("--input-size", type=int, default=TrainConfig.input_size)
+    p.add_argument("--model", default="edge_resnet_patch", help="the from-scratch model of the source/target arms")
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--imagenet-model", default="efficientnet_lite0",
+                   help="arm 'imagenet': this model from ImageNet weights, fine-tuned on the target half ('' = none)")
     p.add_argument("--ema-decay", type=float, default=0.0, help="0: these runs are too short for an EMA")
     p.add_argument("--source-epochs", type=int, default=40)
     p.add_argument("--target-epochs", type=int, default=15)
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     half = len(ds.classes) // 2
     source = write_split_lists(subset(ds, range(half)), out / "data_source")
     target = write_split_lists(subset(ds, range(half, len(ds.classes))), out / "data_target")
-    common = dict(model=args.model, input_size=args.input_size, seed=args.seed, ema_decay=args.ema_decay)
+    common = dict(model=args.model, pretrained=False, input_size=args.input_size, seed=args.seed, ema_decay=args.ema_decay)
 
     src_ckpt = out / "source" / "best.pt"
     if not src_ckpt.is_file():
@@ -48,9 +51,14 @@ def main(argv=None) -> int:
         "init_from": {"init_from": str(src_ckpt)},
         "init_from_frozen_first": {"init_from": str(src_ckpt), "freeze_backbone": args.freeze_epochs},
     }
+    configs = {name: TrainConfig(data=str(target), out=str(out / name), epochs=args.target_epochs, **common, **extra)
+               for name, extra in arms.items()}
+    if args.imagenet_model and pretrained_installed(args.imagenet_model):
+        configs["imagenet"] = TrainConfig(data=str(target), out=str(out / "imagenet"), model=args.imagenet_model,
+                                          pretrained=True, seed=args.seed)
     results = {}
-    for name, extra in arms.items():
-        m = train(TrainConfig(data=str(target), out=str(out / name), epochs=args.target_epochs, **common, **extra))
+    for name, cfg in configs.items():
+        m = train(cfg)
         results[name] = {"test_top1": m["eval"]["top1"], "test_coarse_top1": m["eval"].get("coarse_top1"),
                          "train_seconds": m["train_seconds"], "cpu_seconds": m["cpu_seconds"]}
         logging.info("%s: %s", name, results[name])
