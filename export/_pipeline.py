@@ -38,11 +38,17 @@ def int8_path_for(out) -> Path:
     return out.with_name(out.stem + ".int8" + out.suffix)
 
 
-def _provenance(ckpt_path) -> dict:
-    return {"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "skulens_version": sdk.__version__, "torch_version": str(torch.__version__),
-            "onnx_version": onnx.__version__, "onnxruntime_version": ort.__version__,
-            "checkpoint_sha256": sha256_file(ckpt_path)}
+def _provenance(ckpt_path, ckpt: dict | None = None) -> dict:
+    """Who made the file from what: versions, the checkpoint's sha256 and, where the training
+    started from ImageNet weights or distilled a teacher, which (file and sha256)."""
+    out = {"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "skulens_version": sdk.__version__, "torch_version": str(torch.__version__),
+           "onnx_version": onnx.__version__, "onnxruntime_version": ort.__version__,
+           "checkpoint_sha256": sha256_file(ckpt_path)}
+    for key in ("pretrained", "teacher"):
+        if (ckpt or {}).get(key):
+            out[key] = ckpt[key]
+    return out
 
 
 def _sample(samples, n, seed=0):
@@ -98,7 +104,7 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
                                                  onnx_inputs=pre.apply_batch(images))
     report["parity_inputs"] = "real images" if dataset is not None else "random images"
     base = dict(kind="classifier", labels=tuple(labels), model_name=ckpt["model_name"],
-                preprocess=pre, io=io_spec(out), provenance=_provenance(checkpoint),
+                preprocess=pre, io=io_spec(out), provenance=_provenance(checkpoint, ckpt),
                 coarse_labels=tuple(ckpt["coarse_labels"]) if ckpt.get("coarse_labels") else None)
     train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
     if (ckpt.get("metrics") or {}).get("eval"):

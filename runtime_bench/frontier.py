@@ -14,7 +14,6 @@ per-iteration samples (``runtime_bench._timing.summarize``). ``write_table`` wri
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -27,13 +26,14 @@ import numpy as np
 from sdk import ClassifierOptions, ImageClassifier, load_dataset
 from sdk._dataset import Dataset
 from sdk._evaluate import evaluate
-from sdk._io import atomic_write, atomic_write_text
+from sdk._io import atomic_write
 
+from ._files import write_result_files
 from ._timing import ort_runner, summarize
 
 log = logging.getLogger(__name__)
 
-JSON_NAME, MD_NAME, PNG_NAME = "frontier.json", "frontier.md", "frontier.png"
+PNG_NAME = "frontier.png"
 SYNTHETIC_SIDE = 348      # side of the synthetic JPEGs timed end to end when there is no dataset
 MISSING = "–"             # table cell of a value not measured (no dataset)
 MARKERS = {"fp32": "o", "int8": "s"}
@@ -234,9 +234,4 @@ def chart(result: dict, path) -> bool:
 
 def write_table(result: dict, out_dir) -> list[Path]:
     """Write frontier.json, frontier.md and frontier.png into ``out_dir``; the paths written."""
-    out = Path(out_dir)
-    written = [atomic_write_text(out / JSON_NAME, json.dumps(result, indent=2) + "\n"),
-               atomic_write_text(out / MD_NAME, markdown(result))]
-    if chart(result, out / PNG_NAME):
-        written.append(out / PNG_NAME)
-    return written
+    return write_result_files(out_dir, "frontier", result, markdown(result), chart)

@@ -24,7 +24,6 @@ reproducible and an image gets the same corruption whatever ``limit`` is. Fixed 
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,7 +34,9 @@ import numpy as np
 from sdk import ClassifierOptions, ImageClassifier, decode_image, load_dataset
 from sdk._dataset import Dataset
 from sdk._evaluate import label_mapping
-from sdk._io import atomic_write, atomic_write_text
+from sdk._io import atomic_write
+
+from ._files import write_result_files
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ NOISE_SIGMA = 12.0
 BLUR_SIGMA, BLUR_REFERENCE_SIDE = 2.0, 348
 JPEG_QUALITY = 15
 BATCH = 32  # images decoded and classified together (per corruption)
-JSON_NAME, MD_NAME, PNG_NAME = "robustness.json", "robustness.md", "robustness.png"
+PNG_NAME = "robustness.png"
 GROUP_COLORS = {"lighting": "tab:orange", "angle": "tab:blue", "scale": "tab:green", "sensor": "tab:purple"}
 
 
@@ -290,9 +291,4 @@ def chart(result: dict, path) -> bool:
 
 def write_report(result: dict, out_dir) -> list[Path]:
     """Write robustness.json, robustness.md and robustness.png into ``out_dir``; their paths."""
-    out = Path(out_dir)
-    written = [atomic_write_text(out / JSON_NAME, json.dumps(result, indent=2) + "\n"),
-               atomic_write_text(out / MD_NAME, markdown(result))]
-    if chart(result, out / PNG_NAME):
-        written.append(out / PNG_NAME)
-    return written
+    return write_result_files(out_dir, "robustness", result, markdown(result), chart)

@@ -78,3 +78,34 @@ def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad
             float_to_uint8_input(model, imagenet)
         with pytest.raises(ModelError, match="--input-dtype uint8 is not possible"):
             resolve_input_dtype("uint8", model, imagenet)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_int8_export_of_every_model_follows_its_fp32_export(name, tmp_path):
+    """Every registered model goes through the deployment path: BatchNorm fold, the input it
+    exports with (uint8 pixels where exact), static QDQ INT8; the INT8 logits track fp32."""
+    import onnxruntime as ort
+
+    from export import quantize_int8
+    from export._input import onnx_input
+    from sdk import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=6, input_size=32)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, 3, 32, 32))
+    model = fold_batchnorm(model.eval())
+    facts = preprocess_facts(name)
+    pre = PreprocessConfig(input_size=(32, 32), mean=facts.get("mean", (0.485, 0.456, 0.406)),
+                           std=facts.get("std", (0.229, 0.224, 0.225)))
+    net, contract = onnx_input(model, pre)
+    dtype = torch.uint8 if contract.dtype == "uint8" else torch.float32
+    fp32 = torch_to_onnx(net, (torch.zeros(2, *contract.tensor_shape, dtype=dtype),), tmp_path / "m.onnx")
+    images = list(np.random.default_rng(1).integers(0, 256, (24, 48, 40, 3), dtype=np.uint8))
+    x = contract.apply_batch(images)
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", x[:16], activation_type="u8")
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)}
+    a, b = (run[p].run(None, {"input": x[16:]})[0] for p in (fp32, int8))
+    assert a.shape == b.shape == (8, 6)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
