@@ -70,7 +70,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # our loggers at the asked level; third-party ones (e.g. onnxruntime's quantizer, which logs
+    # every rescaled weight on the root logger) at warnings and above
+    logging.basicConfig(level=max(level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    for ours in ("sdk", "training", "export", "runtime_bench"):
+        logging.getLogger(ours).setLevel(level)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._export", "torch.export", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
