@@ -71,9 +71,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
     # our loggers at the asked level; third-party ones (e.g. onnxruntime's quantizer, which logs
-    # every rescaled weight on the root logger) at warnings and above
+    # every rescaled weight on the root logger) at warnings and above; the service's uvicorn as ours
     logging.basicConfig(level=max(level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
-    for ours in ("sdk", "training", "export", "runtime_bench"):
+    for ours in ("sdk", "training", "export", "runtime_bench", "uvicorn"):
         logging.getLogger(ours).setLevel(level)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._export", "torch.export", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
