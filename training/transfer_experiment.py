@@ -34,7 +34,10 @@ def main(argv=None) -> int:
     p.add_argument("--target-epochs", type=int, default=15)
     p.add_argument("--freeze-epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", default="scratch,init_from,init_from_frozen_first,imagenet",
+                   help="comma-separated arms to run (the source model is trained only for the init_from arms)")
     args = p.parse_args(argv)
+    wanted = [a for a in args.arms.split(",") if a]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     ds = load_dataset(args.data)
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
     common = dict(model=args.model, pretrained=False, input_size=args.input_size, seed=args.seed, ema_decay=args.ema_decay)
 
     src_ckpt = out / "source" / "best.pt"
-    if not src_ckpt.is_file():
+    if not src_ckpt.is_file() and any(a.startswith("init_from") for a in wanted):
         train(TrainConfig(data=str(source), out=str(out / "source"), epochs=args.source_epochs, **common))
     arms = {
         "scratch": {},
@@ -52,8 +55,8 @@ def main(argv=None) -> int:
         "init_from_frozen_first": {"init_from": str(src_ckpt), "freeze_backbone": args.freeze_epochs},
     }
     configs = {name: TrainConfig(data=str(target), out=str(out / name), epochs=args.target_epochs, **common, **extra)
-               for name, extra in arms.items()}
-    if args.imagenet_model and pretrained_installed(args.imagenet_model):
+               for name, extra in arms.items() if name in wanted}
+    if "imagenet" in wanted and args.imagenet_model and pretrained_installed(args.imagenet_model):
         configs["imagenet"] = TrainConfig(data=str(target), out=str(out / "imagenet"), model=args.imagenet_model,
                                           pretrained=True, seed=args.seed)
     results = {}
@@ -63,9 +66,10 @@ def main(argv=None) -> int:
                          "train_seconds": m["train_seconds"], "cpu_seconds": m["cpu_seconds"]}
         logging.info("%s: %s", name, results[name])
     summary = {"classes_source": half, "classes_target": len(ds.classes) - half, "args": vars(args),
-               "results": results,
-               "gain_pp_init_from_vs_scratch": round(100 * (results["init_from"]["test_top1"]
-                                                            - results["scratch"]["test_top1"]), 2)}
+               "results": results}
+    for arm in ("init_from", "imagenet"):
+        if arm in results and "scratch" in results:
+            summary[f"gain_pp_{arm}_vs_scratch"] = round(100 * (results[arm]["test_top1"] - results["scratch"]["test_top1"]), 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
