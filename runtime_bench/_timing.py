@@ -11,20 +11,28 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def time_callables(fns: Sequence[Callable[[], object]], *, rounds: int = 5, iters: int = 20,
-                   warmup: int = 3) -> list[float]:
-    """Median seconds per call of each zero-argument callable, measured interleaved."""
+def interleaved_samples(fns: Sequence[Callable[[], object]], *, rounds: int = 5, iters: int = 20,
+                        warmup: int = 3) -> list[list[float]]:
+    """Per-call seconds of each zero-argument callable, all timed in one loop: each round runs
+    ``iters`` calls of the first, then of the second, ..., so drift hits all of them alike."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     samples: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
             for _ in range(iters):
+                t0 = time.perf_counter()
                 fn()
-            samples[k].append((time.perf_counter() - t0) / iters)
-    return [float(np.median(v)) for v in samples]
+                samples[k].append(time.perf_counter() - t0)
+    return samples
+
+
+def time_callables(fns: Sequence[Callable[[], object]], *, rounds: int = 5, iters: int = 20,
+                   warmup: int = 3) -> list[float]:
+    """Median over rounds of the mean seconds per call of each callable, measured interleaved."""
+    samples = interleaved_samples(fns, rounds=rounds, iters=iters, warmup=warmup)
+    return [float(np.median(np.asarray(v).reshape(rounds, iters).mean(axis=1))) for v in samples]
 
 
 def ort_runner(path, x: np.ndarray, threads: int = 1) -> Callable[[], object]:

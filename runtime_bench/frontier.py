@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import platform
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from sdk._evaluate import evaluate
 from sdk._io import atomic_write
 
 from ._files import write_result_files
-from ._timing import ort_runner, summarize
+from ._timing import interleaved_samples, ort_runner, summarize
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,6 @@ PNG_NAME = "frontier.png"
 SYNTHETIC_SIDE = 348      # side of the synthetic JPEGs timed end to end when there is no dataset
 MISSING = "–"             # table cell of a value not measured (no dataset)
 MARKERS = {"fp32": "o", "int8": "s"}
-
-
-def _interleaved_samples(fns: Sequence[Callable[[], object]], *, rounds: int, iters: int,
-                         warmup: int = 2) -> list[list[float]]:
-    """Per-iteration seconds of each callable, all timed in one loop: every round runs
-    ``iters`` calls of the first, then of the second, ..., so noise hits all of them alike."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for k, fn in enumerate(fns):
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                fn()
-                samples[k].append(time.perf_counter() - t0)
-    return samples
 
 
 def _cycle(clf: ImageClassifier, jpegs: list[bytes]) -> Callable[[], object]:
@@ -159,8 +141,8 @@ def frontier_table(models: Sequence, data=None, split: str = "test", limit: int 
             rows.append(row)
         # model-only: the bare session on each model's own tensor of the same real image
         runners = [ort_runner(p, clf.preprocess(jpegs[0])[None], threads) for p, clf in zip(paths, clfs)]
-        model_only = _interleaved_samples(runners, rounds=rounds, iters=iters)
-        e2e = _interleaved_samples([_cycle(clf, jpegs) for clf in clfs], rounds=rounds, iters=iters)
+        model_only = interleaved_samples(runners, rounds=rounds, iters=iters)
+        e2e = interleaved_samples([_cycle(clf, jpegs) for clf in clfs], rounds=rounds, iters=iters)
     for row, mo, ee in zip(rows, model_only, e2e):
         m, e = summarize(mo)["latency_ms"], summarize(ee)["latency_ms"]
         row.update(model_only_p50_ms=m["p50"], model_only_p90_ms=m["p90"],

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from runtime_bench.frontier import (MISSING, _cycle, _interleaved_samples, frontier_table, markdown,
+from runtime_bench._timing import interleaved_samples
+from runtime_bench.frontier import (MISSING, _cycle, frontier_table, markdown,
                                     write_table)
 from sdk import ClassifierOptions, ImageClassifier, ModelError, load_dataset
 from sdk._cli import main
@@ -68,7 +69,7 @@ def test_latencies_are_positive_and_finite(table):
 def test_timing_interleaves_the_models_round_by_round():
     calls = []
     fns = [lambda k=k: calls.append(k) for k in "ABC"]
-    samples = _interleaved_samples(fns, rounds=2, iters=2, warmup=1)
+    samples = interleaved_samples(fns, rounds=2, iters=2, warmup=1)
     assert calls == list("ABC") + list("AABBCC") * 2
     assert [len(s) for s in samples] == [4, 4, 4] and all(t >= 0 for s in samples for t in s)
 
