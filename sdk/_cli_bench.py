@@ -77,35 +77,36 @@ def _register_bench_table(sub) -> None:
     p.set_defaults(func=_bench_table)
 
 
-def _bench_table(args) -> int:
-    from runtime_bench.frontier import frontier_table, markdown, write_table
-
+def _report(args, measure, write, markdown) -> int:
+    """Run ``measure()`` (configuration problems become SkulensError), write its result files
+    to ``--out``, print the Markdown table (or the JSON with ``--json``)."""
     try:
-        result = frontier_table(args.models, data=args.data, split=args.split, limit=args.limit,
-                                threads=args.threads, rounds=args.rounds, e2e_images=args.e2e_images,
-                                reuse_metadata_eval=args.reuse_metadata_eval)
+        result = measure()
     except ValueError as exc:  # ModelError / DatasetError are SkulensErrors and pass through as such
         if isinstance(exc, SkulensError):
             raise
         raise SkulensError(str(exc)) from None
-    written = write_table(result, args.out)
+    written = write(result, args.out)
     print(json.dumps(result, indent=2) if args.json else markdown(result), end="\n" if args.json else "")
     print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     return 0
+
+
+def _bench_table(args) -> int:
+    from runtime_bench.frontier import frontier_table, markdown, write_table
+
+    return _report(args, lambda: frontier_table(
+        args.models, data=args.data, split=args.split, limit=args.limit, threads=args.threads,
+        rounds=args.rounds, e2e_images=args.e2e_images, reuse_metadata_eval=args.reuse_metadata_eval),
+        write_table, markdown)
 
 
 def _robustness(args) -> int:
     from runtime_bench.robustness import evaluate_robustness, markdown, write_report
 
-    try:
-        result = evaluate_robustness(args.model, args.data, split=args.split, corruptions=args.corruptions,
-                                     limit=args.limit, threads=args.threads, seed=args.seed)
-    except ValueError as exc:
-        raise SkulensError(str(exc)) from None
-    written = write_report(result, args.out)
-    print(json.dumps(result, indent=2) if args.json else markdown(result), end="\n" if args.json else "")
-    print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
-    return 0
+    return _report(args, lambda: evaluate_robustness(
+        args.model, args.data, split=args.split, corruptions=args.corruptions, limit=args.limit,
+        threads=args.threads, seed=args.seed), write_report, markdown)
 
 
 def _bench(args) -> int:

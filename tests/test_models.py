@@ -52,15 +52,10 @@ def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad
     from export._input import float_to_uint8_input, resolve_input_dtype
     from sdk import ModelError, PreprocessConfig
 
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=5, input_size=32)
-    model.train()
-    for _ in range(2):
-        model(torch.randn(8, 3, 32, 32))
-    model = fold_batchnorm(model.eval())
+    model = _folded(name, num_classes=5, warm_steps=2)
     imagenet = PreprocessConfig(input_size=(32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     facts = preprocess_facts(name)  # EfficientNet-Lite: (x - 127) / 128, so a padded 127 is a normalised 0
-    pre = PreprocessConfig(input_size=(32, 32), mean=facts["mean"], std=facts["std"]) if facts else imagenet
+    pre = _contract(name)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     pixels[:, :, -1] = 255  # the padded border is where a wrong fold shows
     if name.startswith("edge_resnet_patch") or facts:  # patchify stems, and the input-padding Lite models
@@ -88,18 +83,8 @@ def test_int8_export_of_every_model_follows_its_fp32_export(name, tmp_path):
 
     from export import quantize_int8
     from export._input import onnx_input
-    from sdk import PreprocessConfig
 
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=6, input_size=32)
-    model.train()
-    for _ in range(3):
-        model(torch.randn(8, 3, 32, 32))
-    model = fold_batchnorm(model.eval())
-    facts = preprocess_facts(name)
-    pre = PreprocessConfig(input_size=(32, 32), mean=facts.get("mean", (0.485, 0.456, 0.406)),
-                           std=facts.get("std", (0.229, 0.224, 0.225)))
-    net, contract = onnx_input(model, pre)
+    net, contract = onnx_input(_folded(name, num_classes=6, warm_steps=3), _contract(name))
     dtype = torch.uint8 if contract.dtype == "uint8" else torch.float32
     fp32 = torch_to_onnx(net, (torch.zeros(2, *contract.tensor_shape, dtype=dtype),), tmp_path / "m.onnx")
     images = list(np.random.default_rng(1).integers(0, 256, (24, 48, 40, 3), dtype=np.uint8))
@@ -109,3 +94,22 @@ def test_int8_export_of_every_model_follows_its_fp32_export(name, tmp_path):
     a, b = (run[p].run(None, {"input": x[16:]})[0] for p in (fp32, int8))
     assert a.shape == b.shape == (8, 6)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+
+
+def _folded(name, num_classes, warm_steps):
+    """A registered model with non-trivial BatchNorm statistics, folded, in eval mode (32 px)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, input_size=32)
+    model.train()
+    for _ in range(warm_steps):
+        model(torch.randn(8, 3, 32, 32))
+    return fold_batchnorm(model.eval())
+
+
+def _contract(name):
+    """A 32 px contract with the normalisation the model declares (ImageNet mean/std if none)."""
+    from sdk import PreprocessConfig
+
+    facts = preprocess_facts(name)
+    return PreprocessConfig(input_size=(32, 32), mean=facts.get("mean", (0.485, 0.456, 0.406)),
+                            std=facts.get("std", (0.229, 0.224, 0.225)))

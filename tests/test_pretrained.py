@@ -30,7 +30,7 @@ def test_imagenet_weights_name_real_fruit_photos(grocery_root):
     model = create_model("efficientnet_lite0", num_classes=81, pretrained=True).eval()
     info = model.pretrained_info
     assert info["weights"] == "efficientnet_lite0" and len(info["sha256"]) == 64 and info["tensors"] == 294
-    fc = imagenet_classifier(model, "efficientnet_lite0")
+    fc = imagenet_classifier("efficientnet_lite0")
     # the contract training builds for this model: its declared (x - 127) / 128 normalisation
     pre = make_preprocess(resolve(TrainConfig(data="-", model="efficientnet_lite0")), preprocess_facts("efficientnet_lite0"))
     assert pre.input_size == (224, 224) and pre.color_order == "RGB" and abs(pre.mean[0] * 255 - 127) < 1e-6

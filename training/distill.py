@@ -77,15 +77,15 @@ class Teacher:
         return max(self.pre.input_size)
 
     @torch.no_grad()
-    def prepare(self, student: TrainSet, num_workers: int = 1, progress=None) -> DistillSet:
-        """Run the teacher on ``views`` augmented views of every image; returns the student's
-        dataset over the same views (augmented at the teacher's size, then the student's contract)."""
+    def prepare(self, student: TrainSet, num_workers: int = 1, bf16: bool = False, progress=None) -> DistillSet:
+        """Run the teacher (autocast to bfloat16 with ``bf16``) on ``views`` augmented views of
+        every image; returns the student's dataset over the same views (augmented at the
+        teacher's size, then the student's contract)."""
         if student.extra is not None:
             raise ValueError("distillation does not combine with GAN augmentation")
         size = self.input_size
         common = dict(seed=student.seed, aug_size=size, views=self.views)
         views = TrainSet(student.images, student.labels, self.pre, student.augment_cfg, **common)
-        bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         self.model.eval().to(memory_format=torch.channels_last)
         out = torch.empty(self.views, len(views), len(self.model.head.weight))
         bar = progress(total=self.views * len(views), desc="teacher", unit="img", leave=False) if progress else None

@@ -119,6 +119,11 @@ class EdgeResNet(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.conv2[1].weight)
 
+    @property
+    def input_conv(self) -> nn.Conv2d:
+        """The convolution that reads the image (export folds the normalisation into it)."""
+        return self.stem[0]
+
     def features(self, x):  # [N, C, H, W] -> [N, num_features]
         return self.pool(self.blocks(self.stem(x))).flatten(1)
 
@@ -141,6 +146,10 @@ class SeedCNN(nn.Module):
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(128, num_classes)
+
+    @property
+    def input_conv(self) -> nn.Conv2d:
+        return self.body[0]
 
     def features(self, x):  # [N, C, S, S] -> [N, 128]
         return self.fc(self.body(x))
@@ -208,14 +217,9 @@ efficientnet_lite2 = _lite("lite2")
 
 
 def input_conv(model: nn.Module) -> nn.Conv2d | None:
-    """The convolution that reads the input image (export folds the normalisation into it)."""
-    if hasattr(type(model), "input_conv"):
-        return model.input_conv
-    if isinstance(model, EdgeResNet):
-        return model.stem[0]
-    if isinstance(model, SeedCNN):
-        return model.body[0]
-    return None
+    """The convolution that reads the input image, as the model declares it (``input_conv``);
+    export folds the normalisation into it. None for models that declare none."""
+    return getattr(model, "input_conv", None)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

