@@ -19,13 +19,15 @@ import torch
 
 import sdk
 from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, decode_image, load_dataset
-from sdk._evaluate import evaluate_samples
+from sdk._evaluate import evaluate_samples, label_mapping
 from sdk._metadata import ModelMetadata
 from sdk._io import atomic_write
+from sdk._unknown import selective_report, threshold_for_precision
 from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from training.data import eval_tensors
 from training.models import fold_batchnorm
 
+from ._embedding import EMBEDDING_OUTPUT, embedding_parity, with_embedding
 from ._input import onnx_input
 from ._onnx import DEFAULT_OPSET, file_size, io_spec, parity, sha256_file, torch_to_onnx, write_metadata
 from ._quantize import choose_activation_type, quantize_int8
@@ -68,32 +70,43 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
                       calibration_size: int = 256, activation_type: str = "auto",
                       calibrate_method: str = "minmax", eval_split: str = "test",
                       eval_limit: int | None = None, opset: int = DEFAULT_OPSET,
-                      threads: int = 0, input_dtype: str = "auto") -> dict:
+                      threads: int = 0, input_dtype: str = "auto", embedding: bool = True,
+                      embedding_dim: int = 0, unknown_precision: float = 0.95) -> dict:
     """Export a classifier checkpoint to ``out`` (fp32) and, with ``int8``, ``<out>.int8.onnx``.
 
     ``input_dtype``: "uint8" makes both models take uint8 NHWC pixels with the normalisation
-    folded into the first convolution (export._input); "auto" does so where that is exact."""
+    folded into the first convolution (export._input); "auto" does so where that is exact.
+    ``embedding``: a second output, the L2-normalised pooled features (``embedding_dim`` > 0:
+    projected to that many principal directions of the training images; export._embedding).
+    ``unknown_precision``: the softmax threshold below which a result is "unknown" is chosen on
+    the validation split for this precision (0: none)."""
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
     model = fold_batchnorm(model_from_checkpoint(ckpt))
     train_pre = preprocess_of(ckpt)  # what the torch model takes
-    onnx_model, pre = onnx_input(model, train_pre, input_dtype)
     labels = ckpt["labels"]
     data = data or ckpt.get("dataset")
     dataset = None
     try:
         dataset = load_dataset(data) if data else None
     except DatasetError as exc:
-        if int8:
-            raise DatasetError(f"INT8 calibration needs the training data: {exc}; pass --data") from exc
+        if int8 or embedding_dim:
+            raise DatasetError(f"INT8 calibration and embedding projection need the training data: {exc}; "
+                               "pass --data") from exc
         log.warning("no dataset for parity/evaluation (%s); using random inputs for parity", exc)
+    exported, embedding_spec = model, None
+    if embedding:
+        pca_tensors = eval_tensors(_sample(dataset.split("train"), 1024, seed=3), train_pre) if embedding_dim else None
+        exported, embedding_spec = with_embedding(model, embedding_dim, pca_tensors)
+    onnx_model, pre = onnx_input(exported, train_pre, input_dtype)
     report: dict = {"checkpoint": str(checkpoint), "model": ckpt["model_name"], "opset": opset,
                     "num_classes": len(labels), "input": {"dtype": pre.dtype, "layout": pre.layout},
                     "fp32": {"path": str(out)}}
 
     # -- fp32 -------------------------------------------------------------------------------------
     example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
-    torch_to_onnx(onnx_model, (example,), out, opset=opset)
+    torch_to_onnx(onnx_model, (example,), out, opset=opset,
+                  output_names=("logits", EMBEDDING_OUTPUT) if embedding_spec else ("logits",))
     # parity: the trained model on training's tensors vs the ONNX model on the SDK's, same images
     if dataset is not None:
         images = [decode_image(s.path) for s in _sample(dataset.split("train"), 32, seed=1)]
@@ -102,15 +115,22 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
         images = list(np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8))
     report["parity_max_abs_logit_diff"] = parity(model, out, train_pre.apply_batch(images),
                                                  onnx_inputs=pre.apply_batch(images))
+    if embedding_spec:
+        report["parity_max_abs_embedding_diff"] = embedding_parity(
+            exported, out, train_pre.apply_batch(images), pre.apply_batch(images))
+        report["embedding"] = embedding_spec
     report["parity_inputs"] = "real images" if dataset is not None else "random images"
     base = dict(kind="classifier", labels=tuple(labels), model_name=ckpt["model_name"],
                 preprocess=pre, io=io_spec(out), provenance=_provenance(checkpoint, ckpt),
-                coarse_labels=tuple(ckpt["coarse_labels"]) if ckpt.get("coarse_labels") else None)
+                coarse_labels=tuple(ckpt["coarse_labels"]) if ckpt.get("coarse_labels") else None,
+                embedding=embedding_spec)
     train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
     if (ckpt.get("metrics") or {}).get("eval"):
         ev = ckpt["metrics"]["eval"]
         train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1") if k in ev}
     write_metadata(out, ModelMetadata(metrics={"training": train_metrics}, **base))
+    unknown = _calibrate_unknown(out, labels, dataset, threads, unknown_precision)
+    write_metadata(out, ModelMetadata(metrics={"training": train_metrics}, unknown=unknown, **base))
 
     eval_samples = None
     if dataset is not None and dataset.splits.get(eval_split):
@@ -120,7 +140,8 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
         fp32_logits, fp32_eval = _evaluate(out, eval_samples, dataset, threads)
         report["fp32"]["eval"] = _summary(fp32_eval, eval_split)
         write_metadata(out, ModelMetadata(metrics={"training": train_metrics,
-                                                   "eval": report["fp32"]["eval"]}, **base))
+                                                   "eval": report["fp32"]["eval"]}, unknown=unknown, **base))
+    report["fp32"]["unknown"] = unknown
     report["fp32"]["size_bytes"] = file_size(out)
     report["fp32"]["sha256"] = sha256_file(out)
 
@@ -139,7 +160,9 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
             qsettings["activation_check_batch1_1thread"] = timings
         qmeta = dict(base, io=io_spec(q_out), quantization=qsettings, parent_sha256=report["fp32"]["sha256"])
         write_metadata(q_out, ModelMetadata(metrics={"training": train_metrics}, **qmeta))
-        report["int8"] = {"path": str(q_out), "quantization": qsettings}
+        qmeta["unknown"] = _calibrate_unknown(q_out, labels, dataset, threads, unknown_precision)
+        write_metadata(q_out, ModelMetadata(metrics={"training": train_metrics}, **qmeta))
+        report["int8"] = {"path": str(q_out), "quantization": qsettings, "unknown": qmeta["unknown"]}
         if eval_samples:
             q_logits, q_eval = _evaluate(q_out, eval_samples, dataset, threads)
             report["int8"]["eval"] = _summary(q_eval, eval_split)
@@ -157,6 +180,27 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
     return report
 
 
+def _calibrate_unknown(path, labels, dataset, threads, target: float) -> dict | None:
+    """The softmax threshold for "unknown" chosen on the validation split for ``target``
+    precision (of the accepted answers), or None without a validation split / target."""
+    if not target or dataset is None or not dataset.splits.get("val"):
+        return None
+    val = dataset.splits["val"]
+    logits, _ = _evaluate(path, val, dataset, threads)
+    targets = label_mapping(labels, dataset)[np.array([s.label for s in val])]
+    z = logits - logits.max(1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    score, correct = probs.max(1), probs.argmax(1) == targets
+    t = threshold_for_precision(score, correct, target)
+    if t is None:
+        log.warning("%s: no softmax threshold reaches %.0f %% precision on the validation split; "
+                    "results are never marked unknown", path, 100 * target)
+        return None
+    rep = selective_report(score, correct, t)
+    return {"score": "softmax", "threshold": round(t, 6), "target_precision": target, "split": "val",
+            "val_n": rep["n"], "val_coverage": round(rep["coverage"], 4), "val_precision": round(rep["precision"], 4)}
+
+
 def checkpoint_kind(checkpoint) -> str:
     """"classifier" or "generator" (ModelError for anything else)."""
     kind = load_checkpoint(checkpoint).get("kind", "classifier")
@@ -171,6 +215,8 @@ def export_checkpoint(checkpoint, out, **kwargs) -> dict:
     if checkpoint_kind(checkpoint) == "generator":
         from ._gan import export_generator
 
+        for key in ("embedding", "embedding_dim", "unknown_precision"):  # classifier-only options
+            kwargs.pop(key, None)
         return export_generator(checkpoint, out, **kwargs)
     return export_classifier(checkpoint, out, **kwargs)
 

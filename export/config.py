@@ -21,4 +21,7 @@ class ExportConfig:
     opset: int = 18
     threads: int = 0
     input_dtype: Literal["auto", "float32", "uint8"] = "auto"  # "auto": uint8 pixels where exact
+    embedding: bool = True              # a second output: the L2-normalised embedding for galleries
+    embedding_dim: int = 0              # 0: the pooled features; N: projected to N principal directions
+    unknown_precision: float = 0.95     # softmax "unknown" threshold chosen on val for this precision (0: none)
     triton_repo: str | None = None      # also write a Triton model repository here (CLI only)

@@ -99,7 +99,9 @@ def optimized_op_types(path, threads: int = 1) -> dict:
     float_mac = sum(v for k, v in ops.items() if k in _CONV_OPS | _MATMUL_OPS and not (
         k.startswith("QLinear") or "Integer" in k or k == "QGemm"))
     quantized = source.get("QuantizeLinear", 0) > 0
+    made_by = {o: n.op_type for n in model.graph.node for o in n.output}
     return {"source_ops": dict(source), "optimized_ops": dict(ops),
+            "output_producers": {o.name: made_by.get(o.name) for o in model.graph.output},
             "integer_mac_nodes": integer, "float_mac_nodes": float_mac,
             "remaining_quantize": ops.get("QuantizeLinear", 0), "remaining_dequantize": ops.get("DequantizeLinear", 0),
             "qdq_fully_fused": (float_mac == 0) if quantized else None}

@@ -10,6 +10,7 @@ import numpy as np
 
 from ._errors import ModelError
 from ._image import DEFAULT_MAX_PIXELS, decode_image
+from ._io import sha256_file
 from ._metadata import ModelMetadata
 from ._session import OnnxTask, open_model
 
@@ -26,6 +27,11 @@ class ClassifierOptions:
     providers: onnxruntime execution providers, in order of preference.
     max_pixels: images larger than this are refused before decoding.
     max_batch: the largest batch sent to the model at once by ``classify_batch``.
+    gallery: a product gallery file (``skulens gallery create``): classify by retrieval among
+        its products (scores are cosine similarities) instead of by the model's own labels.
+    reject_unknown: mark a result ``unknown`` when its top score is below the calibrated
+        threshold of the model (softmax) or of the gallery (similarity).
+    unknown_threshold: use this threshold instead of the calibrated one.
     """
 
     num_threads: int = 0
@@ -34,6 +40,9 @@ class ClassifierOptions:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch: int = 32
+    gallery: str | None = None
+    reject_unknown: bool = True
+    unknown_threshold: float | None = None
 
     def __post_init__(self):
         if self.top_k < 1:
@@ -55,18 +64,21 @@ class Category:
 
 @dataclass(frozen=True)
 class ClassificationResult:
-    """Categories sorted by descending score (possibly empty if all fall below the threshold)."""
+    """Categories sorted by descending score (possibly empty if all fall below the threshold).
+    ``unknown``: the top score is below the "none of these" threshold (the categories are kept,
+    for inspection, but the input is most likely none of them)."""
 
     categories: tuple[Category, ...]
     source: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
+    unknown: bool = False
 
     @property
     def top(self) -> Category | None:
         return self.categories[0] if self.categories else None
 
     def to_dict(self) -> dict:
-        return {"source": self.source,
+        return {"source": self.source, "unknown": self.unknown,
                 "categories": [{"label": c.label, "index": c.index, "score": round(c.score, 6)}
                                for c in self.categories]}
 
@@ -100,8 +112,18 @@ class ImageClassifier(OnnxTask):
         if len(inputs) != 1:
             raise ModelError(f"{path}: a classifier needs exactly one input, found {len(inputs)}")
         self._input_name = inputs[0].name
-        self._output_name = outputs[0].name
-        n_out = outputs[0].shape[-1] if outputs[0].shape else None
+        by_name = {o.name: o for o in outputs}
+        logits_out = by_name.get("logits", outputs[0])
+        self._output_name = logits_out.name
+        self.embedding_spec = metadata.embedding
+        if self.embedding_spec is not None:
+            emb = by_name.get(self.embedding_spec["output"])
+            dim = emb.shape[-1] if emb is not None and emb.shape else None
+            if emb is None or (isinstance(dim, int) and dim != self.embedding_spec["dim"]):
+                raise ModelError(f"{path}: metadata declares a {self.embedding_spec['dim']}-d embedding output "
+                                 f"{self.embedding_spec['output']!r} that the model does not have")
+        self._model_sha256 = None
+        n_out = logits_out.shape[-1] if logits_out.shape else None
         if isinstance(n_out, int) and n_out != len(self.labels):
             raise ModelError(f"{path}: metadata lists {len(self.labels)} labels but the model "
                              f"outputs {n_out} scores")
@@ -115,6 +137,37 @@ class ImageClassifier(OnnxTask):
         if all(isinstance(v, int) for v in got) and list(got) != expected:
             raise ModelError(f"{path}: model input shape {got} does not match the preprocessing "
                              f"contract {expected}")
+        self.gallery = None
+        if options.gallery:
+            from ._gallery import ProductGallery
+
+            self.use_gallery(ProductGallery.load(options.gallery))
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of the model file (what a gallery is bound to)."""
+        if self._model_sha256 is None:
+            if not self.path:
+                raise ModelError("this classifier was not opened from a file; its model has no sha256")
+            self._model_sha256 = sha256_file(self.path)
+        return self._model_sha256
+
+    def use_gallery(self, gallery) -> None:
+        """Classify by retrieval among ``gallery``'s products (None: by the model's labels again).
+        GalleryError when the gallery was made with another model."""
+        if gallery is not None:
+            gallery.check_model(self)
+        self.gallery = gallery
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The score below which results are ``unknown`` (None: never)."""
+        if not self.options.reject_unknown:
+            return None
+        if self.options.unknown_threshold is not None:
+            return self.options.unknown_threshold
+        rule = self.gallery.unknown if self.gallery is not None else self.metadata.unknown
+        return float(rule["threshold"]) if rule else None
 
     @classmethod
     def from_path(cls, path, options: ClassifierOptions | None = None) -> "ImageClassifier":
@@ -130,13 +183,31 @@ class ImageClassifier(OnnxTask):
         return self.preprocess_config.apply(img)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Model-only: a preprocessed batch (the contract's layout and dtype) -> logits [N, num_classes]."""
+        """Model-only: a preprocessed batch (the contract's layout and dtype) -> what results are
+        made from: logits [N, num_classes], or with a gallery the embeddings [N, D]."""
+        if self.gallery is not None:
+            return self.run_embedding(batch)
+        return self.run_logits(batch)
+
+    def run_logits(self, batch: np.ndarray) -> np.ndarray:
         session = self._require_open()
         return session.run([self._output_name], {self._input_name: batch})[0]
 
-    def postprocess(self, logits: np.ndarray, sources: Sequence = ()) -> list[ClassificationResult]:
-        probs = softmax(logits.astype(np.float32))
+    def run_embedding(self, batch: np.ndarray) -> np.ndarray:
+        """A preprocessed batch -> L2-normalised embeddings [N, D] (ModelError without one)."""
+        if self.embedding_spec is None:
+            raise ModelError(f"{self.path}: this model has no embedding output; re-export it with a "
+                             "current skulens (`skulens export`)")
+        session = self._require_open()
+        return session.run([self.embedding_spec["output"]], {self._input_name: batch})[0]
+
+    def postprocess(self, outputs: np.ndarray, sources: Sequence = ()) -> list[ClassificationResult]:
+        """The output of :meth:`run` -> one result per image."""
+        if self.gallery is not None:
+            return self._gallery_results(outputs, sources)
+        probs = softmax(outputs.astype(np.float32))
         k = min(self.options.top_k, probs.shape[1])
+        threshold = self.unknown_threshold
         results = []
         for i, p in enumerate(probs):
             idx = np.argpartition(-p, k - 1)[:k]
@@ -144,7 +215,20 @@ class ImageClassifier(OnnxTask):
             cats = tuple(Category(self.labels[j], int(j), float(p[j])) for j in idx
                          if p[j] >= self.options.score_threshold)
             src = sources[i] if i < len(sources) else None
-            results.append(ClassificationResult(cats, source=src))
+            results.append(ClassificationResult(cats, source=src,
+                                                unknown=threshold is not None and float(p[idx[0]]) < threshold))
+        return results
+
+    def _gallery_results(self, embeddings, sources) -> list[ClassificationResult]:
+        index = {label: i for i, label in enumerate(self.gallery.products())}
+        threshold = self.unknown_threshold
+        results = []
+        for i, hits in enumerate(self.gallery.search(embeddings, self.options.top_k)):
+            cats = tuple(Category(label, index[label], score) for label, score in hits
+                         if score >= self.options.score_threshold)
+            src = sources[i] if i < len(sources) else None
+            results.append(ClassificationResult(cats, source=src, extra={"by": "gallery"},
+                                                unknown=threshold is not None and (not hits or hits[0][1] < threshold)))
         return results
 
     def classify(self, image) -> ClassificationResult:
@@ -155,16 +239,29 @@ class ImageClassifier(OnnxTask):
     def classify_batch(self, images: Iterable) -> list[ClassificationResult]:
         """Classify many images; they are sent to the model in batches of ``max_batch``."""
         images = list(images)
-        return self.postprocess(self.logits_batch(images), [_source_name(im) for im in images])
+        outputs = self.embed_batch(images) if self.gallery is not None else self.logits_batch(images)
+        return self.postprocess(outputs, [_source_name(im) for im in images])
 
     def logits_batch(self, images: Iterable) -> np.ndarray:
         """Raw logits [N, num_classes] for many images, run in batches of ``max_batch``."""
+        return self._batched(images, self.run_logits, len(self.labels))
+
+    def embed(self, image) -> np.ndarray:
+        """The L2-normalised embedding [D] of one image (ModelError if the model has none)."""
+        return self.run_embedding(self.preprocess(image)[None])[0]
+
+    def embed_batch(self, images: Iterable) -> np.ndarray:
+        """Embeddings [N, D] of many images, run in batches of ``max_batch``."""
+        dim = self.embedding_spec["dim"] if self.embedding_spec else 0
+        return self._batched(images, self.run_embedding, dim)
+
+    def _batched(self, images, fn, width: int) -> np.ndarray:
         images = list(images)
         out = []
         for start in range(0, len(images), self.options.max_batch):
             chunk = images[start:start + self.options.max_batch]
-            out.append(self.run(np.stack([self.preprocess(im) for im in chunk])))
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+            out.append(fn(np.stack([self.preprocess(im) for im in chunk])))
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
 
 def _source_name(image) -> str | None:

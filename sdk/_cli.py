@@ -16,7 +16,7 @@ import typing
 from ._errors import SkulensError
 from ._version import __version__
 
-_COMMAND_MODULES = ["sdk._cli_pipeline", "sdk._cli_bench", "sdk.serve._command", "sdk._cli_gan"]
+_COMMAND_MODULES = ["sdk._cli_pipeline", "sdk._cli_gallery", "sdk._cli_bench", "sdk.serve._command", "sdk._cli_gan"]
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), positional=()) -> None:

@@ -112,7 +112,7 @@ def _predict(args) -> int:
                 print(json.dumps(result.to_dict()))
             else:
                 cats = ", ".join(f"{c.label} {c.score:.3f}" for c in result.categories) or "(below threshold)"
-                print(f"{image}: {cats}")
+                print(f"{image}: unknown product (nearest: {cats})" if result.unknown else f"{image}: {cats}")
     return 1 if failures else 0
 
 

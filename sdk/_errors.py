@@ -32,3 +32,7 @@ def require_extra(module: str, extra: str):
             f"'{module}' is required for this feature but is not installed: "
             f"pip install 'skulens[{extra}]'"
         ) from exc
+
+
+class GalleryError(SkulensError, ValueError):
+    """A product gallery cannot be used: unreadable or tampered file, another model's embeddings, a bad request."""

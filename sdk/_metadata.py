@@ -18,7 +18,7 @@ KINDS = ("classifier", "generator")
 
 # keys whose values are JSON documents
 _JSON_KEYS = ("labels", "preprocess", "io", "metrics", "quantization", "provenance", "generator",
-              "coarse_labels")
+              "coarse_labels", "embedding", "unknown")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class ModelMetadata:
     provenance: dict = field(default_factory=dict)
     generator: dict | None = None  # z_dim, output size, channel order, value range (generators)
     coarse_labels: tuple[str, ...] | None = None  # coarse group of each label, when known
+    # the second output, when exported: {"output", "dim", "source", "normalized", "metric"}
+    embedding: dict | None = None
+    # the calibrated "none of these" rule of the classifier: {"score", "threshold", "target_precision", ...}
+    unknown: dict | None = None
 
 
 def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
@@ -60,6 +64,9 @@ def encode_metadata(meta: ModelMetadata) -> dict[str, str]:
         out["generator"] = json.dumps(meta.generator, sort_keys=True)
     if meta.coarse_labels is not None:
         out["coarse_labels"] = json.dumps(list(meta.coarse_labels))
+    for key in ("embedding", "unknown"):
+        if getattr(meta, key) is not None:
+            out[key] = json.dumps(getattr(meta, key), sort_keys=True)
     return {PREFIX + k: v for k, v in out.items()}
 
 
@@ -98,6 +105,14 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMetada
     elif kind == "classifier":
         raise ModelError(f"{source}: classifier metadata has no preprocessing contract")
     coarse = vals.get("coarse_labels")
+    embedding = vals.get("embedding")
+    if embedding is not None and (not isinstance(embedding, dict) or not isinstance(embedding.get("output"), str)
+                                  or not isinstance(embedding.get("dim"), int) or embedding["dim"] < 1):
+        raise ModelError(f"{source}: metadata 'embedding' must name its output and a positive dim")
+    unknown = vals.get("unknown")
+    if unknown is not None and (not isinstance(unknown, dict)
+                                or not isinstance(unknown.get("threshold"), (int, float))):
+        raise ModelError(f"{source}: metadata 'unknown' must carry a numeric threshold")
     return ModelMetadata(
         kind=kind, labels=tuple(labels), model_name=raw.get("model_name", "unknown"),
         io=vals["io"], schema_version=version, preprocess=preprocess,
@@ -105,4 +120,5 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMetada
         parent_sha256=raw.get("parent_sha256"), provenance=vals.get("provenance", {}),
         generator=vals.get("generator"),
         coarse_labels=tuple(coarse) if coarse is not None else None,
+        embedding=embedding, unknown=unknown,
     )

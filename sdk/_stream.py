@@ -137,6 +137,9 @@ class FrameClassifier:
 
     def __init__(self, classifier: ImageClassifier, options: FrameClassifierOptions):
         self._clf, self.options = classifier, options
+        if classifier.gallery is not None and options.smoothing == "majority":
+            raise ValueError("smoothing 'majority' votes over model labels; with a gallery use 'mean' "
+                             "(the mean embedding of the last frames)")
         self.labels = classifier.labels
         self._reset()
         self._grabber: LatestFrameGrabber | None = None
@@ -200,13 +203,17 @@ class FrameClassifier:
 
     def _classify_frame(self, frame, index: int, ts: float, source) -> FrameResult:
         image = decode_image(frame, max_pixels=self._clf.options.max_pixels)
-        logits = self._clf.run(self._clf.preprocess(self._crop(image))[None])
-        if self._smoother is not None:
-            probs = self._smoother.update(softmax(logits.astype(np.float32))[0])
-            logits = np.log(np.maximum(probs, 1e-12))[None]  # softmax(log p) == p
-        cls = self._clf.postprocess(logits, [source])[0]
+        output = self._clf.run(self._clf.preprocess(self._crop(image))[None])
+        if self._smoother is not None and self._clf.gallery is not None:  # smooth the embedding
+            e = self._smoother.update(output[0].astype(np.float32))
+            output = (e / max(float(np.linalg.norm(e)), 1e-12))[None]
+        elif self._smoother is not None:
+            probs = self._smoother.update(softmax(output.astype(np.float32))[0])
+            output = np.log(np.maximum(probs, 1e-12))[None]  # softmax(log p) == p
+        cls = self._clf.postprocess(output, [source])[0]
         top = cls.top
-        unknown = top is None or top.score < self.options.unknown_below
+        # unknown: below the model's / gallery's calibrated threshold, or below unknown_below
+        unknown = top is None or cls.unknown or top.score < self.options.unknown_below
         self.stats.frames_processed += 1
         return FrameResult(cls, self.options.unknown_label if unknown else top.label,
                            0.0 if top is None else top.score, unknown, index, ts)

@@ -1,7 +1,8 @@
 """The HTTP service: FastAPI app around an ImageClassifier and a MicroBatcher.
 
 Endpoints: ``POST /v1/classify`` (raw image bytes or multipart field ``image``; query
-``top_k``), ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; OpenAPI at ``/openapi.json``
+``top_k``), ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; with a gallery
+``GET /v1/gallery``, ``POST`` / ``DELETE /v1/gallery/products?label=``; OpenAPI at ``/openapi.json``
 and ``/docs``. Errors are JSON ``{"error": {"code", "message", "status"}}`` with stable codes.
 """
 from __future__ import annotations
@@ -24,15 +25,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
 from .._classifier import ClassifierOptions, ImageClassifier
-from .._errors import ImageError
+from .._errors import GalleryError, ImageError
+from .._gallery import image_sha256
 from .._image import header_size
 from .._version import __version__
 from ._batcher import MicroBatcher, Overloaded
 from .config import ServeConfig
 
 log = logging.getLogger(__name__)
+MAX_GALLERY_TOP_K = 100
 RAW_TYPES = ("application/octet-stream",)
-_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict",
           413: "payload_too_large", 415: "unsupported_media_type", 503: "overloaded", 504: "timeout",
           500: "internal"}
 
@@ -54,6 +58,8 @@ class ClassifyOut(BaseModel):
     categories: list[CategoryOut]
     batch_size: int
     elapsed_ms: float
+    unknown: bool = False  # the top score is below the calibrated "none of these" threshold
+    by: str = "model"      # "model": the model's labels; "gallery": retrieval among enrolled products
 
 
 class ErrorBody(BaseModel):
@@ -83,9 +89,10 @@ _ERRORS_DOC = {s: {"model": ErrorOut} for s in (400, 401, 413, 415, 503, 504)}
 def create_app(config: ServeConfig) -> FastAPI:
     """Open the model (ModelError now, not at the first request) and build the app."""
     clf = ImageClassifier.from_path(config.model, ClassifierOptions(
-        num_threads=config.num_threads, max_pixels=config.max_pixels))
-    n_labels = len(clf.labels)
+        num_threads=config.num_threads, max_pixels=config.max_pixels, gallery=config.gallery))
+    n_labels = len(clf.labels) if clf.gallery is None else MAX_GALLERY_TOP_K
     clf.options = dataclasses.replace(clf.options, top_k=n_labels)  # each request slices its top_k
+    gallery_lock = asyncio.Lock()  # one enrolment/removal (and its file write) at a time
     token = config.token if config.token is not None else os.environ.get("SKULENS_API_TOKEN") or None
     batcher = MicroBatcher(clf.run, max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000,
                            max_queue=config.max_queue)
@@ -181,12 +188,70 @@ def create_app(config: ServeConfig) -> FastAPI:
                 future = batcher.submit(x)
             except Overloaded as exc:
                 raise ApiError(503, "overloaded", str(exc), {"Retry-After": "1"}) from None
-        logits, batch_size = await future
-        result = clf.postprocess(logits[None])[0]
-        return {"model": meta.model_name, "batch_size": batch_size,
+        output, batch_size = await future
+        result = clf.postprocess(output[None])[0]
+        return {"model": meta.model_name, "batch_size": batch_size, "unknown": result.unknown,
+                "by": "gallery" if clf.gallery is not None else "model",
                 "categories": [{"label": c.label, "index": c.index, "score": c.score}
                                for c in result.categories[:top_k]],
                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    def gallery_or_404():
+        if clf.gallery is None:
+            raise ApiError(404, "no_gallery", "this service classifies with the model's labels; start it "
+                           "with --gallery to enrol products")
+        return clf.gallery
+
+    def editing_allowed():
+        if token is None:
+            raise ApiError(403, "forbidden", "enrolling and removing products needs the service to run "
+                           "with a bearer token (--token or SKULENS_API_TOKEN)")
+
+    @app.get("/v1/gallery", tags=["gallery"], dependencies=[Depends(authorize)], responses={401: {"model": ErrorOut}})
+    async def gallery_info() -> dict:
+        """The gallery's products (photo counts) and its "unknown" threshold."""
+        g = gallery_or_404()
+        return {"products": g.products(), "photos": len(g), "unknown": g.unknown, "embedding": g.embedding}
+
+    @app.post("/v1/gallery/products", tags=["gallery"], responses=_ERRORS_DOC,
+              dependencies=[Depends(authorize)], openapi_extra=_BODY_DOC)
+    async def enrol(request: Request, label: str = Query(..., min_length=1, max_length=200)) -> dict:
+        """Enrol one photo of product ``label`` (raw body or multipart field ``image``); the
+        gallery file is saved atomically. A photo already enrolled is reported, not added twice."""
+        editing_allowed()
+        g = gallery_or_404()
+        data = await _image_bytes(request, config.max_body_bytes)
+        try:
+            x = await anyio.to_thread.run_sync(clf.preprocess, data)
+            sha = await anyio.to_thread.run_sync(image_sha256, data)
+        except ImageError as exc:
+            raise ApiError(400, "bad_image", str(exc)) from None
+        embedding = await anyio.to_thread.run_sync(clf.run_embedding, x[None])
+        async with gallery_lock:
+            owner = g.label_of_image(sha)
+            if owner is not None and owner != label.strip():
+                raise ApiError(409, "conflict", f"this photo is already enrolled as {owner!r}")
+            try:
+                rep = g.add_embeddings(label, embedding, [sha], ["<upload>"])
+            except GalleryError as exc:
+                raise ApiError(400, "bad_request", str(exc)) from None
+            await anyio.to_thread.run_sync(g.save, config.gallery)
+        return {"label": rep.label, "added": rep.added, "duplicate": bool(rep.duplicates),
+                "photos": g.products()[rep.label]}
+
+    @app.delete("/v1/gallery/products", tags=["gallery"], dependencies=[Depends(authorize)],
+                responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+    async def delist(label: str = Query(..., min_length=1, max_length=200)) -> dict:
+        """Delist product ``label`` (all its photos); the gallery file is saved atomically."""
+        editing_allowed()
+        g = gallery_or_404()
+        async with gallery_lock:
+            try:
+                removed = g.remove(label)
+            except GalleryError as exc:
+                raise ApiError(404, "not_found", str(exc)) from None
+            await anyio.to_thread.run_sync(g.save, config.gallery)
+        return {"label": label, "removed": removed}
 
     return app
 

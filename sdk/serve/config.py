@@ -18,6 +18,9 @@ class ServeConfig:
     token: require ``Authorization: Bearer <token>`` on /v1/* (default: the SKULENS_API_TOKEN
         environment variable, else no authentication).
     graceful_timeout_s: on SIGTERM/SIGINT, in-flight requests get this long to finish.
+    gallery: classify by retrieval among this product gallery's products; ``/v1/gallery``
+        lists them and, with a token set, enrols (POST) and delists (DELETE) products, saving
+        the file atomically after each change.
     """
 
     model: str
@@ -34,6 +37,7 @@ class ServeConfig:
     token: str | None = None
     graceful_timeout_s: float = 10.0
     access_log: bool = False
+    gallery: str | None = None
 
     def __post_init__(self):
         problems = []

@@ -1,0 +1,102 @@
+"""The classifier's second output: an L2-normalised embedding for gallery retrieval.
+
+Every registered model declares ``features(x) -> [N, F]`` (the pooled features) and ``head``
+(the linear classifier on them). The exported graph computes the features once and returns
+
+    logits    [N, num_classes] = head(features)
+    embedding [N, D]           = normalize(features)                    (D = F, "pooled")
+                                 normalize((features - mean) @ P)       (D < F, "pca")
+
+where ``P`` [F, D] holds the top principal directions of the training images' features (fitted
+at export, a linear map learned from the training data; it shrinks galleries F / D times and
+makes the exact search F / D times cheaper). Cosine similarity of two embeddings is then their
+inner product.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdk import ModelError
+
+EMBEDDING_OUTPUT = "embedding"
+
+
+def embedding_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot give an embedding output, or None when it can."""
+    if not callable(getattr(model, "features", None)) or not isinstance(getattr(model, "head", None), nn.Linear):
+        return f"{type(model).__name__} declares no features() and linear head"
+    return None
+
+
+class WithEmbedding(nn.Module):
+    """model -> (logits, embedding); exposes the model's input facts for the uint8-input fold."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor | None = None, components: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.project = None
+        if components is not None:  # (f - mean) @ P as one Linear: weight P^T, bias -mean @ P
+            self.project = nn.Linear(components.shape[0], components.shape[1])
+            with torch.no_grad():
+                self.project.weight.copy_(components.T)
+                self.project.bias.copy_(-(mean @ components))
+            self.project.requires_grad_(False)
+
+    @property
+    def input_conv(self):
+        return getattr(self.model, "input_conv", None)
+
+    @property
+    def input_pad(self):
+        return getattr(self.model, "input_pad", None)
+
+    def forward(self, x):  # [N, C, H, W] -> logits [N, K], embedding [N, D]
+        f = self.model.features(x)
+        e = self.project(f) if self.project is not None else f
+        # e / max(|e|, eps) with a broadcasting Div (F.normalize's expand_as would read the
+        # input's shape, a second consumer of the pixels that blocks the INT8 input rewrite)
+        return self.model.head(f), e / torch.linalg.vector_norm(e, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def fit_pca(model: nn.Module, tensors: torch.Tensor, dim: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mean [F], components [F, dim] of the features of ``tensors`` and the variance share kept."""
+    feats = torch.cat([model.eval().features(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]).double()
+    if dim >= feats.shape[1]:
+        raise ModelError(f"embedding_dim {dim} must be smaller than the model's {feats.shape[1]} features")
+    if dim > len(feats):
+        raise ModelError(f"embedding_dim {dim} needs at least {dim} training images to fit, got {len(feats)}")
+    mean = feats.mean(0)
+    _, s, vh = torch.linalg.svd(feats - mean, full_matrices=False)
+    var = s ** 2
+    return mean.float(), vh[:dim].T.contiguous().float(), float(var[:dim].sum() / var.sum())
+
+
+def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Tensor | None) -> tuple[nn.Module, dict]:
+    """``model`` wrapped to also output its embedding, and the embedding's metadata."""
+    problem = embedding_problem(model)
+    if problem:
+        raise ModelError(f"no embedding output possible: {problem}")
+    spec = {"output": EMBEDDING_OUTPUT, "normalized": "l2", "metric": "cosine",
+            "features": int(model.head.in_features)}
+    if not embedding_dim:
+        return WithEmbedding(model).eval(), dict(spec, dim=int(model.head.in_features), source="pooled")
+    if train_tensors is None:
+        raise ModelError("a projected embedding (embedding_dim > 0) is fitted on the training images; pass --data")
+    mean, comps, kept = fit_pca(model, train_tensors, embedding_dim)
+    return (WithEmbedding(model, mean, comps).eval(),
+            dict(spec, dim=int(embedding_dim), source="pca", pca_images=len(train_tensors),
+                 pca_variance_kept=round(kept, 4)))
+
+
+def embedding_parity(wrapped: nn.Module, onnx_path, inputs: np.ndarray, onnx_inputs: np.ndarray) -> float:
+    """Max |torch - onnxruntime| over the embedding for the same images."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = wrapped.eval()(torch.from_numpy(inputs))[1].numpy()
+    got = sess.run([EMBEDDING_OUTPUT], {sess.get_inputs()[0].name: onnx_inputs})[0]
+    return float(np.abs(ref - got).max())
