@@ -32,7 +32,7 @@ from sdk._unknown import auroc, selective_report
 
 from ._files import write_result_files
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runtime_bench.retrieval")  # also when run as __main__
 
 
 def _embed_all(model_path, samples, threads) -> tuple[np.ndarray, np.ndarray]:

@@ -73,6 +73,7 @@ class ProductGallery:
         self.vectors = (np.zeros((0, self.dim), np.float32) if vectors is None
                         else np.ascontiguousarray(vectors, dtype=np.float32))
         self.entries = [dict(e) for e in entries]
+        self._by_sha = {e["image_sha256"]: e["label"] for e in self.entries}
         self.unknown = unknown
         self.backend = backend
         if scoring not in SCORINGS:
@@ -82,6 +83,27 @@ class ProductGallery:
         if self.vectors.ndim != 2 or self.vectors.shape[1] != self.dim or len(self.vectors) != len(self.entries):
             raise GalleryError(f"gallery vectors {self.vectors.shape} do not match {len(self.entries)} entries "
                                f"of dimension {self.dim}")
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The enrolled embeddings [N, D] (a view; replaced, not modified, by edits)."""
+        return self._buf[:self._n]
+
+    @vectors.setter
+    def vectors(self, value) -> None:
+        self._buf = np.ascontiguousarray(value, dtype=np.float32)
+        self._n = len(self._buf)
+
+    def _append(self, rows: np.ndarray) -> None:
+        """Amortised O(rows) append: the buffer grows by doubling, so enrolling into a large
+        gallery does not copy it."""
+        need = self._n + len(rows)
+        if need > len(self._buf):
+            grown = np.empty((max(need, 2 * len(self._buf), 64), self.dim), np.float32)
+            grown[:self._n] = self._buf[:self._n]
+            self._buf = grown
+        self._buf[self._n:need] = rows
+        self._n = need
 
     # -- construction and files ----------------------------------------------------------------
     @classmethod
@@ -171,7 +193,7 @@ class ProductGallery:
 
     def label_of_image(self, sha: str) -> str | None:
         """The product an image (by :func:`image_sha256`) is enrolled as, or None."""
-        return next((e["label"] for e in self.entries if e["image_sha256"] == sha), None)
+        return self._by_sha.get(sha)
 
     def add(self, classifier, label: str, images: Iterable) -> AddReport:
         """Embed ``images`` (paths, bytes or arrays) with ``classifier`` and enrol them as ``label``.
@@ -190,21 +212,27 @@ class ProductGallery:
         """Enrol precomputed embeddings [n, D] (unit vectors of this gallery's model)."""
         label = check_label(label)
         vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(shas) != len(sources):
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or not len(vectors) == len(shas) == len(sources):
             raise GalleryError(f"embeddings {vectors.shape} do not match {len(shas)} images of dimension {self.dim}")
-        known = {e["image_sha256"]: e["label"] for e in self.entries}
-        keep, dupes = [], []
+        if not np.isfinite(vectors).all() or (len(vectors) and np.abs(np.linalg.norm(vectors, axis=1) - 1).max() > 1e-3):
+            raise GalleryError("embeddings must be finite unit vectors (the model's embedding output)")
+        known = self._by_sha
+        keep, dupes, fresh = [], [], set()
         for i, sha in enumerate(shas):
             if sha in known:
                 if known[sha] != label:
                     raise GalleryError(f"{sources[i]}: this image is already enrolled as {known[sha]!r}; "
                                        f"remove it there before enrolling it as {label!r}")
                 dupes.append(sources[i])
+            elif sha in fresh:
+                dupes.append(sources[i])  # the same photo twice in one request
             else:
-                known[sha] = label
                 keep.append(i)
+                fresh.add(sha)
         if keep:
-            self.vectors = np.concatenate([self.vectors, vectors[keep]])
+            for i in keep:
+                known[shas[i]] = label
+            self._append(vectors[keep])
             self.entries += [{"label": label, "image_sha256": shas[i], "source": str(sources[i])} for i in keep]
             self._index = None
         return AddReport(label, len(keep), tuple(dupes))
@@ -217,6 +245,7 @@ class ProductGallery:
             raise GalleryError(f"no product {label!r} in this gallery")
         self.vectors = self.vectors[keep]
         self.entries = [self.entries[i] for i in keep]
+        self._by_sha = {e["image_sha256"]: e["label"] for e in self.entries}
         self._index = None
         return removed
 

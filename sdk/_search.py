@@ -68,8 +68,9 @@ class HnswIndex:
 
     backend = "usearch"
 
-    def __init__(self, vectors, connectivity: int = 16, expansion_add: int = 128,
-                 expansion_search: int = 128, threads: int = 1):
+    def __init__(self, vectors, connectivity: int = 16, expansion_add: int = 64,
+                 expansion_search: int = 128, threads: int = 1, build_threads: int = 0):
+        """``threads`` per search call; ``build_threads`` for building (0: all cores)."""
         try:
             from usearch.index import Index
         except ImportError:
@@ -80,7 +81,7 @@ class HnswIndex:
         self.dim, self.threads, self._n = vectors.shape[1], threads, len(vectors)
         self._index = Index(ndim=self.dim, metric="ip", dtype="f32", connectivity=connectivity,
                             expansion_add=expansion_add, expansion_search=expansion_search)
-        self._index.add(np.arange(len(vectors), dtype=np.uint64), vectors, threads=threads)
+        self._index.add(np.arange(len(vectors), dtype=np.uint64), vectors, threads=build_threads)
 
     def __len__(self) -> int:
         return self._n
