@@ -258,3 +258,24 @@ def test_service_enrols_and_delists_behind_the_token(gallery_file, tiny_models, 
     with TestClient(create_app(ServeConfig(model=str(int8), gallery=str(dst), token=None))) as c:
         r = c.post("/v1/gallery/products", params={"label": "x"}, content=photo)
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_video_frames_are_classified_by_gallery_and_reported_unknown(gallery_file, tiny_models, photos):
+    import cv2
+
+    from sdk import FrameClassifier, FrameClassifierOptions
+
+    _, int8, _ = tiny_models
+    _, by_class = photos
+    label, paths = next(iter(by_class.items()))
+    frames = [cv2.imread(str(p)) for p in paths[:3]]
+    for threshold, unknown in ((-1.0, False), (1.01, True)):
+        opts = FrameClassifierOptions(running_mode="VIDEO", smoothing="mean", window=2, classifier=ClassifierOptions(
+            gallery=str(gallery_file), unknown_threshold=threshold))
+        with FrameClassifier.from_path(int8, opts) as fc:
+            results = [fc.classify_for_video(f, 40.0 * i) for i, f in enumerate(frames)]
+        assert all(r.unknown is unknown and r.classification.extra["by"] == "gallery" for r in results)
+        assert all((r.label == "unknown") is unknown for r in results)
+    with pytest.raises(ValueError, match="majority"):
+        FrameClassifier.from_path(int8, FrameClassifierOptions(running_mode="VIDEO", smoothing="majority",
+                                                               classifier=ClassifierOptions(gallery=str(gallery_file))))

@@ -41,10 +41,11 @@ def test_config_parses_with_tritons_schema_and_matches_the_onnx_model(repo):
     cfg = parse_config(written["config"])
     model = onnx.load(int8)
     meta = decode_metadata({p.key: p.value for p in model.metadata_props})
-    (inp,), (out,) = model.graph.input, model.graph.output
+    (inp,), (out, emb) = model.graph.input, model.graph.output  # logits, and the gallery embedding
     assert cfg.name == written["name"] == "tiny_int8" and cfg.backend == "onnxruntime"
     assert cfg.max_batch_size == 32
-    assert [i.name for i in cfg.input] == [inp.name] and [o.name for o in cfg.output] == [out.name]
+    assert [i.name for i in cfg.input] == [inp.name] and [o.name for o in cfg.output] == [out.name, emb.name]
+    assert list(cfg.output[1].dims) == [meta.embedding["dim"]] and not cfg.output[1].label_filename
     assert list(cfg.input[0].dims) == [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [32, 32, 3]
     assert list(cfg.output[0].dims) == [d.dim_value for d in out.type.tensor_type.shape.dim[1:]] == [6]
     assert inp.type.tensor_type.shape.dim[0].dim_param, "batch axis is dynamic in the ONNX model"
