@@ -188,7 +188,7 @@ def test_calibration_needs_two_products_with_siblings(tiny_models, grocery_image
 
 
 def test_index_search_equals_exact_search(gallery_file, tiny_models, photos, grocery_subset):
-    pytest.importorskip("usearch")
+    pytest.importorskip("faiss")
     _, int8, _ = tiny_models
     ds, _ = photos
     with ImageClassifier.from_path(int8) as clf:

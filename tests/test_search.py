@@ -7,61 +7,156 @@ import sys
 import numpy as np
 import pytest
 
-from sdk._errors import MissingExtraError
-from sdk._search import AUTO_HNSW_FROM, ExactIndex, HnswIndex, build_index
 from runtime_bench.search_bench import gallery_like, search_benchmark
+from sdk._errors import MissingExtraError
+from sdk._search import AUTO_HNSW_FROM, ExactIndex, HnswIndex, build_index, hnsw_available
 
 
-def test_exact_index_matches_brute_force_with_ties_by_id():
+def _reference(x, q, k):
+    """Brute force: full similarity matrix, stable sort (equal scores keep the lower id first)."""
+    sims = q @ x.T
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, 1), ids
+
+
+@pytest.mark.parametrize("block", [1 << 22, 128, 7])  # one block, entry blocks, query blocks too
+def test_exact_index_matches_brute_force(block):
     x, q = gallery_like(700, 24, 20)
-    scores, ids = ExactIndex(x, chunk=128).search(q, 7)  # several chunks
-    ref = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :7]
-    assert (ids == ref).all() and np.all(np.diff(scores, axis=1) <= 0)
-    tied = np.repeat(x[:1], 4, axis=0)
-    assert ExactIndex(tied).search(x[:1], 3)[1].tolist() == [[0, 1, 2]]
-    assert ExactIndex(x[:3]).search(q[:2], 10)[1].shape == (2, 3)  # k > N: all of them
+    index = ExactIndex(x, block_elements=block)
+    scores, ids = index.search(q, 7)
+    ref_s, ref_i = _reference(x, q, 7)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (20, 7)
+    assert (ids == ref_i).all() and np.allclose(scores, ref_s, atol=1e-6)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert index.backend == "exact" and len(index) == 700 and index.dim == 24
+
+
+def test_exact_index_breaks_ties_by_lower_id_across_blocks():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[[3, 17, 25, 38]] = x[30]  # five copies of one vector, spread over several blocks
+    for block in (1 << 22, 10, 3):
+        scores, ids = ExactIndex(x, block_elements=block).search(x[30:31], 3)
+        assert ids.tolist() == [[3, 17, 25]] and np.allclose(scores, scores[0, 0])
+    assert ExactIndex(np.ones((6, 4), np.float32)).search(np.ones((2, 4), np.float32), 4)[1].tolist() == \
+        [[0, 1, 2, 3]] * 2
+
+
+def test_k_larger_than_gallery_returns_everything_sorted():
+    x, q = gallery_like(3, 8, 2)
+    scores, ids = ExactIndex(x).search(q, 10)
+    assert ids.shape == (2, 3) and (ids == _reference(x, q, 3)[1]).all()
+    assert sorted(ids[0].tolist()) == [0, 1, 2]
+
+
+def test_exact_index_copies_its_vectors():
+    x, q = gallery_like(50, 8, 3)
+    index = ExactIndex(x)
+    before = index.search(q, 3)
+    x[:] = 0
+    after = index.search(q, 3)
+    assert (before[1] == after[1]).all() and index.vectors.flags.c_contiguous
 
 
 def test_hnsw_equals_exact_on_product_like_vectors():
-    pytest.importorskip("usearch")
+    pytest.importorskip("faiss")
     x, q = gallery_like(2000, 64, 100)
-    exact, hnsw = ExactIndex(x).search(q, 5), HnswIndex(x).search(q, 5)
-    assert (exact[1] == hnsw[1]).mean() >= 0.99 and (exact[1][:, 0] == hnsw[1][:, 0]).all()
-    assert np.allclose(exact[0][:, 0], hnsw[0][:, 0], atol=1e-5)
+    exact = ExactIndex(x).search(q, 5)
+    hnsw_index = HnswIndex(x)
+    hnsw = hnsw_index.search(q, 5)
+    assert hnsw_index.backend == "faiss" and len(hnsw_index) == 2000 and hnsw_index.dim == 64
+    assert (exact[1][:, 0] == hnsw[1][:, 0]).all() and (exact[1] == hnsw[1]).all()
+    assert np.allclose(exact[0], hnsw[0], atol=1e-5)
+    again = HnswIndex(x).search(q, 5)  # one-thread build: the same graph, the same answers
+    assert (again[1] == hnsw[1]).all() and (again[0] == hnsw[0]).all()
+    assert hnsw_index.search(q[:2], 5000)[1].shape == (2, 2000)  # k > N
 
 
-def test_backend_choice_and_missing_extra(monkeypatch):
+def test_auto_backend_choice(monkeypatch):
     x, _ = gallery_like(50, 8, 1)
-    assert build_index(x, "auto").backend == "exact" and build_index(x, "exact").backend == "exact"
-    assert AUTO_HNSW_FROM > len(x)
-    monkeypatch.setitem(sys.modules, "usearch", None)
-    monkeypatch.setitem(sys.modules, "usearch.index", None)
-    with pytest.raises(MissingExtraError, match=r"skulens\[index\]"):
+    assert AUTO_HNSW_FROM == 20_000
+    assert build_index(x).backend == "exact" and build_index(x, "exact").backend == "exact"
+    assert build_index(x, "auto", expansion_search=64).backend == "exact"  # HNSW options dropped
+    big = np.tile(x, (AUTO_HNSW_FROM // len(x), 1))
+    if hnsw_available():
+        import sdk._search as search
+
+        built = []
+        monkeypatch.setattr(search, "HnswIndex", lambda v, **kw: built.append((len(v), kw)) or "hnsw")
+        assert build_index(big, "auto", expansion_search=64, block_elements=10) == "hnsw"
+        assert built == [(AUTO_HNSW_FROM, {"expansion_search": 64})]
+        monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "faiss", None)  # the extra is missing: auto falls back to exact
+    assert build_index(big, "auto").backend == "exact"
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    x, _ = gallery_like(50, 8, 1)
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    assert not hnsw_available()
+    with pytest.raises(MissingExtraError, match=r"pip install 'skulens\[index\]'"):
         build_index(x, "hnsw")
+    with pytest.raises(ImportError):  # MissingExtraError is an ImportError too
+        HnswIndex(x)
 
 
 @pytest.mark.parametrize("bad, match", [
-    (np.zeros(5, np.float32), "2-D"), (np.zeros((3, 4), np.int64), "floating"),
+    (np.zeros(5, np.float32), "2-D"), (np.zeros((2, 3, 4), np.float32), "2-D"),
+    (np.zeros((3, 4), np.int64), "floating"), (np.zeros((3, 4), bool), "floating"),
+    (np.zeros((3, 0), np.float32), "dimension 0"),
     (np.full((2, 8), np.nan, np.float32), "NaN"), (np.zeros((0, 8), np.float32), "empty")])
 def test_bad_index_vectors_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         ExactIndex(bad)
+    with pytest.raises(ValueError, match=match):
+        build_index(bad, "exact")
 
 
-def test_bad_queries_are_refused():
+def test_bad_queries_and_arguments_are_refused():
     x, q = gallery_like(20, 8, 2)
-    idx = ExactIndex(x)
-    with pytest.raises(ValueError, match="dimension"):
-        idx.search(np.ones((1, 9), np.float32), 1)
-    with pytest.raises(ValueError, match="k must"):
-        idx.search(q, 0)
-    with pytest.raises(ValueError, match="backend"):
+    index = ExactIndex(x)
+    with pytest.raises(ValueError, match="dimension 9 but the index holds dimension 8"):
+        index.search(np.ones((1, 9), np.float32), 1)
+    with pytest.raises(ValueError, match="2-D"):
+        index.search(q[0], 1)
+    with pytest.raises(ValueError, match="floating"):
+        index.search(q.astype(np.int32), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full((1, 8), np.inf, np.float32), 1)
+    for k in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            index.search(q, k)
+    with pytest.raises(ValueError, match="backend must be one of"):
         build_index(x, "annoy")
+    with pytest.raises(ValueError, match="unknown index options"):
+        build_index(x, "auto", nprobe=3)
+    with pytest.raises(ValueError, match="block_elements"):
+        ExactIndex(x, block_elements=0)
+
+
+def test_bad_hnsw_arguments_are_refused():
+    pytest.importorskip("faiss")
+    x, q = gallery_like(30, 8, 2)
+    with pytest.raises(ValueError, match="connectivity"):
+        HnswIndex(x, connectivity=0)
+    with pytest.raises(ValueError, match="build_threads"):
+        HnswIndex(x, build_threads=0)
+    parallel = HnswIndex(x, build_threads=2)  # a parallel build still answers exactly on a tiny set
+    assert parallel.build_threads == 2 and parallel.threads == 1
+    assert (parallel.search(q, 3)[1] == ExactIndex(x).search(q, 3)[1]).all()
+    with pytest.raises(ValueError, match="empty"):
+        HnswIndex(x[:0])
+    with pytest.raises(ValueError, match="dimension"):
+        HnswIndex(x).search(np.ones((1, 4), np.float32), 1)
 
 
 def test_search_benchmark_reports_every_figure():
     r = search_benchmark(sizes=(300,), dim=16, queries=5)
     row = r["rows"][0]
-    assert row["entries"] == 300 and row["exact_query_ms"] > 0 and row["enrol_5_photos_ms"] >= 0
-    if "hnsw_query_ms" in row:
-        assert 0 <= row["hnsw_recall@1"] <= 1 and row["hnsw_build_s"] >= 0
+    assert row["entries"] == 300 and row["dim"] == 16 and row["exact_query_ms"] > 0
+    assert row["enrol_5_photos_ms"] >= 0 and r["k"] == 5 and r["threads"] == 1
+    if hnsw_available():
+        assert {"hnsw_build_s", "hnsw_query_ms", "hnsw_recall@1", "hnsw_recall@5"} <= set(row)
+        assert 0 <= row["hnsw_recall@1"] <= 1 and 0 <= row["hnsw_recall@5"] <= 1 and row["hnsw_build_s"] >= 0
+        assert r["hnsw"]["library"] == "faiss-cpu"
