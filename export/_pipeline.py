@@ -19,6 +19,7 @@ import torch
 
 import sdk
 from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, decode_image, load_dataset
+from sdk._classifier import softmax
 from sdk._evaluate import evaluate_samples, label_mapping
 from sdk._metadata import ModelMetadata
 from sdk._io import atomic_write
@@ -188,8 +189,7 @@ def _calibrate_unknown(path, labels, dataset, threads, target: float) -> dict | 
     val = dataset.splits["val"]
     logits, _ = _evaluate(path, val, dataset, threads)
     targets = label_mapping(labels, dataset)[np.array([s.label for s in val])]
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    probs = softmax(logits)
     score, correct = probs.max(1), probs.argmax(1) == targets
     t = threshold_for_precision(score, correct, target)
     if t is None:

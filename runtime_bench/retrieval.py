@@ -26,6 +26,7 @@ import numpy as np
 
 from sdk import ClassifierOptions, ImageClassifier, load_dataset
 from sdk._dataset import subset, write_split_lists
+from sdk._classifier import softmax
 from sdk._gallery import ProductGallery
 from sdk._io import atomic_write
 from sdk._unknown import auroc, selective_report
@@ -101,8 +102,7 @@ def retrieval_metrics(spec, train_emb, train_y, test_emb, test_y, test_logits, n
                                 "known_accuracy_kept": selective_report(top[is_known], correct[is_known],
                                                                         g.unknown_threshold)["accuracy_kept"]}
     # the classifier's softmax (it knows only the known classes: output index = known position)
-    p = np.exp(test_logits - test_logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = softmax(test_logits.astype(np.float32))
     pos = {name: i for i, name in enumerate(model_labels)}
     cls_correct = np.array([pos.get(names[c], -1) == a for c, a in zip(test_y, p.argmax(1))])
     t = model_unknown["threshold"] if model_unknown else None

@@ -220,11 +220,10 @@ class ImageClassifier(OnnxTask):
         return results
 
     def _gallery_results(self, embeddings, sources) -> list[ClassificationResult]:
-        index = {label: i for i, label in enumerate(self.gallery.products())}
         threshold = self.unknown_threshold
         results = []
         for i, hits in enumerate(self.gallery.search(embeddings, self.options.top_k)):
-            cats = tuple(Category(label, index[label], score) for label, score in hits
+            cats = tuple(Category(label, self.gallery.product_index(label), score) for label, score in hits
                          if score >= self.options.score_threshold)
             src = sources[i] if i < len(sources) else None
             results.append(ClassificationResult(cats, source=src, extra={"by": "gallery"},

@@ -79,7 +79,7 @@ class ProductGallery:
         if scoring not in SCORINGS:
             raise GalleryError(f"gallery scoring must be one of {SCORINGS}, got {scoring!r}")
         self.scoring = scoring
-        self._index = None
+        self._edited()
         if self.vectors.ndim != 2 or self.vectors.shape[1] != self.dim or len(self.vectors) != len(self.entries):
             raise GalleryError(f"gallery vectors {self.vectors.shape} do not match {len(self.entries)} entries "
                                f"of dimension {self.dim}")
@@ -185,11 +185,23 @@ class ProductGallery:
         return len(self.entries)
 
     def products(self) -> dict[str, int]:
-        """Product label -> number of photos, in enrolment order."""
-        out: dict[str, int] = {}
-        for e in self.entries:
-            out[e["label"]] = out.get(e["label"], 0) + 1
-        return out
+        """Product label -> number of photos, in enrolment order (a copy; kept between edits)."""
+        if self._products is None:
+            counts: dict[str, int] = {}
+            for e in self.entries:
+                counts[e["label"]] = counts.get(e["label"], 0) + 1
+            self._products = counts
+        return dict(self._products)
+
+    def product_index(self, label: str) -> int:
+        """Position of ``label`` in :meth:`products` (a result's ``Category.index``)."""
+        if self._positions is None:
+            self._positions = {label: i for i, label in enumerate(self.products())}
+        return self._positions[label]
+
+    def _edited(self) -> None:
+        """Forget everything derived from the entries (index, counts, positions)."""
+        self._index = self._products = self._positions = None
 
     def label_of_image(self, sha: str) -> str | None:
         """The product an image (by :func:`image_sha256`) is enrolled as, or None."""
@@ -202,10 +214,10 @@ class ProductGallery:
         images = list(images)
         if not images:
             raise GalleryError(f"no images given for product {label!r}")
-        shas = [image_sha256(im) for im in images]
         sources = [os.fspath(im) if isinstance(im, (str, os.PathLike)) else f"<image {i}>"
                    for i, im in enumerate(images)]
-        return self.add_embeddings(label, classifier.embed_batch(images), shas, sources)
+        pixels = [decode_image(im, max_pixels=classifier.options.max_pixels) for im in images]  # decoded once
+        return self.add_embeddings(label, classifier.embed_batch(pixels), [image_sha256(p) for p in pixels], sources)
 
     def add_embeddings(self, label: str, vectors: np.ndarray, shas: Sequence[str],
                        sources: Sequence[str]) -> AddReport:
@@ -234,7 +246,7 @@ class ProductGallery:
                 known[shas[i]] = label
             self._append(vectors[keep])
             self.entries += [{"label": label, "image_sha256": shas[i], "source": str(sources[i])} for i in keep]
-            self._index = None
+            self._edited()
         return AddReport(label, len(keep), tuple(dupes))
 
     def remove(self, label: str) -> int:
@@ -246,7 +258,7 @@ class ProductGallery:
         self.vectors = self.vectors[keep]
         self.entries = [self.entries[i] for i in keep]
         self._by_sha = {e["image_sha256"]: e["label"] for e in self.entries}
-        self._index = None
+        self._edited()
         return removed
 
     # -- search ----------------------------------------------------------------------------------

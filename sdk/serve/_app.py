@@ -27,7 +27,7 @@ from starlette.requests import Request as StarletteRequest
 from .._classifier import ClassifierOptions, ImageClassifier
 from .._errors import GalleryError, ImageError
 from .._gallery import image_sha256
-from .._image import header_size
+from .._image import decode_image, header_size
 from .._version import __version__
 from ._batcher import MicroBatcher, Overloaded
 from .config import ServeConfig
@@ -202,6 +202,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                            "with --gallery to enrol products")
         return clf.gallery
 
+    def enrolment_input(data: bytes):
+        """The model's input tensor and the photo's identity, from one decode (off the event loop)."""
+        pixels = decode_image(data, config.max_pixels)
+        return clf.preprocess(pixels), image_sha256(pixels)
+
     def editing_allowed():
         if token is None:
             raise ApiError(403, "forbidden", "enrolling and removing products needs the service to run "
@@ -222,8 +227,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         g = gallery_or_404()
         data = await _image_bytes(request, config.max_body_bytes)
         try:
-            x = await anyio.to_thread.run_sync(clf.preprocess, data)
-            sha = await anyio.to_thread.run_sync(image_sha256, data)
+            x, sha = await anyio.to_thread.run_sync(enrolment_input, data)
         except ImageError as exc:
             raise ApiError(400, "bad_image", str(exc)) from None
         embedding = await anyio.to_thread.run_sync(clf.run_embedding, x[None])
