@@ -1,14 +1,14 @@
-"""skulens export: checkpoint -> self-describing ONNX (fp32 and INT8). Needs ``skulens[export]``."""
-from training import import_or_extra as _import_or_extra
+"""skulens export: checkpoint -> self-describing ONNX (fp32 and INT8). Needs ``skulens[export]``.
 
-__all__ = ["export_checkpoint", "export_classifier", "torch_to_onnx", "quantize_int8", "choose_activation_type",
-           "write_metadata", "int8_path_for"]
-_WHERE = {"export_checkpoint": "_pipeline", "export_classifier": "_pipeline", "int8_path_for": "_pipeline", "torch_to_onnx": "_onnx",
-          "write_metadata": "_onnx", "quantize_int8": "_quantize", "choose_activation_type": "_quantize"}
+    from skulens.export import ExportConfig, export
+    report = export(ExportConfig(checkpoint="runs/mine/best.pt", out="mine.onnx", int8=True))
+"""
+from skulens.internal import lazy_exports
 
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'export' has no attribute {name!r}")
-    module = _import_or_extra(f"export.{_WHERE[name]}", "export", deps=("torch", "onnx", "onnxscript"))
-    return getattr(module, name)
+__all__ = ["ExportConfig", "export", "export_checkpoint", "export_classifier", "torch_to_onnx", "quantize_int8",
+           "choose_activation_type", "write_metadata"]
+__getattr__ = lazy_exports(__name__, {"ExportConfig": "config", "export": "_pipeline", "export_checkpoint": "_pipeline",
+                                      "export_classifier": "_pipeline", "torch_to_onnx": "_onnx",
+                                      "write_metadata": "_onnx", "quantize_int8": "_quantize",
+                                      "choose_activation_type": "_quantize"},
+                           extra="export", deps=("torch", "onnx", "onnxscript"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdk import ModelError
+from skulens import ModelError
 
 EMBEDDING_OUTPUT = "embedding"
 

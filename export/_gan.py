@@ -22,23 +22,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from sdk._generator import GeneratorOptions, ImageGenerator
-from sdk._metadata import ModelMetadata
-from training.checkpoint import atomic_write, load_checkpoint
-from training.gan.models import fold_generator_batchnorm
-from training.gan.trainer import generator_from_checkpoint
+from skulens import GeneratorOptions, ImageGenerator
+from skulens.internal import ModelMetadata, int8_path_for, rejected_path_for, report_path_for
+from skulens.training.checkpoint import atomic_write, load_checkpoint
+from skulens.training.gan.models import fold_generator_batchnorm
+from skulens.training.gan.trainer import generator_from_checkpoint
 
 from ._onnx import DEFAULT_OPSET, file_size, io_spec, sha256_file, torch_to_onnx, write_metadata
-from ._pipeline import _provenance, int8_path_for
+from ._pipeline import _provenance
 from ._quantize import quantize_int8
 
 log = logging.getLogger(__name__)
 LATENT = "N(0, 1): numpy.random.default_rng(seed).standard_normal((n, z_dim)).astype(float32)"
-
-
-def rejected_path_for(out) -> Path:
-    out = Path(out)
-    return out.with_name(out.stem + ".int8.rejected" + out.suffix)
 
 
 def generator_metadata(ckpt: dict, out, checkpoint_path, **extra) -> ModelMetadata:
@@ -76,8 +71,8 @@ def quality_gate(fp32_path, int8_path, *, psnr_min: float = 30.0, feature_max: f
 
     Passes when PSNR >= ``psnr_min`` dB and, if ``classifier`` (a classifier checkpoint) is
     given, the relative feature distance <= ``feature_max`` (see
-    :func:`training.gan.metrics.relative_feature_distance`)."""
-    from training.gan.metrics import FeatureExtractor, psnr, relative_feature_distance
+    :func:`skulens.training.gan.metrics.relative_feature_distance`)."""
+    from skulens.training.gan.metrics import FeatureExtractor, psnr, relative_feature_distance
 
     opts = GeneratorOptions(num_threads=threads)
     with ImageGenerator.from_path(fp32_path, opts) as g32, ImageGenerator.from_path(int8_path, opts) as g8:
@@ -152,7 +147,7 @@ def export_generator(checkpoint, out, *, int8: bool = False, data: str | None = 
         report["int8"] = _int8(out, checkpoint, ckpt, calibration_size, activation_type, calibrate_method,
                                psnr_min, feature_max, classifier, report["fp32"]["sha256"])
     report["shipped"] = [str(out)] + ([report["int8"]["path"]] if int8 and report["int8"]["shipped"] else [])
-    report_path = out.with_name(out.stem + ".report.json")
+    report_path = report_path_for(out)
     atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     report["report_path"] = str(report_path)
     return report

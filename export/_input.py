@@ -31,8 +31,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from sdk import ModelError, PreprocessConfig
-from training.models import input_conv
+from skulens import ModelError, PreprocessConfig
+from skulens.training.models import input_conv
 
 INPUT_DTYPES = ("auto", "float32", "uint8")
 

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import torch
 
-from sdk._metadata import ModelMetadata, encode_metadata
-from sdk._io import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
+from skulens.internal import ModelMetadata, encode_metadata
+from skulens.internal import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18

@@ -17,16 +17,16 @@ import onnx
 import onnxruntime as ort
 import torch
 
-import sdk
-from sdk import ClassifierOptions, DatasetError, ImageClassifier, ModelError, decode_image, load_dataset
-from sdk._classifier import softmax
-from sdk._evaluate import evaluate_samples, label_mapping
-from sdk._metadata import ModelMetadata
-from sdk._io import atomic_write
-from sdk._unknown import selective_report, threshold_for_precision
-from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
-from training.data import eval_tensors
-from training.models import fold_batchnorm
+import skulens
+from skulens import ClassifierOptions, DatasetError, ImageClassifier, ModelError, decode_image, load_dataset
+from skulens.internal import softmax
+from skulens.internal import evaluate_samples, label_mapping
+from skulens.internal import ModelMetadata
+from skulens.internal import atomic_write, int8_path_for, report_path_for
+from skulens.internal import selective_report, threshold_for_precision
+from skulens.training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
+from skulens.training.data import eval_tensors
+from skulens.training.models import fold_batchnorm
 
 from ._embedding import EMBEDDING_OUTPUT, embedding_parity, with_embedding
 from ._input import onnx_input
@@ -36,16 +36,11 @@ from ._quantize import choose_activation_type, quantize_int8
 log = logging.getLogger(__name__)
 
 
-def int8_path_for(out) -> Path:
-    out = Path(out)
-    return out.with_name(out.stem + ".int8" + out.suffix)
-
-
 def _provenance(ckpt_path, ckpt: dict | None = None) -> dict:
     """Who made the file from what: versions, the checkpoint's sha256 and, where the training
     started from ImageNet weights or distilled a teacher, which (file and sha256)."""
     out = {"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "skulens_version": sdk.__version__, "torch_version": str(torch.__version__),
+           "skulens_version": skulens.__version__, "torch_version": str(torch.__version__),
            "onnx_version": onnx.__version__, "onnxruntime_version": ort.__version__,
            "checkpoint_sha256": sha256_file(ckpt_path)}
     for key in ("pretrained", "teacher"):
@@ -175,7 +170,7 @@ def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None =
         report["int8"]["size_bytes"] = file_size(q_out)
         report["int8"]["sha256"] = sha256_file(q_out)
 
-    report_path = out.with_name(out.stem + ".report.json")
+    report_path = report_path_for(out)
     atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     report["report_path"] = str(report_path)
     return report

@@ -19,8 +19,8 @@ import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quant_pre_process, quantize_static)
 
-from runtime_bench._timing import time_models
-from sdk._io import atomic_write
+from skulens.internal import time_models
+from skulens.internal import atomic_write
 
 from ._onnx import drop_unused_initializers
 

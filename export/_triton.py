@@ -7,7 +7,7 @@ writes ``triton_models/<name>/config.pbtxt``, ``triton_models/<name>/1/model.onn
 types, dims without the batch axis) from the ONNX graph, sets ``max_batch_size`` and
 ``dynamic_batching`` when the batch axis is dynamic, the onnxruntime backend's thread
 parameters, and carries the skulens labels and preprocessing contract as ``skulens.*``
-parameters so a client (``sdk.TritonClassifier``) can preprocess exactly as the SDK does.
+parameters so a client (``skulens.TritonClassifier``) can preprocess exactly as the SDK does.
 Serve it with ``tritonserver --model-repository triton_models``.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import onnx
 
-from sdk._errors import ModelError
-from sdk._metadata import decode_metadata
-from sdk._io import atomic_write
+from skulens import ModelError
+from skulens.internal import decode_metadata
+from skulens.internal import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-import sdk
-from sdk._evaluate import accuracy_report
+import skulens
+from skulens.internal import accuracy_report
 
 from . import _cpu, _graph, _procs
 from ._prepare import ACTIVATION_PEER, Prepared, prepare
@@ -293,7 +293,7 @@ def _export_check(prep: Prepared, cfg: BenchConfig) -> dict | None:
     if not (cfg.export_check and prep.train_samples and prep.peers["ort_fp32"].status == "ok"):
         return None
     try:
-        from export import choose_activation_type
+        from skulens.export import choose_activation_type
         from ._prepare import _sample, _tensors
 
         calib = _tensors(_sample(prep.train_samples, 32, seed=2), prep.preprocess)
@@ -347,7 +347,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "schema_version": SCHEMA_VERSION,
-        "tool": "skulens bench", "skulens_version": sdk.__version__,
+        "tool": "skulens bench", "skulens_version": skulens.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": _environment(names),
         "machine_load": {"loadavg_1_5_15_start": load_start, "loadavg_1_5_15_end": _load(),

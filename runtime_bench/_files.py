@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from sdk._io import atomic_write_text
+from skulens.internal import atomic_write_text
 
 
 def write_result_files(out_dir, stem: str, result: dict, markdown: str,

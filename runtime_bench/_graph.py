@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk._errors import MissingExtraError, require_extra
+from skulens import MissingExtraError
 
-# Ops that do the multiply-accumulate work of a CNN, float or integer.
+from skulens.internal import require_extra
 _CONV_OPS = {"Conv", "ConvInteger", "QLinearConv", "FusedConv", "NhwcFusedConv", "QLinearConvTranspose"}
 _MATMUL_OPS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul",
                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"}
@@ -85,7 +85,7 @@ def optimized_op_types(path, threads: int = 1) -> dict:
     """Op types of the graph onnxruntime actually runs (ORT_ENABLE_ALL), and a QDQ fusion check."""
     import onnxruntime as ort
 
-    from sdk._session import session_options
+    from skulens.internal import session_options
 
     onnx = _onnx()
     with tempfile.TemporaryDirectory(prefix="skulens-opt-") as tmp:
@@ -111,7 +111,7 @@ def profile_op_times(path, x: np.ndarray, threads: int = 1, iters: int = 50) -> 
     """onnxruntime's profiler over ``iters`` runs: share of kernel time per op type, top nodes."""
     import onnxruntime as ort
 
-    from sdk._session import session_options
+    from skulens.internal import session_options
 
     with tempfile.TemporaryDirectory(prefix="skulens-prof-") as tmp:
         so = session_options(threads)
@@ -168,7 +168,7 @@ def gemm_ceiling(threads: int = 1, m: int = 256, k: int = 1024, n: int = 1024, s
 
     import onnxruntime as ort
 
-    from sdk._session import session_options
+    from skulens.internal import session_options
 
     _onnx()  # MissingExtraError without the onnx package
     from onnx import TensorProto, helper, numpy_helper

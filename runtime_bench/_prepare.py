@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk import DatasetError, ModelError, PreprocessConfig, decode_image, load_dataset
-from sdk._evaluate import coarse_index, label_mapping
-from sdk._io import sha256_file
-from sdk._metadata import ModelMetadata
+from skulens import DatasetError, ModelError, PreprocessConfig, decode_image, load_dataset
+from skulens.internal import coarse_index, label_mapping
+from skulens.internal import sha256_file
+from skulens.internal import ModelMetadata
 
 from .config import BenchConfig
 
@@ -63,7 +63,7 @@ class Prepared:
 
 def read_metadata(path) -> ModelMetadata:
     """The skulens metadata of an ONNX file (ModelError when it is missing or invalid)."""
-    from sdk._session import open_model
+    from skulens.internal import open_model
 
     return open_model(path, num_threads=1, expect_kind="classifier")[1]
 
@@ -78,13 +78,13 @@ def _fp32_sibling(int8: Path) -> Path | None:
 
 
 def _checkpoint_dataset(checkpoint) -> str | None:
-    from training.checkpoint import load_checkpoint  # needs torch: only with --checkpoint
+    from skulens.training.checkpoint import load_checkpoint  # needs torch: only with --checkpoint
 
     return load_checkpoint(checkpoint).get("dataset")
 
 
 def _checkpoint_preprocess(checkpoint) -> PreprocessConfig:
-    from training.checkpoint import load_checkpoint, preprocess_of
+    from skulens.training.checkpoint import load_checkpoint, preprocess_of
 
     return preprocess_of(load_checkpoint(checkpoint))
 
@@ -139,7 +139,7 @@ def _quantize_missing(cfg: BenchConfig, peers: dict[str, Peer], fp32_meta: Model
                                              "(or --checkpoint of a model trained on local data)")
         return
     try:
-        from export import quantize_int8, write_metadata
+        from skulens.export import quantize_int8, write_metadata
     except ImportError as exc:  # MissingExtraError is an ImportError
         for act in missing:
             peers[ACTIVATION_PEER[act]].fail("skipped", str(exc))

@@ -1,5 +1,5 @@
 """The parent's side of the worker protocol (see ``_worker.py``), and short-lived probes that
-time ``import sdk`` and a cold start in a fresh interpreter."""
+time ``import skulens`` and a cold start in a fresh interpreter."""
 from __future__ import annotations
 
 import json
@@ -38,7 +38,7 @@ class Worker:
         self.spec = spec
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime_bench._worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "skulens.bench._worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=worker_env(spec.get("threads")),
                                      cwd=os.getcwd())
         self._lines: queue.Queue = queue.Queue()
@@ -137,9 +137,9 @@ def interpreter_start_s(repeats: int = 3) -> float:
 
 
 def import_sdk_probe() -> dict:
-    return _probe("import json; from runtime_bench._worker import import_sdk_time as f; print(json.dumps(f()))")
+    return _probe("import json; from skulens.bench._worker import import_sdk_time as f; print(json.dumps(f()))")
 
 
 def cold_start_probe(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
     args = json.dumps([str(path), str(image), int(threads), int(top_k)])
-    return _probe(f"import json; from runtime_bench._worker import cold_start as f; print(json.dumps(f(*json.loads({args!r}))))")
+    return _probe(f"import json; from skulens.bench._worker import cold_start as f; print(json.dumps(f(*json.loads({args!r}))))")

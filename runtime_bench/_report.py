@@ -5,8 +5,8 @@ import json
 import logging
 from pathlib import Path
 
-from sdk import SkulensError
-from sdk._io import atomic_write_bytes
+from skulens import SkulensError
+from skulens.internal import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 JSON_NAME, MD_NAME = "bench.json", "bench.md"
@@ -141,14 +141,14 @@ def markdown(result: dict) -> str:
                 f"| {_f(m.get('latency_ms', {}).get('p50'))} | {_f(c.get('peak_rss_mb'), '{:.0f}')} |")
     st = result["startup"]
     L += ["", "## Start-up (fresh interpreter, median)", ""]
-    L.append(f"- interpreter start: {st['interpreter_start_s'] * 1e3:.0f} ms; `import sdk`: "
+    L.append(f"- interpreter start: {st['interpreter_start_s'] * 1e3:.0f} ms; `import skulens`: "
              f"{_f(st.get('import_sdk_s') and st['import_sdk_s'] * 1e3, '{:.0f}')} ms "
              f"(peak RSS {_f(st.get('import_sdk_rss_mb'), '{:.0f}')} MB)")
     for name, cs in (st.get("cold_start_threads1") or {}).items():
         if "error" in cs:
             L.append(f"- {name}: cold start failed: {cs['error']}")
         else:
-            L.append(f"- {name}: import sdk + session + first result = **{cs['total_s'] * 1e3:.0f} ms** "
+            L.append(f"- {name}: import skulens + session + first result = **{cs['total_s'] * 1e3:.0f} ms** "
                      f"(fastest of the repeats {cs.get('total_s_min', cs['total_s']) * 1e3:.0f} ms) "
                      f"({cs['import_s'] * 1e3:.0f} + {cs['create_s'] * 1e3:.0f} + {cs['first_result_s'] * 1e3:.0f}), "
                      f"peak RSS **{cs['peak_rss_mb']:.0f} MB**")

@@ -1,4 +1,4 @@
-"""One benchmark configuration in its own process (``python -m runtime_bench._worker``).
+"""One benchmark configuration in its own process (``python -m skulens.bench._worker``).
 
 The parent writes a JSON spec line, then JSON commands one per line; each answer is one JSON
 line on the original stdout (everything libraries print goes to stderr). A fresh process per
@@ -7,7 +7,7 @@ only one worker runs at a time, the others wait on their stdin.
 
 Commands: outputs (save logits of the timing input), eval (save logits of a whole array),
 warmup / run (time for N seconds), exit (report peak RSS). Only the standard library is
-imported at module level, so :func:`cold_start` can time ``import sdk`` from a clean slate.
+imported at module level, so :func:`cold_start` can time ``import skulens`` from a clean slate.
 """
 from __future__ import annotations
 
@@ -45,14 +45,14 @@ def current_rss_mb() -> float | None:
 
 
 def cold_start(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
-    """``import sdk`` + ImageClassifier.from_path + the first classify of JPEG bytes, timed."""
+    """``import skulens`` + ImageClassifier.from_path + the first classify of JPEG bytes, timed."""
     t0 = time.perf_counter()
-    import sdk
+    import skulens
 
     t1 = time.perf_counter()
     with open(image, "rb") as f:
         data = f.read()
-    clf = sdk.ImageClassifier.from_path(path, sdk.ClassifierOptions(num_threads=threads, top_k=top_k))
+    clf = skulens.ImageClassifier.from_path(path, skulens.ClassifierOptions(num_threads=threads, top_k=top_k))
     t2 = time.perf_counter()
     clf.classify(data)
     t3 = time.perf_counter()
@@ -62,7 +62,7 @@ def cold_start(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
 
 def import_sdk_time() -> dict:
     t0 = time.perf_counter()
-    import sdk  # noqa: F401
+    import skulens  # noqa: F401
 
     return {"import_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
 
@@ -83,7 +83,7 @@ class _Runner:
 
             torch.set_num_threads(self.threads)
             torch.set_num_interop_threads(1)
-            from training.checkpoint import load_checkpoint, model_from_checkpoint
+            from skulens.training.checkpoint import load_checkpoint, model_from_checkpoint
         elif self.kind == "opencv":
             import cv2
 
@@ -91,11 +91,11 @@ class _Runner:
         else:
             import onnxruntime  # noqa: F401
 
-            import sdk  # noqa: F401
+            import skulens  # noqa: F401
         t1 = time.perf_counter()
         self.rss_before_create = current_rss_mb()
         if self.mode == "e2e":
-            from sdk import ClassifierOptions, ImageClassifier, decode_image
+            from skulens import ClassifierOptions, ImageClassifier, decode_image
 
             self.decode = decode_image
             self.clf = ImageClassifier.from_path(spec["path"], ClassifierOptions(
@@ -113,7 +113,7 @@ class _Runner:
         else:
             import onnxruntime as ort
 
-            from sdk._session import session_options
+            from skulens.internal import session_options
 
             self.sess = ort.InferenceSession(spec["path"], session_options(self.threads),
                                              providers=["CPUExecutionProvider"])

@@ -1,6 +1,6 @@
 """Screen model variants for INT8-vs-PyTorch speed before training them:
 
-    python -m runtime_bench.arch_screen '{}' '{"stem_width": 24, "widths": [24, 64, 128, 160]}'
+    python -m skulens.bench.arch_screen '{}' '{"stem_width": 24, "widths": [24, 64, 128, 160]}'
 
 Each argument is a JSON dict of keyword arguments for ``create_model(--model, ...)``. Every
 variant gets random weights (and random BatchNorm statistics), then goes through the real
@@ -26,11 +26,11 @@ def screen(variants: list[dict], model: str = "edge_resnet_patch", input_size: i
     import numpy as np
     import torch
 
-    from export._input import onnx_input
-    from export._onnx import torch_to_onnx
-    from export._quantize import quantize_int8
-    from training.config import TrainConfig, make_preprocess
-    from training.models import count_macs, create_model, fold_batchnorm
+    from skulens.export._input import onnx_input
+    from skulens.export._onnx import torch_to_onnx
+    from skulens.export._quantize import quantize_int8
+    from skulens.training.config import TrainConfig, make_preprocess
+    from skulens.training.models import count_macs, create_model, fold_batchnorm
 
     from ._timing import ort_runner, time_callables, torch_runner
 
@@ -77,9 +77,9 @@ def screen_layers(layers: list[dict], rounds: int = 15, iters: int = 40, lo: int
     import numpy as np
     import torch
 
-    from export._onnx import torch_to_onnx
-    from export._quantize import quantize_int8
-    from training.models import BasicBlock, ConvBNAct, fold_batchnorm
+    from skulens.export._onnx import torch_to_onnx
+    from skulens.export._quantize import quantize_int8
+    from skulens.training.models import BasicBlock, ConvBNAct, fold_batchnorm
 
     from ._timing import ort_runner, time_callables, torch_runner
 
@@ -105,13 +105,13 @@ def screen_layers(layers: list[dict], rounds: int = 15, iters: int = 40, lo: int
     for i, spec in enumerate(layers):
         int8_lo, torch_lo, int8_hi, torch_hi = t[4 * i:4 * i + 4]
         int8_us, torch_us = (int8_hi - int8_lo) / (hi - lo) * 1e6, (torch_hi - torch_lo) / (hi - lo) * 1e6
-        rows.append({**spec, "int8_us": round(int8_us, 1), "torch_us": round(torch_us, 1),
+        rows.append({**spec, "int8_us": round(int8_us, 3), "torch_us": round(torch_us, 3),
                      "ratio": round(torch_us / int8_us, 2) if int8_us > 0 else None})
     return rows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime_bench.arch_screen", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m skulens.bench.arch_screen", description=__doc__.split("\n\n")[0])
     p.add_argument("variants", nargs="+", help="JSON dicts of create_model keyword arguments ('{}': the model "
                    "as is), or with --layers, layer specs")
     p.add_argument("--layers", action="store_true", help='time layer types: {"kind": "conv3x3", "channels": 64, "size": 16}')

@@ -1,6 +1,6 @@
 """Benchmark options (torch-free, so the CLI can build its flags without importing anything heavy).
 Field names are exactly the keyword arguments of :class:`BenchConfig`; ``skulens bench`` and
-``python -m runtime_bench`` build their flags from them."""
+``skulens bench`` build their flags from them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ class BenchConfig:
         ``accuracy_tolerance_pp`` points, is a regression (exit code 1).
     out: folder for bench.json, bench.md, the PNG charts and any INT8 model quantized here.
     seed: which evaluation images are sampled.
-    cold_start_repeats: fresh interpreters timing ``import sdk`` + session + first result.
+    cold_start_repeats: fresh interpreters timing ``import skulens`` + session + first result.
     """
 
     model: str

@@ -8,7 +8,7 @@ top-5 through ``ImageClassifier.classify``: decode + preprocess + inference + po
 
 Both latencies are measured with every model in the same loop, round by round (A B C A B C ...),
 so drift on a shared, noisy machine hits all models alike; each reports the median of its
-per-iteration samples (``runtime_bench._timing.summarize``). ``write_table`` writes
+per-iteration samples (``skulens.bench._timing.summarize``). ``write_table`` writes
 ``frontier.json``, ``frontier.md`` and ``frontier.png`` (top-1 against end-to-end latency).
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk import ClassifierOptions, ImageClassifier, load_dataset
-from sdk._dataset import Dataset
-from sdk._evaluate import evaluate
-from sdk._io import atomic_write
+from skulens import ClassifierOptions, ImageClassifier, load_dataset
+from skulens.internal import Dataset
+from skulens.internal import evaluate
+from skulens.internal import atomic_write
 
 from ._files import write_result_files
 from ._timing import interleaved_samples, ort_runner, summarize

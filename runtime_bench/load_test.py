@@ -1,6 +1,6 @@
 """Load test of ``skulens serve``: throughput and p50/p99 latency with and without micro-batching.
 
-    python -m runtime_bench.load_test MODEL --image PHOTO [--concurrency 1 8 32] [--duration 3]
+    python -m skulens.bench.load_test MODEL --image PHOTO [--concurrency 1 8 32] [--duration 3]
 
 Starts two real servers on free loopback ports (micro-batching on: ``--max-batch`` /
 ``--max-delay-ms``; off: ``--max-batch 1``), warms both up, then for each concurrency runs
@@ -42,7 +42,7 @@ def _server(model, *flags, startup_timeout: float = 120.0):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("SKULENS_API_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sdk._cli", "-q", "serve", str(model), "--host", HOST,
+    proc = subprocess.Popen([sys.executable, "-m", "skulens.cli", "-q", "serve", str(model), "--host", HOST,
                              "--port", str(port), *map(str, flags)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -176,7 +176,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime_bench.load_test", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m skulens.bench.load_test", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--image", required=True, help="a real photo sent as the request body")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
                            threads=args.threads)
     print(markdown(report))
     if args.out:
-        from runtime_bench._report import atomic_write_bytes
+        from skulens.bench._report import atomic_write_bytes
 
         atomic_write_bytes(args.out, json.dumps(report, indent=2).encode())
     return 0

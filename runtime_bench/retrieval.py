@@ -1,9 +1,9 @@
 """New products without retraining: gallery retrieval and "unknown" rejection, measured.
 
-    python -m runtime_bench.retrieval --data ../shared/datasets/grocery-store/dataset --out runs/retrieval
+    python -m skulens.bench.retrieval --data ../shared/datasets/grocery-store/dataset --out runs/retrieval
 
 Protocol. The embedding model is trained on the second half of the classes only (41 of
-Grocery's 81, as ``training.transfer_experiment``'s target half); the first 40 are new
+Grocery's 81, as ``skulens.training.transfer_experiment``'s target half); the first 40 are new
 products. Galleries enrol k = 1, 5 or all train-split photos per product; queries are the
 test-split photos (other stores). Reported through the SDK (INT8 model, ProductGallery):
 
@@ -24,16 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk import ClassifierOptions, ImageClassifier, load_dataset
-from sdk._dataset import subset, write_split_lists
-from sdk._classifier import softmax
-from sdk._gallery import ProductGallery
-from sdk._io import atomic_write
-from sdk._unknown import auroc, selective_report
+from skulens import ClassifierOptions, ImageClassifier, load_dataset
+from skulens.internal import subset, write_split_lists
+from skulens.internal import softmax
+from skulens import ProductGallery
+from skulens.internal import atomic_write
+from skulens.internal import auroc, selective_report
 
 from ._files import write_result_files
 
-log = logging.getLogger("runtime_bench.retrieval")  # also when run as __main__
+log = logging.getLogger("skulens.bench.retrieval")  # also when run as __main__
 
 
 def _embed_all(model_path, samples, threads) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--reexport", action="store_true", help="export again even where the models exist")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    for ours in ("runtime_bench", "export", "training", "sdk"):  # not the quantizer's per-tensor lines
+    for ours in ("skulens",):  # not the quantizer's per-tensor lines
         logging.getLogger(ours).setLevel(logging.INFO)
     out = Path(args.out)
     ds = load_dataset(args.data)
@@ -156,13 +156,13 @@ def main(argv=None) -> int:
     known_data = write_split_lists(subset(ds, known), out / "data_known")
     ckpt = args.checkpoint
     if ckpt is None:
-        from training import TrainConfig, train
+        from skulens.training import TrainConfig, train
 
         ckpt = out / "train" / "best.pt"
         if not ckpt.is_file():
             train(TrainConfig(data=str(known_data), out=str(ckpt.parent), model="efficientnet_lite0",
                               pretrained=True, seed=args.seed))
-    from export import export_classifier
+    from skulens.export import export_classifier
 
     train_s, test_s = ds.split("train"), ds.split("test")
     train_y, test_y = np.array([s.label for s in train_s]), np.array([s.label for s in test_s])

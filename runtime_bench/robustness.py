@@ -31,10 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sdk import ClassifierOptions, ImageClassifier, decode_image, load_dataset
-from sdk._dataset import Dataset
-from sdk._evaluate import label_mapping
-from sdk._io import atomic_write
+from skulens import ClassifierOptions, ImageClassifier, decode_image, load_dataset
+from skulens.internal import Dataset
+from skulens.internal import label_mapping
+from skulens.internal import atomic_write
 
 from ._files import write_result_files
 
@@ -202,7 +202,7 @@ def evaluate_robustness(model_path, data, split: str = "test", corruptions=None,
     JSON-able dict; ``relative`` is top-1 / clean top-1 (None when the clean top-1 is 0)."""
     chosen = select_corruptions(corruptions)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    samples = dataset.split(split)  # sdk.DatasetError when missing or empty
+    samples = dataset.split(split)  # skulens.DatasetError when missing or empty
     picked = _pick(len(samples), limit)
     clf = ImageClassifier.from_path(model_path, ClassifierOptions(num_threads=threads, top_k=1))
     with clf:
@@ -212,7 +212,7 @@ def evaluate_robustness(model_path, data, split: str = "test", corruptions=None,
             idx = picked[start:start + BATCH]
             images = [_decode_bgr(samples[i].path, clf.options.max_pixels) for i in idx]
             targets = to_model[[samples[i].label for i in idx]]
-            # top-1 is the logits' argmax, exactly as `skulens eval` (sdk._evaluate) scores it
+            # top-1 is the logits' argmax, exactly as `skulens eval` (skulens._evaluate) scores it
             clean_correct += int((clf.logits_batch(images).argmax(axis=1) == targets).sum())
             for name, fn in chosen.items():
                 batch = [_apply(name, fn, im, seed, i) for im, i in zip(images, idx)]

@@ -1,6 +1,6 @@
 """Gallery search speed: exact (numpy) vs HNSW (faiss, extra ``skulens[index]``) by gallery size.
 
-    python -m runtime_bench.search_bench --sizes 1000,10000,100000 --dim 256 --out runs/search_bench
+    python -m skulens.bench.search_bench --sizes 1000,10000,100000 --dim 256 --out runs/search_bench
 
 Everything runs on one thread: the CLI re-runs itself in a child process with
 OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS = 1 (BLAS reads them when numpy loads),
@@ -60,7 +60,7 @@ def _query_medians_ms(indexes, q: np.ndarray, k: int) -> list[float]:
 
 def _enrol_ms(x: np.ndarray, q: np.ndarray) -> float:
     """ms to append 5 photos to a ProductGallery holding ``x`` (after one warm-up append)."""
-    from sdk._gallery import ProductGallery
+    from skulens import ProductGallery
 
     g = ProductGallery("bench", {"dim": x.shape[1], "output": "embedding"}, vectors=x,
                        entries=[{"label": f"p{i // VIEWS_PER_PRODUCT}", "image_sha256": str(i), "source": ""}
@@ -76,7 +76,7 @@ def search_benchmark(sizes=(1000, 10000, 100000), dim: int = 256, queries: int =
     """Per gallery size: exact and HNSW median query ms, HNSW build s and recall vs exact (see the
     module doc). One OpenMP thread for HNSW; BLAS threads are whatever this process has (the CLI
     pins them to 1). The HNSW figures are left out where faiss is not installed."""
-    from sdk._search import ExactIndex, HnswIndex, hnsw_available
+    from skulens.internal import ExactIndex, HnswIndex, hnsw_available
 
     has_hnsw = hnsw_available()
     rows = []
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if any(os.environ.get(v) != "1" for v in _THREAD_VARS):  # pin BLAS to one thread, then rerun
         env = dict(os.environ, **{v: "1" for v in _THREAD_VARS})
-        return subprocess.call([sys.executable, "-m", "runtime_bench.search_bench", *argv], env=env)
+        return subprocess.call([sys.executable, "-m", "skulens.bench.search_bench", *argv], env=env)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its SIMD-variant probing
     result = search_benchmark(args.sizes, args.dim, args.queries, args.k)

@@ -18,7 +18,7 @@ usearch is 2.3 MB but pulls numkong (10.6 MB) and tqdm, 13 MB in all, so the gap
 Defaults: at 100 k x 1280, efConstruction 40 reached recall@1 0.985 at efSearch 128 (3.3 ms) and
 0.995 at 192 (4.4 ms); efConstruction 80 reached 1.000 from efSearch 96 on (3.4 ms at 128) for
 twice the build (270 s on one thread, 87 s at 256-d), so the defaults are M 32, efConstruction
-80, efSearch 128 (``python -m runtime_bench.search_bench`` measures them). faiss draws HNSW levels
+80, efSearch 128 (``python -m skulens.bench.search_bench`` measures them). faiss draws HNSW levels
 from a fixed seed: a one-thread build of the same vectors gives the same graph and answers.
 """
 from __future__ import annotations

@@ -77,7 +77,7 @@ def fashion_sample():
 def tiny_run(grocery_subset, tmp_path_factory):
     """A tiny edge model with a patchify stem, like the shipped edge_resnet_patch, trained
     2 epochs on the real subset (32x32 inputs)."""
-    from training import TrainConfig, train
+    from skulens.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = TrainConfig(data=str(grocery_subset), out=str(out), model="edge_resnet_tiny", epochs=2,
@@ -88,7 +88,7 @@ def tiny_run(grocery_subset, tmp_path_factory):
 
 
 def _export_tiny(tiny_run, grocery_subset, folder, **kwargs):
-    from export import export_classifier
+    from skulens.export import export_classifier
 
     report = export_classifier(tiny_run[0] / "best.pt", folder / "tiny.onnx", int8=True, data=str(grocery_subset),
                                calibration_size=32, activation_type="u8", **kwargs)
@@ -117,7 +117,7 @@ TINY_GAN = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, ba
 def tiny_gan(grocery_subset, tmp_path_factory):
     """A tiny GAN trained 2 epochs x 3 steps on real Grocery photos (6 classes, 16x16):
     (run folder, training result, GanConfig)."""
-    from training.gan import GanConfig, train_gan
+    from skulens.training.gan import GanConfig, train_gan
 
     out = tmp_path_factory.mktemp("tiny_gan")
     cfg = GanConfig(data=str(grocery_subset), out=str(out), epochs=2, grid_classes="0,2,5", **TINY_GAN)
@@ -130,7 +130,7 @@ def tiny_gen(tiny_gan, tmp_path_factory):
     (path, export report)."""
     import json
 
-    from sdk._cli import main
+    from skulens.cli import main
 
     path = tmp_path_factory.mktemp("tiny_gen") / "gen.onnx"
     if main(["-q", "export", str(tiny_gan[0] / "last.pt"), "--out", str(path), "--int8",

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from runtime_bench import SCHEMA_VERSION, BenchConfig, compare_with_baseline, run_benchmark
-from runtime_bench._report import markdown, write_outputs
-from runtime_bench._timing import paired_speedup, summarize
-from runtime_bench.config import PEERS, parse_int_list, parse_peers
-from sdk import SkulensError
+from skulens.bench import SCHEMA_VERSION, BenchConfig, compare_with_baseline, run_benchmark
+from skulens.bench._report import markdown, write_outputs
+from skulens.bench._timing import paired_speedup, summarize
+from skulens.bench.config import PEERS, parse_int_list, parse_peers
+from skulens import SkulensError
 
 TOP_LEVEL = {"schema_version", "tool", "skulens_version", "created_utc", "environment", "cpu", "subject",
              "model", "settings", "peers", "macs_per_image", "gemm_ceiling", "startup", "configs", "pairs",
@@ -131,7 +131,7 @@ def test_baseline_comparison_catches_a_forced_regression(bench, tmp_path):
     again = copy.deepcopy(result)
     write_outputs(again, cfg)
     assert again["baseline_comparison"]["ok"] is False and "REGRESSION" in markdown(again)
-    from sdk._cli import main
+    from skulens.cli import main
 
     assert main(["bench", "--compare", str(cur), "--baseline", str(base)]) == 1
     assert main(["bench", "--compare", str(cur), "--baseline", str(cur)]) == 0
@@ -144,7 +144,7 @@ def test_a_peer_with_wrong_outputs_is_reported_not_timed(tiny_models, tiny_run, 
     must be marked wrong, and none of its configurations timed."""
     import torch
 
-    from training.checkpoint import load_checkpoint, save_checkpoint
+    from skulens.training.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(tiny_run[0] / "best.pt")
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_config_validation_and_parsing():
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    from sdk._cli import main
+    from skulens.cli import main
 
     assert main(["bench", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "o")]) == 2
     assert "no such model file" in capsys.readouterr().err
@@ -201,7 +201,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_bench_command_registers_without_importing_torch():
-    code = ("import argparse, sys; import sdk._cli_bench as m; p = argparse.ArgumentParser(); "
+    code = ("import argparse, sys; import skulens.cli._bench as m; p = argparse.ArgumentParser(); "
             "m.register(p.add_subparsers()); p.parse_args(['bench', 'm.onnx', '--threads', '1,2']); "
             "print('torch' in sys.modules, 'onnx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from runtime_bench._cpu import cpu_report, int8_verdict, parse_cpuinfo, peak_macs_per_cycle
-from runtime_bench._graph import count_macs, diagnose
+from skulens.bench._cpu import cpu_report, int8_verdict, parse_cpuinfo, peak_macs_per_cycle
+from skulens.bench._graph import count_macs, diagnose
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -42,8 +42,8 @@ def test_int8_verdict_is_plain():
 
 
 def test_macs_counted_from_the_onnx_graph_match_pytorch(tiny_models, tiny_run):
-    from training.checkpoint import load_checkpoint, model_from_checkpoint
-    from training.models import count_macs as torch_macs
+    from skulens.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from skulens.training.models import count_macs as torch_macs
 
     fp32, int8, _ = tiny_models
     model = model_from_checkpoint(load_checkpoint(tiny_run[0] / "best.pt"))
@@ -66,7 +66,7 @@ def test_diagnostics_see_qdq_fusion_and_profile(tiny_models):
 
 
 def test_arch_screen_times_variants_through_the_export_path(capsys):
-    from runtime_bench.arch_screen import main, screen
+    from skulens.bench.arch_screen import main, screen
 
     rows = screen([{}, {"patch_stem": False, "stem_stride": 2, "strides": [2, 2, 2, 2]}],
                   input_size=32, num_classes=5, rounds=1, iters=2)
@@ -80,7 +80,7 @@ def test_arch_screen_times_variants_through_the_export_path(capsys):
 
 
 def test_arch_screen_layers_reports_marginal_cost_per_layer(capsys):
-    from runtime_bench.arch_screen import main, screen_layers
+    from skulens.bench.arch_screen import main, screen_layers
 
     rows = screen_layers([{"kind": "conv3x3", "channels": 8, "size": 8}, {"kind": "basic", "channels": 8, "size": 4}],
                          rounds=1, iters=2, lo=1, hi=2)

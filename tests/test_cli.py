@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sdk._cli import build_parser, main
+from skulens.cli import build_parser, main
 
 
 def _flags(command):
@@ -14,9 +14,9 @@ def _flags(command):
 
 
 def test_train_and_export_flags_match_the_python_api():
-    from export._pipeline import export_classifier
-    from export.config import ExportConfig
-    from training import TrainConfig
+    from skulens.export._pipeline import export_classifier
+    from skulens.export.config import ExportConfig
+    from skulens.training import TrainConfig
 
     scalar = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("augment", "model_kwargs")}
     assert scalar <= _flags("train")
@@ -53,8 +53,8 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
 def test_missing_extra_names_the_extra(monkeypatch):
     import builtins
 
-    import training
-    from sdk import MissingExtraError
+    import skulens.training
+    from skulens import MissingExtraError
 
     real_import = builtins.__import__
 
@@ -64,7 +64,7 @@ def test_missing_extra_names_the_extra(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    for mod in [m for m in list(__import__("sys").modules) if m.startswith("training.") and m != "training.config"]:
+    for mod in [m for m in list(__import__("sys").modules) if m.startswith("skulens.training.") and m != "skulens.training.config"]:
         monkeypatch.delitem(__import__("sys").modules, mod)
     with pytest.raises(MissingExtraError, match=r"skulens\[train\]"):
-        training.train
+        skulens.training.train

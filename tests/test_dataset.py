@@ -1,7 +1,7 @@
 """Dataset detection: split lists (Grocery layout), class folders, and clear errors."""
 import pytest
 
-from sdk import DatasetError, load_dataset
+from skulens import DatasetError, load_dataset
 
 
 def test_grocery_split_lists_with_coarse_classes(grocery_root):
@@ -59,7 +59,7 @@ def test_errors_name_the_problem(tmp_path):
 
 
 def test_subset_renumbers_classes_and_round_trips_through_split_lists(grocery_root, tmp_path):
-    from sdk._dataset import subset, write_split_lists
+    from skulens._dataset import subset, write_split_lists
 
     ds = load_dataset(grocery_root)
     sub = subset(ds, [1, 0, 40], per_class={"train": 5})

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def torchrun(nproc: int, data, out) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "training", "--data", str(data), "--out", str(out), "--model", "edge_resnet_tiny",
+           "-m", "skulens.training", "--data", str(data), "--out", str(out), "--model", "edge_resnet_tiny",
            "--epochs", "2", "--input-size", "32", "--batch-size", "16", "--num-workers", "0", "--lr", "0.05", "--ema-decay", "0",
            "--threads", "1", "--seed", "3", "--model-kwargs", '{"dropout": 0}']  # dropout masks are per process
     env = {**os.environ, "PYTHONPATH": str(REPO)}

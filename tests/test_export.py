@@ -6,10 +6,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import write_metadata
-from export._onnx import read_metadata_props, sha256_file
-from sdk import ImageClassifier, ModelError, PreprocessConfig
-from sdk._metadata import ModelMetadata, decode_metadata
+from skulens.export import write_metadata
+from skulens.export._onnx import read_metadata_props, sha256_file
+from skulens import ImageClassifier, ModelError, PreprocessConfig
+from skulens._metadata import ModelMetadata, decode_metadata
 
 
 @pytest.mark.parametrize("which, dtype, shape", [("tiny_models", np.uint8, (32, 32, 3)),
@@ -40,7 +40,7 @@ def test_fp32_model_is_self_contained_checked_and_batch_dynamic(which, dtype, sh
 def test_uint8_int8_model_reads_the_pixels_without_quantizing_them(tiny_models, tiny_float_models):
     """With uint8 input the INT8 model has no Cast and no QuantizeLinear at its input, before and
     after onnxruntime's optimisation; the float32-input one quantizes its input (one Q left)."""
-    from runtime_bench._graph import optimized_op_types
+    from skulens.bench._graph import optimized_op_types
 
     _, int8, report = tiny_models
     graph = onnx.load(str(int8)).graph
@@ -114,7 +114,7 @@ def test_int8_logits_come_float_from_the_final_gemm(tiny_models):
     """No QuantizeLinear/DequantizeLinear between the head's Gemm and the logits output, so
     onnxruntime runs a float-output QGemm and scores keep full precision (the embedding output
     dequantizes the pooled features it normalises: its only DequantizeLinear nodes)."""
-    from runtime_bench._graph import optimized_op_types
+    from skulens.bench._graph import optimized_op_types
 
     _, int8, _ = tiny_models
     graph = onnx.load(str(int8)).graph

@@ -1,4 +1,4 @@
-"""runtime_bench.frontier (``skulens bench-table``): the tiny exported fp32 + INT8 models side by
+"""skulens.bench.frontier (``skulens bench-table``): the tiny exported fp32 + INT8 models side by
 side on the real Grocery subset, the report files, the CLI and the errors."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from runtime_bench._timing import interleaved_samples
-from runtime_bench.frontier import (MISSING, _cycle, frontier_table, markdown,
+from skulens.bench._timing import interleaved_samples
+from skulens.bench.frontier import (MISSING, _cycle, frontier_table, markdown,
                                     write_table)
-from sdk import ClassifierOptions, ImageClassifier, ModelError, load_dataset
-from sdk._cli import main
-from sdk._evaluate import evaluate
+from skulens import ClassifierOptions, ImageClassifier, ModelError, load_dataset
+from skulens.cli import main
+from skulens._evaluate import evaluate
 
 FAST = dict(rounds=2, iters=3, e2e_images=3)
 
@@ -170,7 +170,7 @@ def test_plain_onnx_without_skulens_metadata_is_named(models, tmp_path):
 def test_every_cli_flag_has_help_and_reaches_the_api():
     import inspect
 
-    from sdk._cli import build_parser
+    from skulens.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     actions = [a for a in sub.choices["bench-table"]._actions if a.dest != "help"]

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from sdk import ClassifierOptions, ImageClassifier, load_dataset
-from sdk._errors import GalleryError
-from sdk._gallery import ProductGallery
-from sdk._unknown import auroc, threshold_for_precision
+from skulens import ClassifierOptions, ImageClassifier, load_dataset
+from skulens._errors import GalleryError
+from skulens._gallery import ProductGallery
+from skulens._unknown import auroc, threshold_for_precision
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_index_search_equals_exact_search(gallery_file, tiny_models, photos, gro
 
 
 def test_gallery_cli_create_add_list_remove_and_predict(tiny_models, grocery_subset, photos, tmp_path, capsys):
-    from sdk._cli import main
+    from skulens.cli import main
 
     _, int8, _ = tiny_models
     _, by_class = photos
@@ -233,7 +233,7 @@ def test_service_enrols_and_delists_behind_the_token(gallery_file, tiny_models, 
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from sdk.serve import ServeConfig, create_app
+    from skulens.serve import ServeConfig, create_app
 
     _, int8, _ = tiny_models
     _, by_class = photos
@@ -263,7 +263,7 @@ def test_service_enrols_and_delists_behind_the_token(gallery_file, tiny_models, 
 def test_video_frames_are_classified_by_gallery_and_reported_unknown(gallery_file, tiny_models, photos):
     import cv2
 
-    from sdk import FrameClassifier, FrameClassifierOptions
+    from skulens import FrameClassifier, FrameClassifierOptions
 
     _, int8, _ = tiny_models
     _, by_class = photos

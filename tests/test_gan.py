@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import TINY_GAN
-from sdk import ImageGenerator, SkulensError
-from sdk._metadata import SCHEMA_VERSION, decode_metadata
+from skulens import ImageGenerator, SkulensError
+from skulens._metadata import SCHEMA_VERSION, decode_metadata
 
 
 @pytest.mark.parametrize("size,channels", [(8, 3), (28, 1), (32, 3), (48, 3), (64, 1)])
 def test_generator_really_upsamples_to_the_configured_size(size, channels):
-    from training.gan.models import Discriminator, Generator, upsampling_plan
+    from skulens.training.gan.models import Discriminator, Generator, upsampling_plan
 
     s0, n_up = upsampling_plan(size)
     assert n_up >= 1 and s0 * 2 ** n_up == size and s0 <= 7
@@ -27,7 +27,7 @@ def test_generator_really_upsamples_to_the_configured_size(size, channels):
 
 
 def test_bad_options_are_clear_errors():
-    from training.gan.config import GanConfig
+    from skulens.training.gan.config import GanConfig
 
     with pytest.raises(SkulensError, match="image_size must be a multiple of 4"):
         GanConfig(data="x", image_size=30)
@@ -36,7 +36,7 @@ def test_bad_options_are_clear_errors():
 
 
 def test_diff_augment_is_differentiable_seeded_and_shape_preserving():
-    from training.gan.diffaug import diff_augment
+    from skulens.training.gan.diffaug import diff_augment
 
     x = (torch.rand(4, 3, 16, 16) * 2 - 1).requires_grad_(True)
     policies = ["color", "translation", "cutout"]
@@ -69,7 +69,7 @@ def test_training_writes_weights_only_checkpoint_grids_and_curves(tiny_gan):
 
 def test_resume_continues_exactly(grocery_subset, tiny_gan, tmp_path):
     """2 epochs in one run == 1 epoch + resume for 1 more: seeded and resumable."""
-    from training.gan import GanConfig, train_gan
+    from skulens.training.gan import GanConfig, train_gan
 
     train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=1, **TINY_GAN))
     train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=2, resume=True, **TINY_GAN))
@@ -111,9 +111,9 @@ def test_int8_ships_only_behind_the_gate(tiny_gen):
 
 
 def test_quality_gate_rejects_a_broken_int8_model(tiny_gan, tiny_gen, tmp_path):
-    from export._gan import fixed_inputs, quality_gate
-    from export._onnx import read_metadata_props, write_metadata
-    from export._quantize import quantize_int8
+    from skulens.export._gan import fixed_inputs, quality_gate
+    from skulens.export._onnx import read_metadata_props, write_metadata
+    from skulens.export._quantize import quantize_int8
 
     path, _ = tiny_gen
     same = quality_gate(path, path)
@@ -127,7 +127,7 @@ def test_quality_gate_rejects_a_broken_int8_model(tiny_gan, tiny_gen, tmp_path):
 
 
 def test_failed_gate_ships_fp32_and_says_why(tiny_gan, tmp_path):
-    from export._gan import export_generator
+    from skulens.export._gan import export_generator
 
     out = tmp_path / "g.onnx"
     (tmp_path / "g.int8.onnx").write_bytes(b"stale")  # an older INT8 must not look shipped
@@ -142,9 +142,9 @@ def test_failed_gate_ships_fp32_and_says_why(tiny_gan, tmp_path):
 
 
 def test_grayscale_fashion_mnist(fashion_sample, tmp_path):
-    from export._gan import export_generator
-    from training.gan import GanConfig, train_gan
-    from training.gan.data import from_arrays
+    from skulens.export._gan import export_generator
+    from skulens.training.gan import GanConfig, train_gan
+    from skulens.training.gan.data import from_arrays
 
     x, y = fashion_sample
     names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
@@ -161,7 +161,7 @@ def test_grayscale_fashion_mnist(fashion_sample, tmp_path):
 
 
 def test_fid_and_gate_metrics_on_known_cases():
-    from training.gan.metrics import frechet_distance, psnr, relative_feature_distance
+    from skulens.training.gan.metrics import frechet_distance, psnr, relative_feature_distance
 
     rng = np.random.default_rng(0)
     f = rng.standard_normal((4000, 3))

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk import GeneratorOptions, ImageGenerator, ModelError, SkulensError
-from sdk._generator import GenerationError
+from skulens import GeneratorOptions, ImageGenerator, ModelError, SkulensError
+from skulens._generator import GenerationError
 
 
 @pytest.fixture()
@@ -56,12 +56,12 @@ def test_generator_errors(gen_path, tiny_models):
 
 
 def test_sdk_stays_torch_free():
-    code = "import sys, sdk, sdk._generator, sdk._cli_gan; sys.exit('torch' in sys.modules)"
+    code = "import sys, skulens, skulens._generator, skulens.cli._gan; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_generate_cli_writes_a_deterministic_grid(gen_path, tmp_path, capsys):
-    from sdk._cli import main
+    from skulens.cli import main
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for out in (a, b):
@@ -75,10 +75,10 @@ def test_generate_cli_writes_a_deterministic_grid(gen_path, tmp_path, capsys):
 
 
 def test_gan_augment_hook_adds_synthetic_samples(gen_path, grocery_subset, tmp_path):
-    from sdk import PreprocessConfig
-    from training import AugmentConfig, TrainConfig, train
-    from training.data import TrainSet
-    from training.gan.augment_hook import GanAugment
+    from skulens import PreprocessConfig
+    from skulens.training import AugmentConfig, TrainConfig, train
+    from skulens.training.data import TrainSet
+    from skulens.training.gan.augment_hook import GanAugment
 
     with ImageGenerator.from_path(gen_path) as g:
         classes = list(g.labels) + ["Unknown-Product"]
@@ -98,9 +98,9 @@ def test_gan_augment_hook_adds_synthetic_samples(gen_path, grocery_subset, tmp_p
 
 
 def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
-    from sdk._dataset import load_dataset, subset, write_split_lists
-    from training.gan import evaluate_gan
-    from training.gan.config import GanEvalConfig
+    from skulens._dataset import load_dataset, subset, write_split_lists
+    from skulens.training.gan import evaluate_gan
+    from skulens.training.gan.config import GanEvalConfig
 
     ds = load_dataset(grocery_subset)
     low = write_split_lists(subset(ds, range(6), per_class={"train": 2}), tmp_path / "low")

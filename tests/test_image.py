@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk import ImageError, decode_image
+from skulens import ImageError, decode_image
 
 
 def _png(w, h):

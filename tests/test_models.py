@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from export import torch_to_onnx
-from export._onnx import parity
-from training import create_model, list_models
-from training.models import fold_batchnorm, preprocess_facts
+from skulens.export import torch_to_onnx
+from skulens.export._onnx import parity
+from skulens.training import create_model, list_models
+from skulens.training.models import fold_batchnorm, preprocess_facts
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -49,8 +49,8 @@ def test_unknown_model_and_bad_class_count():
 def test_uint8_input_folds_the_normalisation_exactly_where_the_stem_does_not_pad(name):
     """export._input: a model whose first conv has no padding takes uint8 NHWC pixels and gives
     the logits of the float model on normalised NCHW tensors; a padded first conv is refused."""
-    from export._input import float_to_uint8_input, resolve_input_dtype
-    from sdk import ModelError, PreprocessConfig
+    from skulens.export._input import float_to_uint8_input, resolve_input_dtype
+    from skulens import ModelError, PreprocessConfig
 
     model = _folded(name, num_classes=5, warm_steps=2)
     imagenet = PreprocessConfig(input_size=(32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -81,8 +81,8 @@ def test_int8_export_of_every_model_follows_its_fp32_export(name, tmp_path):
     exports with (uint8 pixels where exact), static QDQ INT8; the INT8 logits track fp32."""
     import onnxruntime as ort
 
-    from export import quantize_int8
-    from export._input import onnx_input
+    from skulens.export import quantize_int8
+    from skulens.export._input import onnx_input
 
     net, contract = onnx_input(_folded(name, num_classes=6, warm_steps=3), _contract(name))
     dtype = torch.uint8 if contract.dtype == "uint8" else torch.float32
@@ -108,7 +108,7 @@ def _folded(name, num_classes, warm_steps):
 
 def _contract(name):
     """A 32 px contract with the normalisation the model declares (ImageNet mean/std if none)."""
-    from sdk import PreprocessConfig
+    from skulens import PreprocessConfig
 
     facts = preprocess_facts(name)
     return PreprocessConfig(input_size=(32, 32), mean=facts.get("mean", (0.485, 0.456, 0.406)),

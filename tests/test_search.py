@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from runtime_bench.search_bench import gallery_like, search_benchmark
-from sdk._errors import MissingExtraError
-from sdk._search import AUTO_HNSW_FROM, ExactIndex, HnswIndex, build_index, hnsw_available
+from skulens.bench.search_bench import gallery_like, search_benchmark
+from skulens._errors import MissingExtraError
+from skulens._search import AUTO_HNSW_FROM, ExactIndex, HnswIndex, build_index, hnsw_available
 
 
 def _reference(x, q, k):
@@ -80,7 +80,7 @@ def test_auto_backend_choice(monkeypatch):
     assert build_index(x, "auto", expansion_search=64).backend == "exact"  # HNSW options dropped
     big = np.tile(x, (AUTO_HNSW_FROM // len(x), 1))
     if hnsw_available():
-        import sdk._search as search
+        import skulens._search as search
 
         built = []
         monkeypatch.setattr(search, "HnswIndex", lambda v, **kw: built.append((len(v), kw)) or "hnsw")

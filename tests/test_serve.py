@@ -1,4 +1,4 @@
-"""The HTTP service, run for real (`python -m sdk._cli serve`) on a free loopback port."""
+"""The HTTP service, run for real (`python -m skulens.cli serve`) on a free loopback port."""
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +21,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from sdk import ClassifierOptions, ImageClassifier  # noqa: E402
+from skulens import ClassifierOptions, ImageClassifier  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(model, *flags, env=None, log_level="-q"):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sdk._cli", log_level, "serve", str(model), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "skulens.cli", log_level, "serve", str(model), "--port", str(port),
                              "--num-threads", "1", *map(str, flags)], cwd=REPO,
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -232,21 +232,21 @@ def test_micro_batching_and_graceful_shutdown(model, photo):
 
 
 def test_sdk_core_stays_free_of_the_web_stack_and_names_the_extra(monkeypatch):
-    code = ("import sys, sdk; from sdk._cli import build_parser; build_parser(); "
+    code = ("import sys, skulens; from skulens.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    import sdk.serve
-    from sdk import MissingExtraError
+    import skulens.serve
+    from skulens import MissingExtraError
 
     monkeypatch.setitem(sys.modules, "fastapi", None)
-    monkeypatch.delitem(sys.modules, "sdk.serve._app", raising=False)
+    monkeypatch.delitem(sys.modules, "skulens.serve._app", raising=False)
     with pytest.raises(MissingExtraError, match=r"skulens\[serve\]"):
-        getattr(sdk.serve, "create_app")
+        getattr(skulens.serve, "create_app")
 
 
 def test_load_test_runs_bounded_on_loopback_and_reports_both_servers(model, photo, tmp_path):
-    from runtime_bench.load_test import main as load_main, run_load_test
+    from skulens.bench.load_test import main as load_main, run_load_test
 
     with pytest.raises(ValueError, match="bounded"):
         run_load_test(model, photo, duration=600)

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk import (ClassifierOptions, FrameClassifier, FrameClassifierOptions, ImageClassifier,
+from skulens import (ClassifierOptions, FrameClassifier, FrameClassifierOptions, ImageClassifier,
                  RunningMode, RunningModeError, StreamError)
-from sdk._classifier import softmax
-from sdk._cli import main as cli_main
+from skulens._classifier import softmax
+from skulens.cli import main as cli_main
 
 FPS, PER_IMAGE, SIZE = 10, 8, (176, 144)  # 3 photos x 8 frames = 24 frames, 100 ms apart
 

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from sdk import ModelError
-from training import TrainConfig, train
-from training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from skulens import ModelError
+from skulens.training import TrainConfig, train
+from skulens.training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 
 
 def _cfg(data, out, **kw):
@@ -55,7 +55,7 @@ def test_resume_continues_an_interrupted_run(grocery_subset, tmp_path):
 
 
 def test_init_from_copies_the_backbone_and_replaces_the_head(tiny_run, grocery_subset, tmp_path):
-    from sdk import load_dataset
+    from skulens import load_dataset
 
     # a different class set: keep 4 of the 6 classes -> the head must be new
     ds = load_dataset(grocery_subset)
@@ -96,7 +96,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
 
 
 def test_cutmix_mixup_keeps_shapes_and_label_weights():
-    from training.trainer import _mix
+    from skulens.training.trainer import _mix
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.arange(8)

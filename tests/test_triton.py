@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("tritonclient.http")
 from google.protobuf import json_format, text_format  # noqa: E402
 
-from export._triton import _quote, model_config_pb2, write_triton_repo  # noqa: E402
-from sdk import ClassifierOptions, ImageClassifier, MissingExtraError, ModelError, TritonClassifier  # noqa: E402
-from sdk._cli import main as cli_main  # noqa: E402
-from sdk._metadata import decode_metadata  # noqa: E402
+from skulens.export._triton import _quote, model_config_pb2, write_triton_repo  # noqa: E402
+from skulens import ClassifierOptions, ImageClassifier, MissingExtraError, ModelError, TritonClassifier  # noqa: E402
+from skulens.cli import main as cli_main  # noqa: E402
+from skulens._metadata import decode_metadata  # noqa: E402
 
 
 def parse_config(path) -> object:

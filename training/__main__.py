@@ -1,9 +1,9 @@
 """Train from the command line, on one process or data-parallel on several:
 
-    python -m training --data PATH --out runs/x --epochs 40            # like `skulens train`
+    python -m skulens.training --data PATH --out runs/x --epochs 40            # like `skulens train`
     torchrun --nproc-per-node 4 -m training --data PATH --out runs/x   # DDP (gloo on CPU)
 
-Flags are the fields of ``training.TrainConfig``; ``--batch-size`` is the global batch, split
+Flags are the fields of ``skulens.training.TrainConfig``; ``--batch-size`` is the global batch, split
 evenly over the processes. Only rank 0 logs and writes checkpoints, metrics and plots.
 """
 from __future__ import annotations
@@ -13,14 +13,14 @@ import json
 import logging
 import sys
 
-from sdk._cli import add_dataclass_flags, dataclass_from_args
-from sdk._errors import SkulensError
+from skulens.internal import add_dataclass_flags, dataclass_from_args
+from skulens import SkulensError
 
 from .config import TrainConfig
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m skulens.training", description=__doc__.split("\n\n")[0])
     add_dataclass_flags(parser, TrainConfig)
     parser.add_argument("--model-kwargs", type=json.loads, default={},
                         help='JSON keyword arguments of the model, e.g. \'{"dropout": 0}\'')
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                              indent=2))
         return 0
     except SkulensError as exc:
-        print(f"python -m training: error: {exc}", file=sys.stderr)
+        print(f"python -m skulens.training: error: {exc}", file=sys.stderr)
         return 2
     finally:
         _distributed.shutdown()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from sdk import ModelError, PreprocessConfig
-from sdk._io import atomic_write  # noqa: F401  (re-exported for training/export)
+from skulens import ModelError, PreprocessConfig
+from skulens.internal import atomic_write
 
 FORMAT = "skulens-checkpoint-1"
 

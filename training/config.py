@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sdk import PreprocessConfig
+from skulens import PreprocessConfig
 
 from .augment import AugmentConfig
 from .pretrained import pretrained_installed

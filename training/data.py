@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from sdk import PreprocessConfig, decode_image
-from sdk._dataset import Sample
+from skulens import PreprocessConfig, decode_image
+from skulens.internal import Sample
 
 from .augment import AugmentConfig, augment
 

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from sdk import ModelError
+from skulens import ModelError
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from .data import TrainSet

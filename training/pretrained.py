@@ -6,7 +6,7 @@ mapped onto our own module through an explicit key map, and checked tensor by te
 mapped name present, every shape equal); the result records the file's sha256 so a checkpoint
 says exactly which weights it started from.
 
-torch is imported only where weights are read, so the torch-free ``training.config`` can ask
+torch is imported only where weights are read, so the torch-free ``skulens.training.config`` can ask
 which weights are installed (:func:`pretrained_installed`).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdk import MissingExtraError, ModelError
-from sdk._io import sha256_file
+from skulens import MissingExtraError, ModelError
+from skulens.internal import sha256_file
 
 log = logging.getLogger(__name__)
 

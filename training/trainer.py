@@ -28,10 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm as _tqdm
 
-import sdk
-from sdk import DatasetError, load_dataset
-from sdk._evaluate import accuracy_report
-from sdk._io import atomic_write
+import skulens
+from skulens import DatasetError, load_dataset
+from skulens.internal import accuracy_report
+from skulens.internal import atomic_write
 
 from . import _distributed as _ddp
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -241,7 +241,7 @@ def train(cfg: TrainConfig) -> dict:
                 "preprocess": pre.to_dict(), "train_config": cfg.to_dict(), "epoch": epoch,
                 "history": history, "best_top1": best_top1, "train_seconds": train_seconds,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "loader_rng": gen.get_state(), "skulens_version": sdk.__version__,
+                "loader_rng": gen.get_state(), "skulens_version": skulens.__version__,
                 "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve()),
                 "pretrained": pretrained_info, "teacher": teacher.info if teacher else None,
                 "precision": "bf16" if use_bf16 else "fp32"}

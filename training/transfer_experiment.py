@@ -1,7 +1,7 @@
 """Does transfer learning pay? Train on one half of the classes, fine-tune to the other half,
 and compare with training from scratch on the same budget (same epochs, same recipe).
 
-    python -m training.transfer_experiment --data ../shared/datasets/grocery-store/dataset \
+    python -m skulens.training.transfer_experiment --data ../shared/datasets/grocery-store/dataset \
         --out runs/transfer --source-epochs 40 --target-epochs 15
 
 Writes ``summary.json`` with the target-half test top-1 of: scratch, init-from (full fine-tune),
@@ -15,7 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from sdk._dataset import load_dataset, subset, write_split_lists
+from skulens import load_dataset
+
+from skulens.internal import subset, write_split_lists
 
 from .config import TrainConfig, pretrained_installed
 from .trainer import train

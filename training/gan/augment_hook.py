@@ -1,6 +1,6 @@
 """``skulens train --gan-augment GEN.onnx``: mix generated images into classifier training.
 
-:class:`GanAugment` is the ``extra`` hook of :class:`training.data.TrainSet`: a sized callable
+:class:`GanAugment` is the ``extra`` hook of :class:`skulens.training.data.TrainSet`: a sized callable
 ``(index, rng) -> (BGR uint8 image, label)``. For each training class that the generator
 knows (matched by label name), ``round(ratio * n_real)`` synthetic slots are added per epoch;
 each slot draws one image from a pre-generated pool (``pool_factor`` x larger, fixed seeds) with
@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from sdk._generator import GeneratorOptions, ImageGenerator
+from skulens import GeneratorOptions, ImageGenerator
 
 log = logging.getLogger(__name__)
 

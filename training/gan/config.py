@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sdk import SkulensError
+from skulens import SkulensError
 
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
 
@@ -15,9 +15,9 @@ class GanConfigError(SkulensError, ValueError):
 
 @dataclass
 class GanConfig:
-    """Options of :func:`training.gan.train_gan`; each field is a ``skulens gan train`` flag.
+    """Options of :func:`skulens.training.gan.train_gan`; each field is a ``skulens gan train`` flag.
 
-    data: a dataset folder (class folders or split lists, see ``sdk.load_dataset``) or an
+    data: a dataset folder (class folders or split lists, see ``skulens.load_dataset``) or an
         ``.npz`` with arrays ``x`` [N, H, W(, C)] uint8 and ``y`` [N] (and optional ``labels``).
     classes: comma-separated class names or ids to train on (default: all classes).
     image_size / channels: output resolution (a multiple of 4, >= 8) and 3 (RGB) or 1 (gray).
@@ -86,7 +86,7 @@ class GanConfig:
 
 @dataclass
 class GanEvalConfig:
-    """Options of :func:`training.gan.evaluate_gan` (``skulens gan eval`` flags).
+    """Options of :func:`skulens.training.gan.evaluate_gan` (``skulens gan eval`` flags).
 
     generator: the fp32 generator .onnx; data: the dataset it was trained on (its train and test
     splits are the real sets); classifier: a classifier checkpoint trained on ``data`` (feature

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdk import DatasetError, PreprocessConfig, load_dataset
+from skulens import DatasetError, PreprocessConfig, load_dataset
 
 from ..data import load_images
 

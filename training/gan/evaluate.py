@@ -1,6 +1,6 @@
 """What does the GAN buy the classifier? ``skulens gan eval`` -> gan_eval.json + gan_eval.png.
 
-1. FID in the classifier's feature space (see :mod:`training.gan.metrics`): generated images
+1. FID in the classifier's feature space (see :mod:`skulens.training.gan.metrics`): generated images
    (as many per class as the real train split has, fixed seeds) vs real test, beside real
    train vs real test (the floor a perfect generator of *train-like* images would reach).
 2. Classification Accuracy Score (Ravuri & Vinyals 2019): the classifier recipe (the given
@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk import decode_image, load_dataset
-from sdk._dataset import Dataset, Sample, write_split_lists
-from sdk._generator import GeneratorOptions, ImageGenerator, make_grid, write_png
+from skulens import decode_image, load_dataset
+from skulens.internal import Dataset, Sample, write_split_lists
+from skulens import GeneratorOptions, ImageGenerator
+from skulens.internal import make_grid, write_png
 
 from ..augment import AugmentConfig
 from ..checkpoint import atomic_write, load_checkpoint
@@ -213,9 +214,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
 
 
 def _latency(cfg) -> dict:
-    from export._gan import rejected_path_for
-    from export._pipeline import int8_path_for
-    from runtime_bench._timing import time_callables
+    from skulens.internal import int8_path_for, rejected_path_for, time_callables
 
     q = Path(cfg.int8) if cfg.int8 else next((p for p in (int8_path_for(cfg.generator),
                                                           rejected_path_for(cfg.generator)) if p.is_file()), None)

@@ -21,9 +21,9 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm as _tqdm
 
-import sdk
-from sdk import DatasetError
-from sdk._generator import make_grid, write_png
+import skulens
+from skulens import DatasetError
+from skulens.internal import make_grid, write_png
 
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import GanConfig
@@ -49,7 +49,7 @@ def to_bgr_uint8(x: torch.Tensor) -> np.ndarray:
 def generator_from_checkpoint(ckpt: dict, ema: bool = True) -> Generator:
     """The (EMA) generator of a GAN checkpoint, weights loaded, eval mode."""
     if ckpt.get("kind") != "generator":
-        raise sdk.ModelError(f"checkpoint is a {ckpt.get('kind', 'classifier')} checkpoint, not a generator")
+        raise skulens.ModelError(f"checkpoint is a {ckpt.get('kind', 'classifier')} checkpoint, not a generator")
     gen = Generator(**ckpt["gen_kwargs"])
     gen.load_state_dict(ckpt["generator_ema" if ema else "generator"])
     return gen.eval()
@@ -145,7 +145,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                            "layout": "NCHW"},
                 "train_config": cfg.to_dict(), "epoch": epoch, "step": step, "history": history,
                 "train_seconds": seconds, "dataset": str(real.source), "classifier": cfg.classifier,
-                "skulens_version": sdk.__version__, "torch_version": str(torch.__version__)}
+                "skulens_version": skulens.__version__, "torch_version": str(torch.__version__)}
 
     steps = cfg.steps_per_epoch or max(1, len(real) // cfg.batch_size)
     policies = cfg.policies

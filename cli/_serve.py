@@ -1,8 +1,8 @@
 """``skulens serve MODEL``: registered with the CLI; the web stack is imported only when it runs."""
 from __future__ import annotations
 
-from .._cli import add_dataclass_flags, dataclass_from_args
-from .config import ServeConfig
+from skulens.internal import add_dataclass_flags, dataclass_from_args
+from skulens.serve.config import ServeConfig
 
 
 def register(sub) -> None:
@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
-    from . import serve  # MissingExtraError naming skulens[serve] when the web stack is absent
+    from skulens.serve import serve  # MissingExtraError naming skulens[serve] when the web stack is absent
 
     try:
         config = dataclass_from_args(ServeConfig, args)

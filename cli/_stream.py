@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from ._cli import add_dataclass_flags
-from ._stream import FrameClassifier, FrameClassifierOptions
+from skulens.internal import add_dataclass_flags
+from skulens import FrameClassifier, FrameClassifierOptions
 
 
 def add_stream_flags(p: argparse.ArgumentParser) -> None:

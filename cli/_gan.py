@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import math
 
-from ._cli import add_dataclass_flags, dataclass_from_args
+from skulens.internal import add_dataclass_flags, dataclass_from_args
 
 
 def register(sub) -> None:
-    from training.gan.config import GanConfig, GanEvalConfig
+    from skulens.training.gan.config import GanConfig, GanEvalConfig
 
     p = sub.add_parser("gan", help="class-conditional GAN: train it, measure what it buys the classifier")
     gsub = p.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
-    t = gsub.add_parser("train", help="train a conditional GAN (flags = training.gan.GanConfig fields)")
+    t = gsub.add_parser("train", help="train a conditional GAN (flags = skulens.training.gan.GanConfig fields)")
     add_dataclass_flags(t, GanConfig)
     t.set_defaults(func=_gan_train)
     e = gsub.add_parser("eval", help="FID (classifier features), CAS, low-data augmentation, latency "
@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def _gan_train(args) -> int:
-    from training.gan import GanConfig, train_gan
+    from skulens.training.gan import GanConfig, train_gan
 
     metrics = train_gan(dataclass_from_args(GanConfig, args))
     print(json.dumps({k: v for k, v in metrics.items() if k != "class_counts"}, indent=2))
@@ -43,8 +43,8 @@ def _gan_train(args) -> int:
 
 
 def _gan_eval(args) -> int:
-    from training.gan import evaluate_gan
-    from training.gan.config import GanEvalConfig
+    from skulens.training.gan import evaluate_gan
+    from skulens.training.gan.config import GanEvalConfig
 
     result = evaluate_gan(dataclass_from_args(GanEvalConfig, args))
     short = {k: v for k, v in result.items() if k not in ("setup",)}
@@ -55,7 +55,8 @@ def _gan_eval(args) -> int:
 
 
 def _generate(args) -> int:
-    from ._generator import GenerationError, GeneratorOptions, ImageGenerator, make_grid, write_png
+    from skulens import GeneratorOptions, ImageGenerator
+    from skulens.internal import GenerationError, make_grid, write_png
 
     label = int(args.label) if args.label.isdigit() else args.label
     with ImageGenerator.from_path(args.model, GeneratorOptions(num_threads=args.num_threads)) as gen:

@@ -1,7 +1,7 @@
 """The whole GAN measurement in one reproducible command (each step is skipped when its output
 exists, so an interrupted run continues):
 
-    nice -n 10 python -m training.gan.experiment --data ../shared/datasets/grocery-store/dataset \
+    nice -n 10 python -m skulens.bench.gan_experiment --data ../shared/datasets/grocery-store/dataset \
         --out runs/gan_exp
 
 1. subsets: ``--classes`` of the dataset (all train/val/test images) and a low-data copy with
@@ -21,7 +21,9 @@ import resource
 import time
 from pathlib import Path
 
-from sdk._dataset import load_dataset, subset, write_split_lists
+from skulens import load_dataset
+
+from skulens.internal import subset, write_split_lists
 
 DEFAULT_CLASSES = ("Granny-Smith,Royal-Gala,Banana,Kiwi,Lemon,Orange,Satsumas,Arla-Medium-Fat-Milk,"
                    "Carrots,Brown-Cap-Mushroom")
@@ -52,12 +54,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from export._gan import export_generator
-    from training import TrainConfig, train
+    from skulens.export._gan import export_generator
+    from skulens.training import TrainConfig, train
 
-    from .config import GanConfig, GanEvalConfig
-    from .evaluate import evaluate_gan
-    from .trainer import train_gan
+    from skulens.training.gan.config import GanConfig, GanEvalConfig
+    from skulens.training.gan.evaluate import evaluate_gan
+    from skulens.training.gan.trainer import train_gan
 
     out = Path(args.out)
     steps: dict = {}

@@ -2,7 +2,7 @@
 ``skulens robustness`` (accuracy under image corruptions) and ``skulens bench-table`` (the
 accuracy / latency / size frontier of several models), all from runtime_bench.
 
-Only the torch-free ``runtime_bench.config`` is imported to build the flags; the benchmark
+Only the torch-free ``skulens.bench.config`` is imported to build the flags; the benchmark
 itself runs its PyTorch peer in a separate process.
 """
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import sys
 
-from ._cli import add_dataclass_flags
-from ._errors import SkulensError
+from skulens.internal import add_dataclass_flags
+from skulens import SkulensError
 
 _LIST_FLAGS = ("threads", "batch", "e2e_batch", "peers")
 QUICK = {"rounds": 4, "round_time": 0.1, "warmup_time": 0.1, "eval_limit": 200, "cold_start_repeats": 1}
 
 
 def register(sub) -> None:
-    from runtime_bench.config import PEERS, BenchConfig
+    from skulens.bench.config import PEERS, BenchConfig
 
     p = sub.add_parser("bench", help="accuracy, latency, throughput, memory and size of a model beside "
                        "its peers (ORT fp32/INT8, PyTorch, OpenCV DNN) on this CPU")
@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 def _register_robustness(sub) -> None:
     p = sub.add_parser("robustness", help="top-1 of a model under lighting, angle, scale and sensor "
-                       "corruptions, as a fraction of its clean top-1 (runtime_bench.robustness)")
+                       "corruptions, as a fraction of its clean top-1 (skulens.bench.robustness)")
     p.add_argument("model", help="the ONNX model under test (fp32 or INT8)")
     p.add_argument("--data", required=True, help="dataset folder (class folders or split lists)")
     p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
@@ -59,7 +59,7 @@ def _register_robustness(sub) -> None:
 
 def _register_bench_table(sub) -> None:
     p = sub.add_parser("bench-table", help="accuracy, model-only and end-to-end latency and size of several "
-                       "exported models side by side, in one table (runtime_bench.frontier)")
+                       "exported models side by side, in one table (skulens.bench.frontier)")
     p.add_argument("models", nargs="+", metavar="MODEL", help="skulens ONNX models to compare (fp32 or INT8)")
     p.add_argument("--data", help="dataset folder for accuracy and real JPEGs (default: none: no accuracy, "
                    "synthetic JPEGs)")
@@ -93,7 +93,7 @@ def _report(args, measure, write, markdown) -> int:
 
 
 def _bench_table(args) -> int:
-    from runtime_bench.frontier import frontier_table, markdown, write_table
+    from skulens.bench.frontier import frontier_table, markdown, write_table
 
     return _report(args, lambda: frontier_table(
         args.models, data=args.data, split=args.split, limit=args.limit, threads=args.threads,
@@ -102,7 +102,7 @@ def _bench_table(args) -> int:
 
 
 def _robustness(args) -> int:
-    from runtime_bench.robustness import evaluate_robustness, markdown, write_report
+    from skulens.bench.robustness import evaluate_robustness, markdown, write_report
 
     return _report(args, lambda: evaluate_robustness(
         args.model, args.data, split=args.split, corruptions=args.corruptions, limit=args.limit,
@@ -110,8 +110,8 @@ def _robustness(args) -> int:
 
 
 def _bench(args) -> int:
-    from runtime_bench._report import compare_with_baseline, load_json
-    from runtime_bench.config import BenchConfig, parse_int_list, parse_peers
+    from skulens.bench._report import compare_with_baseline, load_json
+    from skulens.bench.config import BenchConfig, parse_int_list, parse_peers
 
     if args.compare:
         if not args.baseline:
@@ -124,7 +124,7 @@ def _bench(args) -> int:
         raise SkulensError("bench needs a MODEL.onnx (or --compare RESULT.json --baseline FILE)")
     import dataclasses
 
-    from runtime_bench import run_benchmark
+    from skulens.bench import run_benchmark
 
     kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)
               if f.name not in _LIST_FLAGS and hasattr(args, f.name)}
@@ -141,7 +141,7 @@ def _bench(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        from runtime_bench._report import markdown
+        from skulens.bench._report import markdown
 
         print(markdown(result))
         print(f"written: {cfg.out}/bench.json, {cfg.out}/bench.md"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk import ClassifierOptions, ImageClassifier, decode_image, load_dataset
+from skulens import ClassifierOptions, ImageClassifier, decode_image, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,12 @@ def _say(msg: str) -> None:
 
 def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
                    input_size=64, per_class=50, seed=0) -> int:
-    from export import export_classifier
-    from runtime_bench._timing import ort_runner, time_callables, torch_runner
-    from training import TrainConfig, train
-    from training.config import resolve
-    from training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
-    from training.demo_data import make_demo_catalogue
+    from skulens.export import export_classifier
+    from skulens.bench._timing import ort_runner, time_callables, torch_runner
+    from skulens.training import TrainConfig, train
+    from skulens.training.config import resolve
+    from skulens.training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
+    from skulens.training.demo_data import make_demo_catalogue
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -5,13 +5,13 @@ import dataclasses
 import json
 import sys
 
-from ._cli import add_dataclass_flags, dataclass_from_args
-from ._classifier import ClassifierOptions
+from skulens.internal import add_dataclass_flags, dataclass_from_args
+from skulens import ClassifierOptions
 
 
 def register(sub) -> None:
-    from export.config import ExportConfig
-    from training.config import TrainConfig
+    from skulens.export.config import ExportConfig
+    from skulens.training.config import TrainConfig
 
     p = sub.add_parser("quickstart", help="the whole pipeline offline: demo catalogue (or --data), "
                        "train, export fp32 + INT8, evaluate, classify, time")
@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_quickstart)
 
-    p = sub.add_parser("train", help="train a classifier (flags = training.TrainConfig fields)")
+    p = sub.add_parser("train", help="train a classifier (flags = skulens.training.TrainConfig fields)")
     add_dataclass_flags(p, TrainConfig)
     p.set_defaults(func=_train)
 
@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE")
     _classifier_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    from ._stream_cli import add_stream_flags
+    from ._stream import add_stream_flags
     add_stream_flags(p)
     p.set_defaults(func=_predict)
 
@@ -62,7 +62,7 @@ def _options(args) -> ClassifierOptions:
 
 
 def _train(args) -> int:
-    from training import TrainConfig, train
+    from skulens.training import TrainConfig, train
 
     metrics = train(dataclass_from_args(TrainConfig, args))
     print(json.dumps({k: v for k, v in metrics.items() if k != "eval"} |
@@ -71,11 +71,11 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from export import export_checkpoint
-    from export._pipeline import checkpoint_kind
-    from export.config import ExportConfig
+    from skulens.export import export_checkpoint
+    from skulens.export._pipeline import checkpoint_kind
+    from skulens.export.config import ExportConfig
 
-    from ._errors import ModelError
+    from skulens import ModelError
 
     kwargs = dataclasses.asdict(dataclass_from_args(ExportConfig, args))
     triton_repo = kwargs.pop("triton_repo")
@@ -83,7 +83,7 @@ def _export(args) -> int:
         raise ModelError(f"{args.checkpoint}: --triton-repo is for classifiers, this is a GAN checkpoint")
     report = export_checkpoint(**kwargs)
     if triton_repo:  # the deployed file: INT8 when exported, else fp32
-        from export._triton import write_triton_repo
+        from skulens.export._triton import write_triton_repo
 
         report["triton"] = write_triton_repo((report.get("int8") or report["fp32"])["path"], triton_repo,
                                              intra_op_threads=args.threads)
@@ -92,9 +92,9 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    from ._classifier import ImageClassifier
-    from ._errors import ImageError
-    from ._stream_cli import predict_stream, wants_stream
+    from skulens import ImageClassifier
+    from skulens import ImageError
+    from ._stream import predict_stream, wants_stream
 
     if wants_stream(args):
         return predict_stream(args, _options(args))
@@ -117,9 +117,9 @@ def _predict(args) -> int:
 
 
 def _eval(args) -> int:
-    from ._classifier import ImageClassifier
-    from ._dataset import load_dataset
-    from ._evaluate import evaluate
+    from skulens import ImageClassifier
+    from skulens import load_dataset
+    from skulens.internal import evaluate
 
     dataset = load_dataset(args.data)
     with ImageClassifier.from_path(args.model, _options(args)) as clf:
@@ -135,7 +135,7 @@ def _eval(args) -> int:
 
 
 def _quickstart(args) -> int:
-    from training.quickstart import run_quickstart
+    from skulens.cli.quickstart import run_quickstart
 
     return run_quickstart(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
                           input_size=args.input_size, per_class=args.per_class, seed=args.seed)

@@ -7,51 +7,13 @@ Sub-commands live in small modules listed in ``_COMMAND_MODULES``; each exposes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
-import typing
 
-from ._errors import SkulensError
-from ._version import __version__
+from skulens import SkulensError, __version__
 
-_COMMAND_MODULES = ["sdk._cli_pipeline", "sdk._cli_gallery", "sdk._cli_bench", "sdk.serve._command", "sdk._cli_gan"]
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), positional=()) -> None:
-    """One ``--flag-name`` per field of dataclass ``cls`` with a scalar type: CLI flags and
-    Python arguments cannot drift apart."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp = hints[f.name]
-        args = typing.get_args(tp)
-        if type(None) in args:  # Optional[X]
-            tp = next(a for a in args if a is not type(None))
-        choices = None
-        if typing.get_origin(tp) is typing.Literal:  # Literal["a", "b"]: a str flag with choices
-            choices, tp = typing.get_args(tp), str
-        if tp not in (int, float, str, bool):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        name = f.name if f.name in positional else "--" + f.name.replace("_", "-")
-        if tp is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"(default: {default})")
-        elif f.name in positional:
-            parser.add_argument(name, type=tp)
-        else:
-            parser.add_argument(name, type=tp, default=default, required=default is None and f.default is dataclasses.MISSING,
-                                choices=choices, help=f"(default: {default})")
-
-
-def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in vars(args).items() if k in names}
-    kwargs.update(overrides)
-    return cls(**kwargs)
+_COMMAND_MODULES = [f"skulens.cli.{name}" for name in ("_pipeline", "_gallery", "_bench", "_serve", "_gan")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +35,7 @@ def main(argv=None) -> int:
     # our loggers at the asked level; third-party ones (e.g. onnxruntime's quantizer, which logs
     # every rescaled weight on the root logger) at warnings and above; the service's uvicorn as ours
     logging.basicConfig(level=max(level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
-    for ours in ("sdk", "training", "export", "runtime_bench", "uvicorn"):
+    for ours in ("skulens", "uvicorn"):
         logging.getLogger(ours).setLevel(level)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._export", "torch.export", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

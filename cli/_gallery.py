@@ -56,15 +56,15 @@ def register(sub) -> None:
 
 
 def _classifier(model, threads):
-    from ._classifier import ClassifierOptions, ImageClassifier
+    from skulens import ClassifierOptions, ImageClassifier
 
     return ImageClassifier.from_path(model, ClassifierOptions(num_threads=threads))
 
 
 def _create(args) -> int:
-    from ._dataset import load_dataset
-    from ._errors import GalleryError
-    from ._gallery import ProductGallery
+    from skulens import load_dataset
+    from skulens import GalleryError
+    from skulens import ProductGallery
 
     ds = load_dataset(args.data)
     samples = ds.split(args.split)
@@ -91,7 +91,7 @@ def _calibrated(gallery, target) -> None:
 
 
 def _add(args) -> int:
-    from ._gallery import ProductGallery
+    from skulens import ProductGallery
 
     gallery = ProductGallery.load(args.gallery)
     with _classifier(args.model, args.threads) as clf:
@@ -108,7 +108,7 @@ def _add(args) -> int:
 
 
 def _remove(args) -> int:
-    from ._gallery import ProductGallery
+    from skulens import ProductGallery
 
     gallery = ProductGallery.load(args.gallery)
     n = gallery.remove(args.label)
@@ -118,7 +118,7 @@ def _remove(args) -> int:
 
 
 def _list(args) -> int:
-    from ._gallery import ProductGallery
+    from skulens import ProductGallery
 
     gallery = ProductGallery.load(args.gallery)
     products = gallery.products()
@@ -134,7 +134,7 @@ def _list(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from ._gallery import ProductGallery
+    from skulens import ProductGallery
 
     gallery = ProductGallery.load(args.gallery)
     _calibrated(gallery, args.target_precision)
