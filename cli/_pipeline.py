@@ -71,22 +71,9 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from skulens.export import export_checkpoint
-    from skulens.export._pipeline import checkpoint_kind
-    from skulens.export.config import ExportConfig
+    from skulens.export import ExportConfig, export
 
-    from skulens import ModelError
-
-    kwargs = dataclasses.asdict(dataclass_from_args(ExportConfig, args))
-    triton_repo = kwargs.pop("triton_repo")
-    if triton_repo and checkpoint_kind(args.checkpoint) != "classifier":
-        raise ModelError(f"{args.checkpoint}: --triton-repo is for classifiers, this is a GAN checkpoint")
-    report = export_checkpoint(**kwargs)
-    if triton_repo:  # the deployed file: INT8 when exported, else fp32
-        from skulens.export._triton import write_triton_repo
-
-        report["triton"] = write_triton_repo((report.get("int8") or report["fp32"])["path"], triton_repo,
-                                             intra_op_threads=args.threads)
+    report = export(dataclass_from_args(ExportConfig, args))
     print(json.dumps(report, indent=2))
     return 0
 

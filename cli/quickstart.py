@@ -22,7 +22,7 @@ def _say(msg: str) -> None:
 
 def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
                    input_size=64, per_class=50, seed=0) -> int:
-    from skulens.export import export_classifier
+    from skulens.export import ExportConfig, export_classifier
     from skulens.bench._timing import ort_runner, time_callables, torch_runner
     from skulens.training import TrainConfig, train
     from skulens.training.config import resolve
@@ -57,7 +57,8 @@ def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
          f"PyTorch {ev.get('split', '-')} top-1 {ev.get('top1', float('nan')):.3f}")
 
     onnx_path = out / "model.onnx"
-    report = export_classifier(out / "train" / "best.pt", onnx_path, int8=True, data=str(data))
+    report = export_classifier(ExportConfig(checkpoint=str(out / "train" / "best.pt"), out=str(onnx_path), int8=True,
+                                            data=str(data)))
     q = report["int8"]
     _say(f"[3/5] exported {onnx_path} ({report['fp32']['size_bytes'] / 1e6:.2f} MB, parity vs PyTorch "
          f"{report['parity_max_abs_logit_diff']:.1e}) and {q['path']} ({q['size_bytes'] / 1e6:.2f} MB, "

@@ -5,10 +5,10 @@
 """
 from skulens.internal import lazy_exports
 
-__all__ = ["ExportConfig", "export", "export_checkpoint", "export_classifier", "torch_to_onnx", "quantize_int8",
+__all__ = ["ExportConfig", "export", "export_classifier", "export_generator", "torch_to_onnx", "quantize_int8",
            "choose_activation_type", "write_metadata"]
-__getattr__ = lazy_exports(__name__, {"ExportConfig": "config", "export": "_pipeline", "export_checkpoint": "_pipeline",
-                                      "export_classifier": "_pipeline", "torch_to_onnx": "_onnx",
+__getattr__ = lazy_exports(__name__, {"ExportConfig": "config", "export": "_pipeline", "export_classifier": "_pipeline",
+                                      "export_generator": "_gan", "torch_to_onnx": "_onnx",
                                       "write_metadata": "_onnx", "quantize_int8": "_quantize",
                                       "choose_activation_type": "_quantize"},
                            extra="export", deps=("torch", "onnx", "onnxscript"))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from skulens import ModelError
+from skulens.training.models import within
 
 EMBEDDING_OUTPUT = "embedding"
 
@@ -31,11 +32,13 @@ def embedding_problem(model: nn.Module) -> str | None:
 
 
 class WithEmbedding(nn.Module):
-    """model -> (logits, embedding); exposes the model's input facts for the uint8-input fold."""
+    """model -> (logits, embedding); carries the model's card (paths inside the wrapper) for the uint8-input fold."""
 
     def __init__(self, model: nn.Module, mean: torch.Tensor | None = None, components: torch.Tensor | None = None):
         super().__init__()
         self.model = model
+        if getattr(model, "card", None) is not None:  # the model's facts, at their paths inside the wrapper
+            self.card = within(model.card, "model")
         self.project = None
         if components is not None:  # (f - mean) @ P as one Linear: weight P^T, bias -mean @ P
             self.project = nn.Linear(components.shape[0], components.shape[1])
@@ -43,14 +46,6 @@ class WithEmbedding(nn.Module):
                 self.project.weight.copy_(components.T)
                 self.project.bias.copy_(-(mean @ components))
             self.project.requires_grad_(False)
-
-    @property
-    def input_conv(self):
-        return getattr(self.model, "input_conv", None)
-
-    @property
-    def input_pad(self):
-        return getattr(self.model, "input_pad", None)
 
     def forward(self, x):  # [N, C, H, W] -> logits [N, K], embedding [N, D]
         f = self.model.features(x)

@@ -1,6 +1,6 @@
 """GAN checkpoint -> self-describing generator ONNX (+ INT8 behind a quality gate).
 
-    report = export_generator("runs/gan/last.pt", "gen.onnx", int8=True)
+    report = export(ExportConfig(checkpoint="runs/gan/last.pt", out="gen.onnx", int8=True))
 
 writes ``gen.onnx`` (fp32, inputs ``z`` [batch, z_dim] float32 and ``label`` [batch] int64,
 output ``images`` [batch, C, H, W] in [-1, 1]) and ``gen.report.json``. With ``int8`` the model
@@ -11,10 +11,8 @@ if it passes; otherwise it is kept as ``gen.int8.rejected.onnx`` and the report 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -23,14 +21,15 @@ import onnxruntime as ort
 import torch
 
 from skulens import GeneratorOptions, ImageGenerator
-from skulens.internal import ModelMetadata, int8_path_for, rejected_path_for, report_path_for
-from skulens.training.checkpoint import atomic_write, load_checkpoint
+from skulens.internal import ModelMetadata
+from skulens.training.checkpoint import load_checkpoint
 from skulens.training.gan.models import fold_generator_batchnorm
 from skulens.training.gan.trainer import generator_from_checkpoint
 
-from ._onnx import DEFAULT_OPSET, file_size, io_spec, sha256_file, torch_to_onnx, write_metadata
-from ._pipeline import _provenance
+from ._common import Staging, provenance, quantization_settings
+from ._onnx import file_size, io_spec, sha256_file, torch_to_onnx, write_metadata
 from ._quantize import quantize_int8
+from .config import ExportConfig
 
 log = logging.getLogger(__name__)
 LATENT = "N(0, 1): numpy.random.default_rng(seed).standard_normal((n, z_dim)).astype(float32)"
@@ -43,7 +42,7 @@ def generator_metadata(ckpt: dict, out, checkpoint_path, **extra) -> ModelMetada
             "value_range": list(ckpt["output"]["value_range"]), "layout": "NCHW", "latent": LATENT,
             "num_classes": gk["num_classes"]}
     base = dict(kind="generator", labels=tuple(ckpt["labels"]), model_name=ckpt["model_name"],
-                io=io_spec(out), generator=info, provenance={**_provenance(checkpoint_path),
+                io=io_spec(out), generator=info, provenance={**provenance(checkpoint_path),
                                                              "dataset": ckpt.get("dataset")},
                 metrics={"training": training_summary(ckpt)})
     base.update(extra)
@@ -103,87 +102,76 @@ def quality_gate(fp32_path, int8_path, *, psnr_min: float = 30.0, feature_max: f
     return result
 
 
-def export_generator(checkpoint, out, *, int8: bool = False, data: str | None = None,
-                     calibration_size: int = 256, activation_type: str = "auto",
-                     calibrate_method: str = "minmax", eval_split: str = "test",
-                     eval_limit: int | None = None, opset: int = DEFAULT_OPSET, threads: int = 0,
-                     input_dtype: str = "auto", psnr_min: float = 30.0, feature_max: float = 0.10,
-                     classifier=None) -> dict:
-    """Export a GAN checkpoint's EMA generator to ``out``; with ``int8`` also try INT8.
+def export_generator(config: ExportConfig) -> dict:
+    """Export a GAN checkpoint's EMA generator to ``config.out``; with ``int8`` also try INT8.
 
-    Takes the same keyword arguments as ``export_classifier`` (``data``, ``eval_split`` and
-    ``eval_limit`` are unused: a generator is checked against its own fp32 output; its inputs
-    are latent vectors and labels, so ``input_dtype`` can only be "auto" or "float32")."""
-    if input_dtype not in ("auto", "float32"):
-        raise ValueError(f"input_dtype {input_dtype!r}: a generator takes float32 latent vectors")
-    out = Path(out)
-    ckpt = load_checkpoint(checkpoint)
+    Uses the classifier export's config (``data``, ``eval_split``, ``eval_limit`` and the
+    classifier-only fields are unused: a generator is checked against its own fp32 output; its
+    inputs are latent vectors and labels, so ``input_dtype`` can only be "auto" or "float32")."""
+    cfg = config
+    if cfg.input_dtype not in ("auto", "float32"):
+        raise ValueError(f"input_dtype {cfg.input_dtype!r}: a generator takes float32 latent vectors")
+    ckpt = load_checkpoint(cfg.checkpoint)
     gen = generator_from_checkpoint(ckpt)
     gk = ckpt["gen_kwargs"]
     k = gk["num_classes"]
-    classifier = classifier or ckpt.get("classifier")
+    classifier = cfg.classifier or ckpt.get("classifier")
     if classifier and not Path(classifier).is_file():
         log.warning("classifier %s (from the GAN checkpoint) not found: feature gate skipped", classifier)
         classifier = None
-    report: dict = {"checkpoint": str(checkpoint), "kind": "generator", "model": ckpt["model_name"],
-                    "opset": opset, "num_classes": k, "fp32": {"path": str(out)}}
-
-    z, labels = fixed_inputs(gk["z_dim"], k, 4, seed=0)
-    with torch.no_grad():  # reference: the checkpoint's generator as trained (before folding)
-        ref = gen(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
-    gen = fold_generator_batchnorm(gen)
-    example = (torch.zeros(2, gk["z_dim"]), torch.tensor([0, min(1, k - 1)], dtype=torch.int64))
-    with warnings.catch_warnings():  # z and label share the batch axis; torch notes it renames one
-        warnings.filterwarnings("ignore", message=r".*shares the same shape constraints.*", category=UserWarning)
-        torch_to_onnx(gen, example, out, input_names=("z", "label"), output_names=("images",), opset=opset)
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"z": z, "label": labels})[0]
-    report["parity_max_abs_diff"] = float(np.abs(ref - got).max())
-    report["output_shape"] = list(got.shape[1:])
-    write_metadata(out, generator_metadata(ckpt, out, checkpoint))
-    report["fp32"].update(size_bytes=file_size(out), sha256=sha256_file(out))
-
-    if int8:
-        report["int8"] = _int8(out, checkpoint, ckpt, calibration_size, activation_type, calibrate_method,
-                               psnr_min, feature_max, classifier, report["fp32"]["sha256"])
-    report["shipped"] = [str(out)] + ([report["int8"]["path"]] if int8 and report["int8"]["shipped"] else [])
-    report_path = report_path_for(out)
-    atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-    report["report_path"] = str(report_path)
+    with Staging(cfg.out) as stage:
+        report: dict = {"checkpoint": str(cfg.checkpoint), "kind": "generator", "model": ckpt["model_name"],
+                        "opset": cfg.opset, "num_classes": k, "fp32": {"path": str(stage.final(stage.fp32))}}
+        z, labels = fixed_inputs(gk["z_dim"], k, 4, seed=0)
+        with torch.no_grad():  # reference: the checkpoint's generator as trained (before folding)
+            ref = gen(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+        gen = fold_generator_batchnorm(gen)
+        example = (torch.zeros(2, gk["z_dim"]), torch.tensor([0, min(1, k - 1)], dtype=torch.int64))
+        with warnings.catch_warnings():  # z and label share the batch axis; torch notes it renames one
+            warnings.filterwarnings("ignore", message=r".*shares the same shape constraints.*", category=UserWarning)
+            torch_to_onnx(gen, example, stage.fp32, input_names=("z", "label"), output_names=("images",),
+                          opset=cfg.opset)
+        sess = ort.InferenceSession(str(stage.fp32), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"z": z, "label": labels})[0]
+        report["parity_max_abs_diff"] = float(np.abs(ref - got).max())
+        report["output_shape"] = list(got.shape[1:])
+        write_metadata(stage.fp32, generator_metadata(ckpt, stage.fp32, cfg.checkpoint))
+        report["fp32"].update(size_bytes=file_size(stage.fp32), sha256=sha256_file(stage.fp32))
+        if cfg.int8:
+            report["int8"] = _int8(stage, cfg, ckpt, classifier, report["fp32"]["sha256"])
+        report["shipped"] = [report["fp32"]["path"]] + ([report["int8"]["path"]] if cfg.int8 and report["int8"]["shipped"] else [])
+        stage.commit(report)
     return report
 
 
-def _int8(out, checkpoint, ckpt, calibration_size, activation_type, calibrate_method, psnr_min,
-          feature_max, classifier, parent_sha) -> dict:
+def _int8(stage: Staging, cfg: ExportConfig, ckpt: dict, classifier, parent_sha) -> dict:
     gk = ckpt["gen_kwargs"]
-    act = "u8" if activation_type == "auto" else activation_type
-    per_class = max(1, math.ceil(calibration_size / gk["num_classes"]))
+    act = "u8" if cfg.activation_type == "auto" else cfg.activation_type
+    per_class = max(1, math.ceil(cfg.calibration_size / gk["num_classes"]))
     z, labels = fixed_inputs(gk["z_dim"], gk["num_classes"], per_class, seed=2)
-    shipped, rejected = int8_path_for(out), rejected_path_for(out)
-    quantize_int8(out, rejected, {"z": z, "label": labels}, activation_type=act,
-                  calibrate_method=calibrate_method)
-    qsettings = {"format": "QDQ", "weights": "s8 per-channel symmetric", "activations": act,
-                 "calibrate_method": calibrate_method, "calibration_latents": len(z),
-                 "tool": f"onnxruntime.quantization {ort.__version__}"}
-    if activation_type == "auto":
+    quantize_int8(stage.fp32, stage.rejected, {"z": z, "label": labels}, activation_type=act,
+                  calibrate_method=cfg.calibrate_method, work_dir=stage.dir)
+    qsettings = quantization_settings(act, cfg.calibrate_method, calibration_latents=len(z))
+    if cfg.activation_type == "auto":
         qsettings["activation_choice"] = "auto -> u8 (no timing-based choice for two-input generators)"
 
     def meta(gate):
-        return generator_metadata(ckpt, rejected, checkpoint, quantization=qsettings, parent_sha256=parent_sha,
+        return generator_metadata(ckpt, stage.rejected, cfg.checkpoint, quantization=qsettings, parent_sha256=parent_sha,
                                   metrics={"training": training_summary(ckpt), "int8_gate": gate})
 
-    write_metadata(rejected, meta(None))
-    gate = quality_gate(out, rejected, psnr_min=psnr_min, feature_max=feature_max, classifier=classifier)
-    write_metadata(rejected, meta(gate))
+    write_metadata(stage.rejected, meta(None))
+    gate = quality_gate(stage.fp32, stage.rejected, psnr_min=cfg.psnr_min, feature_max=cfg.feature_max,
+                        classifier=classifier)
+    write_metadata(stage.rejected, meta(gate))
     result = {"quantization": qsettings, "gate": gate, "shipped": gate["passed"]}
     if gate["passed"]:
-        os.replace(rejected, shipped)
-        result.update(path=str(shipped), reason="INT8 passed the quality gate")
+        stage.rejected.rename(stage.int8)
+        result.update(path=str(stage.final(stage.int8)), reason="INT8 passed the quality gate")
     else:
-        if shipped.exists():  # never leave an older INT8 file that looks shipped
-            shipped.unlink()
-        result.update(path=str(rejected), reason=f"INT8 not shipped: {gate['reason']}; shipping fp32 only")
-        log.warning("INT8 generator rejected (%s); kept for inspection as %s", gate["reason"], rejected)
-    result["size_bytes"] = file_size(result["path"])
-    result["sha256"] = sha256_file(result["path"])
+        result.update(path=str(stage.final(stage.rejected)),
+                      reason=f"INT8 not shipped: {gate['reason']}; shipping fp32 only")
+        log.warning("INT8 generator rejected (%s); kept for inspection as %s", gate["reason"], result["path"])
+    staged = stage.int8 if gate["passed"] else stage.rejected
+    result["size_bytes"] = file_size(staged)
+    result["sha256"] = sha256_file(staged)
     return result

@@ -13,7 +13,7 @@ takes uint8 [N, H, W, C], which
 
 With zero padding the fold would be wrong at the borders (a padded 0 is not a normalised 0),
 so models whose first convolution pads keep float32 input. A model that pads in a separate
-layer in front of it (``model.input_pad``, EfficientNet-Lite's TF "same" padding) folds
+layer in front of it (the card's ``input_pad``, EfficientNet-Lite's TF "same" padding) folds
 exactly when one integer pixel value normalises to 0 in every channel (127 for
 ``(x - 127) / 128``): the padding layer then pads the raw pixels with that value.
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from skulens import ModelError, PreprocessConfig
-from skulens.training.models import input_conv
+from skulens.training.models import input_conv, input_pad
 
 INPUT_DTYPES = ("auto", "float32", "uint8")
 
@@ -50,7 +50,7 @@ def uint8_input_problem(model: nn.Module, pre: PreprocessConfig) -> str | None:
     if pads:
         return (f"its first convolution pads (padding {conv.padding}): the normalisation does not "
                 "fold into it exactly")
-    if getattr(model, "input_pad", None) is not None and zero_pixel(pre) is None:
+    if input_pad(model) is not None and zero_pixel(pre) is None:
         return (f"it pads its input, and no pixel value normalises to 0 in every channel "
                 f"(mean {pre.mean}): padded raw pixels would not match padded normalised ones")
     return None
@@ -108,8 +108,8 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
     bias = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
     conv.weight.copy_(w * scale)
     conv.bias = nn.Parameter(bias - (w * shift).sum(dim=(1, 2, 3)), requires_grad=False)
-    if getattr(model, "input_pad", None) is not None:  # pad raw pixels with the value that normalises to 0
-        model.input_pad.value = zero_pixel(pre)
+    if input_pad(model) is not None:  # pad raw pixels with the value that normalises to 0
+        input_pad(model).value = zero_pixel(pre)
     fold = _fold_width_into_channels(conv, pre.input_size[1])
     return Uint8Input(model, fold).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
 

@@ -1,52 +1,217 @@
 """The export orchestrator: checkpoint -> fp32 ONNX (+ INT8) with metadata and a report.
 
-    report = export_classifier("runs/x/best.pt", "model.onnx", int8=True)
+    from skulens.export import ExportConfig, export
+    report = export(ExportConfig(checkpoint="runs/x/best.pt", out="model.onnx", int8=True))
 
-writes ``model.onnx`` (fp32), ``model.int8.onnx`` and ``model.report.json``: parity vs
-PyTorch, fp32 vs INT8 top-1 on a held-out split, top-1 agreement, sizes, timings.
+writes ``model.onnx`` (fp32), ``model.int8.onnx`` and ``model.report.json`` together (or none of
+them: see ``_common.Staging``). A classifier export runs these stages, top to bottom:
+
+1. load      the checkpoint, its model (BatchNorm folded), labels, contract and dataset;
+2. fp32      embedding output and uint8 input added, torch -> ONNX;
+3. parity    the trained model on training's tensors vs the ONNX model on the SDK's, same photos;
+4. metadata  labels, contract, provenance, the calibrated "unknown" threshold, fp32 accuracy;
+5. INT8      static QDQ quantization, its own metadata and accuracy;
+6. gate      INT8 ships only if its top-1 drop vs fp32 is within the allowed drop beyond noise;
+7. report    written last, naming every file's sha256; the files are committed together.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
-import skulens
-from skulens import ClassifierOptions, DatasetError, ImageClassifier, ModelError, decode_image, load_dataset
-from skulens.internal import softmax
-from skulens.internal import evaluate_samples, label_mapping
-from skulens.internal import ModelMetadata
-from skulens.internal import atomic_write, int8_path_for, report_path_for
-from skulens.internal import selective_report, threshold_for_precision
+from skulens import ClassifierOptions, DatasetError, ImageClassifier, ModelError, PreprocessConfig, decode_image, load_dataset
+from skulens.internal import (Dataset, ModelMetadata, evaluate_samples, label_mapping, selective_report, softmax,
+                              threshold_for_precision)
 from skulens.training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
 from skulens.training.data import eval_tensors
 from skulens.training.models import fold_batchnorm
 
+from ._common import Staging, provenance, quantization_settings
 from ._embedding import EMBEDDING_OUTPUT, embedding_parity, with_embedding
 from ._input import onnx_input
-from ._onnx import DEFAULT_OPSET, file_size, io_spec, parity, sha256_file, torch_to_onnx, write_metadata
+from ._onnx import file_size, io_spec, parity, sha256_file, torch_to_onnx, write_metadata
 from ._quantize import choose_activation_type, quantize_int8
+from .config import ExportConfig
 
 log = logging.getLogger(__name__)
 
 
-def _provenance(ckpt_path, ckpt: dict | None = None) -> dict:
-    """Who made the file from what: versions, the checkpoint's sha256 and, where the training
-    started from ImageNet weights or distilled a teacher, which (file and sha256)."""
-    out = {"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "skulens_version": skulens.__version__, "torch_version": str(torch.__version__),
-           "onnx_version": onnx.__version__, "onnxruntime_version": ort.__version__,
-           "checkpoint_sha256": sha256_file(ckpt_path)}
-    for key in ("pretrained", "teacher"):
-        if (ckpt or {}).get(key):
-            out[key] = ckpt[key]
+def export(config: ExportConfig) -> dict:
+    """Export any skulens checkpoint: classifiers with :func:`export_classifier`, GAN
+    checkpoints with ``export_generator``; with ``triton_repo``, also a Triton repository."""
+    if checkpoint_kind(config.checkpoint) == "generator":
+        if config.triton_repo:
+            raise ModelError(f"{config.checkpoint}: --triton-repo is for classifiers, this is a GAN checkpoint")
+        from ._gan import export_generator
+
+        return export_generator(config)
+    report = export_classifier(config)
+    if config.triton_repo:  # the deployed file: INT8 when shipped, else fp32
+        from ._triton import write_triton_repo
+
+        shipped = report["int8"] if report.get("int8", {}).get("shipped") else report["fp32"]
+        report["triton"] = write_triton_repo(shipped["path"], config.triton_repo, intra_op_threads=config.threads)
+    return report
+
+
+def checkpoint_kind(checkpoint) -> str:
+    """"classifier" or "generator" (ModelError for anything else)."""
+    kind = load_checkpoint(checkpoint).get("kind", "classifier")
+    if kind not in ("classifier", "generator"):
+        raise ModelError(f"{checkpoint}: unknown checkpoint kind {kind!r}")
+    return kind
+
+
+@dataclass
+class _Source:
+    """Stage 1's result: everything the later stages read."""
+    ckpt: dict
+    model: torch.nn.Module          # BatchNorm folded
+    train_pre: PreprocessConfig     # what the torch model takes
+    dataset: Dataset | None
+    eval_samples: list | None
+    train_metrics: dict
+
+
+def export_classifier(config: ExportConfig) -> dict:
+    cfg = config
+    src = _load(cfg)
+    with Staging(cfg.out) as stage:
+        # 2. fp32 graph: the classifier, its embedding output and its input contract
+        exported, embedding_spec = src.model, None
+        if cfg.embedding:
+            pca = (eval_tensors(_sample(src.dataset.split("train"), 1024, seed=3), src.train_pre)
+                   if cfg.embedding_dim else None)
+            exported, embedding_spec = with_embedding(src.model, cfg.embedding_dim, pca)
+        onnx_model, pre = onnx_input(exported, src.train_pre, cfg.input_dtype)
+        example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
+        torch_to_onnx(onnx_model, (example,), stage.fp32, opset=cfg.opset,
+                      output_names=("logits", EMBEDDING_OUTPUT) if embedding_spec else ("logits",))
+        report: dict = {"checkpoint": str(cfg.checkpoint), "model": src.ckpt["model_name"], "opset": cfg.opset,
+                        "num_classes": len(src.ckpt["labels"]), "input": {"dtype": pre.dtype, "layout": pre.layout},
+                        "fp32": {"path": str(stage.final(stage.fp32))}}
+
+        # 3. parity: same photos, training's tensors into torch, the SDK's into ONNX
+        report.update(_parity(src, exported, embedding_spec, pre, stage.fp32))
+
+        # 4. metadata, the "unknown" threshold and fp32 accuracy (through the SDK, so the model
+        #    must carry its metadata before it is evaluated)
+        base = dict(kind="classifier", labels=tuple(src.ckpt["labels"]), model_name=src.ckpt["model_name"],
+                    preprocess=pre, provenance=provenance(cfg.checkpoint, src.ckpt),
+                    coarse_labels=tuple(src.ckpt["coarse_labels"]) if src.ckpt.get("coarse_labels") else None,
+                    embedding=embedding_spec)
+        fp32_logits = _describe(stage.fp32, base, src, cfg, report["fp32"])
+
+        # 5. INT8, 6. its gate
+        if cfg.int8:
+            report["int8"] = _int8(stage, base, src, cfg, fp32_logits, report["fp32"])
+
+        # 7. the report, and every file committed together
+        stage.commit(report)
+    return report
+
+
+def _load(cfg: ExportConfig) -> _Source:
+    ckpt = load_checkpoint(cfg.checkpoint)
+    data = cfg.data or ckpt.get("dataset")
+    dataset = None
+    try:
+        dataset = load_dataset(data) if data else None
+    except DatasetError as exc:
+        if cfg.int8 or cfg.embedding_dim:
+            raise DatasetError(f"INT8 calibration and embedding projection need the training data: {exc}; "
+                               "pass --data") from exc
+        log.warning("no dataset for parity/evaluation (%s); using random inputs for parity", exc)
+    eval_samples = None
+    if dataset is not None and dataset.splits.get(cfg.eval_split):
+        split = dataset.splits[cfg.eval_split]
+        eval_samples = split[:cfg.eval_limit] if cfg.eval_limit else split
+    train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
+    if (ckpt.get("metrics") or {}).get("eval"):
+        ev = ckpt["metrics"]["eval"]
+        train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1") if k in ev}
+    return _Source(ckpt=ckpt, model=fold_batchnorm(model_from_checkpoint(ckpt)), train_pre=preprocess_of(ckpt),
+                   dataset=dataset, eval_samples=eval_samples, train_metrics=train_metrics)
+
+
+def _parity(src: _Source, exported, embedding_spec, pre: PreprocessConfig, path) -> dict:
+    if src.dataset is not None:
+        images = [decode_image(s.path) for s in _sample(src.dataset.split("train"), 32, seed=1)]
+    else:
+        h, w = pre.input_size
+        images = list(np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8))
+    train_x, onnx_x = src.train_pre.apply_batch(images), pre.apply_batch(images)
+    out = {"parity_max_abs_logit_diff": parity(src.model, path, train_x, onnx_inputs=onnx_x)}
+    if embedding_spec:
+        out["parity_max_abs_embedding_diff"] = embedding_parity(exported, path, train_x, onnx_x)
+        out["embedding"] = embedding_spec
+    out["parity_inputs"] = "real images" if src.dataset is not None else "random images"
     return out
+
+
+def _describe(path, meta: dict, src: _Source, cfg: ExportConfig, entry: dict, **extra) -> np.ndarray | None:
+    """Write the model's metadata, calibrate its "unknown" threshold and measure it on the eval
+    split; fills ``entry`` (the model's part of the report) and returns the eval logits."""
+    meta = dict(meta, io=io_spec(path), **extra)
+    write_metadata(path, ModelMetadata(metrics={"training": src.train_metrics}, **meta))
+    unknown = _calibrate_unknown(path, meta["labels"], src.dataset, cfg.threads, cfg.unknown_precision)
+    metrics, logits = {"training": src.train_metrics}, None
+    if src.eval_samples:
+        logits, ev = _evaluate(path, src.eval_samples, src.dataset, cfg.threads)
+        entry["eval"] = metrics["eval"] = _summary(ev, cfg.eval_split)
+    write_metadata(path, ModelMetadata(metrics=metrics, unknown=unknown, **meta))
+    entry.update(unknown=unknown, size_bytes=file_size(path), sha256=sha256_file(path))
+    return logits
+
+
+def _int8(stage: Staging, base: dict, src: _Source, cfg: ExportConfig, fp32_logits, fp32: dict) -> dict:
+    calib = eval_tensors(_sample(src.dataset.split("train"), cfg.calibration_size, seed=2), base["preprocess"]).numpy()
+    activation_type, timings = cfg.activation_type, None
+    if activation_type == "auto":
+        activation_type, timings = choose_activation_type(stage.fp32, calib, calibrate_method=cfg.calibrate_method,
+                                                          work_dir=stage.dir)
+    quantize_int8(stage.fp32, stage.rejected, calib, activation_type=activation_type,
+                  calibrate_method=cfg.calibrate_method, work_dir=stage.dir)
+    qsettings = quantization_settings(activation_type, cfg.calibrate_method, calibration_images=len(calib),
+                                      **({"activation_check_batch1_1thread": timings} if timings else {}))
+    entry: dict = {"quantization": qsettings}
+    q_logits = _describe(stage.rejected, base, src, cfg, entry, quantization=qsettings, parent_sha256=fp32["sha256"])
+    if q_logits is not None:
+        entry["top1_agreement_with_fp32"] = float((q_logits.argmax(1) == fp32_logits.argmax(1)).mean())
+        entry["top1_drop_pp"] = round(100 * (fp32["eval"]["top1"] - entry["eval"]["top1"]), 3)
+    entry["gate"] = gate = _gate(q_logits, fp32_logits, src, cfg)
+    entry["shipped"] = gate["passed"]
+    if gate["passed"]:
+        stage.rejected.rename(stage.int8)
+        entry["path"] = str(stage.final(stage.int8))
+    else:
+        entry["path"] = str(stage.final(stage.rejected))
+        log.warning("INT8 classifier rejected (%s); kept for inspection as %s", gate["reason"], entry["path"])
+    return entry
+
+
+def _gate(q_logits, fp32_logits, src: _Source, cfg: ExportConfig) -> dict:
+    """INT8 fails when its top-1 drop vs fp32 on the eval split exceeds ``int8_max_drop_pp`` by
+    more than two standard errors of the paired difference (sqrt(discordant photos) / n): a
+    small eval split cannot reject a model on one or two photos."""
+    if q_logits is None:
+        return {"passed": True, "reason": "no eval split: not measured", "max_drop_pp": cfg.int8_max_drop_pp}
+    targets = label_mapping(src.ckpt["labels"], src.dataset)[np.array([s.label for s in src.eval_samples])]
+    q_right, f_right = q_logits.argmax(1) == targets, fp32_logits.argmax(1) == targets
+    n = len(targets)
+    drop_pp = 100 * (f_right.mean() - q_right.mean())
+    noise_pp = 200 * math.sqrt(int((q_right != f_right).sum())) / n
+    passed = drop_pp <= cfg.int8_max_drop_pp + noise_pp
+    reason = (f"top-1 drop {drop_pp:.2f} pp on {n} photos is within {cfg.int8_max_drop_pp} pp + noise {noise_pp:.2f} pp"
+              if passed else f"top-1 drop {drop_pp:.2f} pp on {n} photos exceeds {cfg.int8_max_drop_pp} pp + noise "
+                             f"{noise_pp:.2f} pp")
+    return {"passed": bool(passed), "reason": reason, "split": cfg.eval_split, "n": n, "drop_pp": round(drop_pp, 3),
+            "noise_pp": round(noise_pp, 3), "max_drop_pp": cfg.int8_max_drop_pp}
 
 
 def _sample(samples, n, seed=0):
@@ -62,120 +227,6 @@ def _evaluate(path, samples, dataset, threads):
         return evaluate_samples(clf, samples, dataset)
 
 
-def export_classifier(checkpoint, out, *, int8: bool = False, data: str | None = None,
-                      calibration_size: int = 256, activation_type: str = "auto",
-                      calibrate_method: str = "minmax", eval_split: str = "test",
-                      eval_limit: int | None = None, opset: int = DEFAULT_OPSET,
-                      threads: int = 0, input_dtype: str = "auto", embedding: bool = True,
-                      embedding_dim: int = 0, unknown_precision: float = 0.95) -> dict:
-    """Export a classifier checkpoint to ``out`` (fp32) and, with ``int8``, ``<out>.int8.onnx``.
-
-    ``input_dtype``: "uint8" makes both models take uint8 NHWC pixels with the normalisation
-    folded into the first convolution (export._input); "auto" does so where that is exact.
-    ``embedding``: a second output, the L2-normalised pooled features (``embedding_dim`` > 0:
-    projected to that many principal directions of the training images; export._embedding).
-    ``unknown_precision``: the softmax threshold below which a result is "unknown" is chosen on
-    the validation split for this precision (0: none)."""
-    out = Path(out)
-    ckpt = load_checkpoint(checkpoint)
-    model = fold_batchnorm(model_from_checkpoint(ckpt))
-    train_pre = preprocess_of(ckpt)  # what the torch model takes
-    labels = ckpt["labels"]
-    data = data or ckpt.get("dataset")
-    dataset = None
-    try:
-        dataset = load_dataset(data) if data else None
-    except DatasetError as exc:
-        if int8 or embedding_dim:
-            raise DatasetError(f"INT8 calibration and embedding projection need the training data: {exc}; "
-                               "pass --data") from exc
-        log.warning("no dataset for parity/evaluation (%s); using random inputs for parity", exc)
-    exported, embedding_spec = model, None
-    if embedding:
-        pca_tensors = eval_tensors(_sample(dataset.split("train"), 1024, seed=3), train_pre) if embedding_dim else None
-        exported, embedding_spec = with_embedding(model, embedding_dim, pca_tensors)
-    onnx_model, pre = onnx_input(exported, train_pre, input_dtype)
-    report: dict = {"checkpoint": str(checkpoint), "model": ckpt["model_name"], "opset": opset,
-                    "num_classes": len(labels), "input": {"dtype": pre.dtype, "layout": pre.layout},
-                    "fp32": {"path": str(out)}}
-
-    # -- fp32 -------------------------------------------------------------------------------------
-    example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
-    torch_to_onnx(onnx_model, (example,), out, opset=opset,
-                  output_names=("logits", EMBEDDING_OUTPUT) if embedding_spec else ("logits",))
-    # parity: the trained model on training's tensors vs the ONNX model on the SDK's, same images
-    if dataset is not None:
-        images = [decode_image(s.path) for s in _sample(dataset.split("train"), 32, seed=1)]
-    else:
-        h, w = pre.input_size
-        images = list(np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8))
-    report["parity_max_abs_logit_diff"] = parity(model, out, train_pre.apply_batch(images),
-                                                 onnx_inputs=pre.apply_batch(images))
-    if embedding_spec:
-        report["parity_max_abs_embedding_diff"] = embedding_parity(
-            exported, out, train_pre.apply_batch(images), pre.apply_batch(images))
-        report["embedding"] = embedding_spec
-    report["parity_inputs"] = "real images" if dataset is not None else "random images"
-    base = dict(kind="classifier", labels=tuple(labels), model_name=ckpt["model_name"],
-                preprocess=pre, io=io_spec(out), provenance=_provenance(checkpoint, ckpt),
-                coarse_labels=tuple(ckpt["coarse_labels"]) if ckpt.get("coarse_labels") else None,
-                embedding=embedding_spec)
-    train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
-    if (ckpt.get("metrics") or {}).get("eval"):
-        ev = ckpt["metrics"]["eval"]
-        train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1") if k in ev}
-    write_metadata(out, ModelMetadata(metrics={"training": train_metrics}, **base))
-    unknown = _calibrate_unknown(out, labels, dataset, threads, unknown_precision)
-    write_metadata(out, ModelMetadata(metrics={"training": train_metrics}, unknown=unknown, **base))
-
-    eval_samples = None
-    if dataset is not None and dataset.splits.get(eval_split):
-        eval_samples = dataset.splits[eval_split][:eval_limit] if eval_limit else dataset.splits[eval_split]
-    fp32_logits = None
-    if eval_samples:
-        fp32_logits, fp32_eval = _evaluate(out, eval_samples, dataset, threads)
-        report["fp32"]["eval"] = _summary(fp32_eval, eval_split)
-        write_metadata(out, ModelMetadata(metrics={"training": train_metrics,
-                                                   "eval": report["fp32"]["eval"]}, unknown=unknown, **base))
-    report["fp32"]["unknown"] = unknown
-    report["fp32"]["size_bytes"] = file_size(out)
-    report["fp32"]["sha256"] = sha256_file(out)
-
-    # -- INT8 -------------------------------------------------------------------------------------
-    if int8:
-        q_out = int8_path_for(out)
-        calib = eval_tensors(_sample(dataset.split("train"), calibration_size, seed=2), pre).numpy()
-        timings = None
-        if activation_type == "auto":
-            activation_type, timings = choose_activation_type(out, calib, calibrate_method=calibrate_method)
-        quantize_int8(out, q_out, calib, activation_type=activation_type, calibrate_method=calibrate_method)
-        qsettings = {"format": "QDQ", "weights": "s8 per-channel symmetric", "activations": activation_type,
-                     "calibrate_method": calibrate_method, "calibration_images": len(calib),
-                     "tool": f"onnxruntime.quantization {ort.__version__}"}
-        if timings:
-            qsettings["activation_check_batch1_1thread"] = timings
-        qmeta = dict(base, io=io_spec(q_out), quantization=qsettings, parent_sha256=report["fp32"]["sha256"])
-        write_metadata(q_out, ModelMetadata(metrics={"training": train_metrics}, **qmeta))
-        qmeta["unknown"] = _calibrate_unknown(q_out, labels, dataset, threads, unknown_precision)
-        write_metadata(q_out, ModelMetadata(metrics={"training": train_metrics}, **qmeta))
-        report["int8"] = {"path": str(q_out), "quantization": qsettings, "unknown": qmeta["unknown"]}
-        if eval_samples:
-            q_logits, q_eval = _evaluate(q_out, eval_samples, dataset, threads)
-            report["int8"]["eval"] = _summary(q_eval, eval_split)
-            report["int8"]["top1_agreement_with_fp32"] = float(
-                (q_logits.argmax(1) == fp32_logits.argmax(1)).mean())
-            report["int8"]["top1_drop_pp"] = round(100 * (report["fp32"]["eval"]["top1"] - q_eval["top1"]), 3)
-            write_metadata(q_out, ModelMetadata(metrics={"training": train_metrics,
-                                                         "eval": report["int8"]["eval"]}, **qmeta))
-        report["int8"]["size_bytes"] = file_size(q_out)
-        report["int8"]["sha256"] = sha256_file(q_out)
-
-    report_path = report_path_for(out)
-    atomic_write(report_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-    report["report_path"] = str(report_path)
-    return report
-
-
 def _calibrate_unknown(path, labels, dataset, threads, target: float) -> dict | None:
     """The softmax threshold for "unknown" chosen on the validation split for ``target``
     precision (of the accepted answers), or None without a validation split / target."""
@@ -189,33 +240,14 @@ def _calibrate_unknown(path, labels, dataset, threads, target: float) -> dict | 
     t = threshold_for_precision(score, correct, target)
     if t is None:
         log.warning("%s: no softmax threshold reaches %.0f %% precision on the validation split; "
-                    "results are never marked unknown", path, 100 * target)
+                    "results are never marked unknown", Path(path).name, 100 * target)
         return None
     rep = selective_report(score, correct, t)
     return {"score": "softmax", "threshold": round(t, 6), "target_precision": target, "split": "val",
             "val_n": rep["n"], "val_coverage": round(rep["coverage"], 4), "val_precision": round(rep["precision"], 4)}
 
 
-def checkpoint_kind(checkpoint) -> str:
-    """"classifier" or "generator" (ModelError for anything else)."""
-    kind = load_checkpoint(checkpoint).get("kind", "classifier")
-    if kind not in ("classifier", "generator"):
-        raise ModelError(f"{checkpoint}: unknown checkpoint kind {kind!r}")
-    return kind
-
-
-def export_checkpoint(checkpoint, out, **kwargs) -> dict:
-    """Export any skulens checkpoint: classifiers with :func:`export_classifier`, GAN
-    checkpoints with ``export._gan.export_generator`` (same keyword arguments)."""
-    if checkpoint_kind(checkpoint) == "generator":
-        from ._gan import export_generator
-
-        for key in ("embedding", "embedding_dim", "unknown_precision"):  # classifier-only options
-            kwargs.pop(key, None)
-        return export_generator(checkpoint, out, **kwargs)
-    return export_classifier(checkpoint, out, **kwargs)
-
-
 def _summary(ev: dict, split: str) -> dict:
     keep = ("n", "top1", "top5", "mean_class_top1", "coarse_top1")
     return {"split": split, **{k: ev[k] for k in keep if k in ev}}
+

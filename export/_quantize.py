@@ -61,8 +61,9 @@ class ArrayCalibrationReader(CalibrationDataReader):
 
 def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activation_type: str = "u8",
                   calibrate_method: str = "minmax", per_channel: bool = True,
-                  input_name: str = "input") -> Path:
-    """Static QDQ INT8 quantization of ``fp32_path`` (metadata is not copied here)."""
+                  input_name: str = "input", work_dir=None) -> Path:
+    """Static QDQ INT8 quantization of ``fp32_path`` (metadata is not copied here); scratch
+    files go to a temporary folder inside ``work_dir`` (default: the system's)."""
     if activation_type not in ACTIVATION_TYPES:
         raise ValueError(f"activation_type must be one of {list(ACTIVATION_TYPES)}, got {activation_type!r}")
     if calibrate_method not in CALIBRATION_METHODS:
@@ -72,7 +73,7 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
     extra = {"ActivationSymmetric": activation_type == "s8", "WeightSymmetric": True}
     if calibrate_method == "percentile":
         extra["CalibPercentile"] = 99.999
-    with tempfile.TemporaryDirectory(prefix="skulens-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="skulens-quant-", dir=work_dir) as tmp:
         prep = os.path.join(tmp, "prep.onnx")
         quant_pre_process(str(fp32_path), prep, skip_symbolic_shape=True)
         pixels = _pixel_cast(onnx.load(prep)) if activation_type == "u8" else None
@@ -165,14 +166,14 @@ def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:
 
 
 def choose_activation_type(fp32_path, calibration_images: np.ndarray, *, calibrate_method: str = "minmax",
-                           threads: int = 1, input_name: str = "input") -> tuple[str, dict]:
+                           threads: int = 1, input_name: str = "input", work_dir=None) -> tuple[str, dict]:
     """Quantize with U8 and with S8 activations and keep the one faster on this CPU (batch 1)."""
-    with tempfile.TemporaryDirectory(prefix="skulens-actcheck-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="skulens-actcheck-", dir=work_dir) as tmp:
         paths = {}
         for act in ACTIVATION_TYPES:
             paths[act] = quantize_int8(fp32_path, Path(tmp) / f"{act}.onnx", calibration_images[:32],
                                        activation_type=act, calibrate_method=calibrate_method,
-                                       input_name=input_name)
+                                       input_name=input_name, work_dir=tmp)
         x = _as_input(calibration_images[:1])
         u8, s8, fp32 = time_models([paths["u8"], paths["s8"], fp32_path], x, threads=threads)
     lat = {"u8": u8, "s8": s8}

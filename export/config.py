@@ -1,27 +1,53 @@
 """Export options (torch-free, so the CLI can build its flags without importing torch).
-Field names are exactly the keyword arguments of :func:`export.export_classifier`, except
-``triton_repo``, which the CLI handles after the export (export._triton.write_triton_repo)."""
+
+``skulens export`` and :func:`skulens.export.export` take this one dataclass; every field is a
+flag with the help text below.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+from skulens.internal import option
+
+DEFAULT_OPSET = 18
+
 
 @dataclass
 class ExportConfig:
-    checkpoint: str
-    out: str = "model.onnx"
-    int8: bool = False
-    data: str | None = None             # calibration/evaluation data (default: the training data)
-    calibration_size: int = 256
-    activation_type: Literal["auto", "u8", "s8"] = "auto"  # "auto": time U8 and S8 here
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    eval_split: str = "test"
-    eval_limit: int | None = None
-    opset: int = 18
-    threads: int = 0
-    input_dtype: Literal["auto", "float32", "uint8"] = "auto"  # "auto": uint8 pixels where exact
-    embedding: bool = True              # a second output: the L2-normalised embedding for galleries
-    embedding_dim: int = 0              # 0: the pooled features; N: projected to N principal directions
-    unknown_precision: float = 0.95     # softmax "unknown" threshold chosen on val for this precision (0: none)
-    triton_repo: str | None = None      # also write a Triton model repository here (CLI only)
+    checkpoint: str = option(help="a checkpoint written by `skulens train` (best.pt) or `skulens gan train` "
+                                  "(last.pt)")
+    out: str = option("model.onnx", "the fp32 ONNX file to write; INT8 goes beside it as <out>.int8.onnx "
+                                    "(or <out>.int8.rejected.onnx when it fails its gate), the report as "
+                                    "<out>.report.json")
+    int8: bool = option(False, "also quantize to INT8 (static QDQ, per-channel weights), check it against fp32 "
+                               "and ship it only if it passes the gate")
+    data: str | None = option(None, "dataset for calibration, parity, evaluation and the unknown threshold "
+                                    "(default: the one the checkpoint was trained on)")
+    calibration_size: int = option(256, "training images (or GAN latents) used to calibrate INT8 activations")
+    activation_type: Literal["auto", "u8", "s8"] = option("auto", "INT8 activation type; auto: time U8 and S8 "
+                                                                  "on this CPU and keep the faster")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = option("minmax", "how activation ranges are "
+                                                                                    "calibrated")
+    eval_split: str = option("test", "split on which fp32 and INT8 top-1 are measured and the INT8 gate is "
+                                     "checked (written into the model's metadata)")
+    eval_limit: int | None = option(None, "evaluate on the first N images of the split only")
+    opset: int = option(DEFAULT_OPSET, "ONNX opset (the dynamo exporter needs >= 18)")
+    threads: int = option(0, "onnxruntime threads for parity and evaluation (0: all cores)")
+    input_dtype: Literal["auto", "float32", "uint8"] = option(
+        "auto", "model input: uint8 NHWC pixels with the normalisation folded into the first convolution, "
+                "float32 NCHW tensors, or auto (uint8 where the fold is exact)")
+    embedding: bool = option(True, "a second output, the L2-normalised embedding used by product galleries")
+    embedding_dim: int = option(0, "0: the pooled features; N: projected to N principal directions of the "
+                                   "training images")
+    unknown_precision: float = option(0.95, "choose the softmax threshold below which a result is 'unknown' on "
+                                            "the val split for this precision (0: never unknown)")
+    int8_max_drop_pp: float = option(1.0, "classifier INT8 gate: the largest top-1 drop vs fp32 (percentage "
+                                          "points) beyond sampling noise on the eval split")
+    psnr_min: float = option(30.0, "generator INT8 gate: the lowest PSNR (dB) of INT8 vs fp32 images")
+    feature_max: float = option(0.10, "generator INT8 gate: the largest relative feature distance of INT8 vs "
+                                      "fp32 images in a classifier's feature space")
+    classifier: str | None = option(None, "generator INT8 gate: the classifier checkpoint for the feature check "
+                                          "(default: the one recorded in the GAN checkpoint)")
+    triton_repo: str | None = option(None, "also write a Triton Inference Server model repository here "
+                                           "(classifiers only; the INT8 model when shipped, else fp32)")

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from skulens.export._gan import export_generator
+    from skulens.export import ExportConfig, export_generator
     from skulens.training import TrainConfig, train
 
     from skulens.training.gan.config import GanConfig, GanEvalConfig
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         onnx_path = out / f"{name}.onnx"
         if not onnx_path.is_file():
             timed(f"{name}_export", lambda ckpt=ckpt, o=onnx_path, q=name == "gan": export_generator(
-                ckpt, o, int8=q))
+                ExportConfig(checkpoint=str(ckpt), out=str(o), int8=q)))
 
     result = timed("eval", lambda: evaluate_gan(GanEvalConfig(
         generator=str(out / "gan.onnx"), data=str(data), classifier=str(clf), out=str(out / "eval"),

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         if not ckpt.is_file():
             train(TrainConfig(data=str(known_data), out=str(ckpt.parent), model="efficientnet_lite0",
                               pretrained=True, seed=args.seed))
-    from skulens.export import export_classifier
+    from skulens.export import ExportConfig, export_classifier
 
     train_s, test_s = ds.split("train"), ds.split("test")
     train_y, test_y = np.array([s.label for s in train_s]), np.array([s.label for s in test_s])
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
         if report_path.is_file() and not args.reexport:
             report = json.loads(report_path.read_text())
         else:
-            report = export_classifier(ckpt, onnx_path, int8=True, data=str(known_data), embedding_dim=dim,
-                                       threads=args.threads)
+            report = export_classifier(ExportConfig(checkpoint=str(ckpt), out=str(onnx_path), int8=True,
+                                                    data=str(known_data), embedding_dim=dim, threads=args.threads))
         for tag, path in (("int8", report["int8"]["path"]), ("fp32", report["fp32"]["path"])):
             if tag == "fp32" and dim != 0:
                 continue

@@ -12,9 +12,26 @@ import dataclasses
 import typing
 
 
+def option(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING, choices=None):
+    """A config field with its help text (and, for a str field, its allowed values): the one
+    place a flag is explained, shown by ``--help`` and read by :func:`add_dataclass_flags`.
+
+        epochs: int | None = option(None, "passes over the training split (default: the recipe's)")
+    """
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), positional=()) -> None:
     """One ``--flag-name`` per field of dataclass ``cls`` with a scalar type: CLI flags and
-    Python arguments cannot drift apart."""
+    Python arguments cannot drift apart. Help comes from the field's ``option(help=...)``; a
+    ``Literal`` type or ``option(choices=...)`` lists the allowed values (checked at parse time)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -23,21 +40,27 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), positiona
         args = typing.get_args(tp)
         if type(None) in args:  # Optional[X]
             tp = next(a for a in args if a is not type(None))
-        choices = None
+        choices = f.metadata.get("choices")
         if typing.get_origin(tp) is typing.Literal:  # Literal["a", "b"]: a str flag with choices
             choices, tp = typing.get_args(tp), str
         if tp not in (int, float, str, bool):
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         name = f.name if f.name in positional else "--" + f.name.replace("_", "-")
+        text = field_help(f)
+        shown = f"{text} " if text else ""
         if tp is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"(default: {default})")
+                                help=f"{shown}(default: {default})")
         elif f.name in positional:
-            parser.add_argument(name, type=tp)
+            parser.add_argument(name, type=tp, help=text or None)
         else:
-            parser.add_argument(name, type=tp, default=default, required=default is None and f.default is dataclasses.MISSING,
-                                choices=choices, help=f"(default: {default})")
+            required = default is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            parser.add_argument(name, type=tp, default=default, required=required, choices=choices,
+                                metavar="{" + ",".join(map(str, choices)) + "}" if choices else None,
+                                help=shown + ("(required)" if required else f"(default: {default})"))
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):

@@ -88,10 +88,11 @@ def tiny_run(grocery_subset, tmp_path_factory):
 
 
 def _export_tiny(tiny_run, grocery_subset, folder, **kwargs):
-    from skulens.export import export_classifier
+    from skulens.export import ExportConfig, export_classifier
 
-    report = export_classifier(tiny_run[0] / "best.pt", folder / "tiny.onnx", int8=True, data=str(grocery_subset),
-                               calibration_size=32, activation_type="u8", **kwargs)
+    report = export_classifier(ExportConfig(checkpoint=str(tiny_run[0] / "best.pt"), out=str(folder / "tiny.onnx"),
+                                            int8=True, data=str(grocery_subset), calibration_size=32,
+                                            activation_type="u8", **kwargs))
     return Path(report["fp32"]["path"]), Path(report["int8"]["path"]), report
 
 

@@ -127,11 +127,12 @@ def test_quality_gate_rejects_a_broken_int8_model(tiny_gan, tiny_gen, tmp_path):
 
 
 def test_failed_gate_ships_fp32_and_says_why(tiny_gan, tmp_path):
-    from skulens.export._gan import export_generator
+    from skulens.export import ExportConfig, export_generator
 
     out = tmp_path / "g.onnx"
     (tmp_path / "g.int8.onnx").write_bytes(b"stale")  # an older INT8 must not look shipped
-    report = export_generator(tiny_gan[0] / "last.pt", out, int8=True, calibration_size=12, psnr_min=1000.0)
+    report = export_generator(ExportConfig(checkpoint=str(tiny_gan[0] / "last.pt"), out=str(out), int8=True,
+                                           calibration_size=12, psnr_min=1000.0))
     assert report["shipped"] == [str(out)] and not report["int8"]["shipped"]
     assert "PSNR" in report["int8"]["reason"] and "fp32" in report["int8"]["reason"]
     assert not (tmp_path / "g.int8.onnx").exists() and (tmp_path / "g.int8.rejected.onnx").exists()
@@ -142,7 +143,7 @@ def test_failed_gate_ships_fp32_and_says_why(tiny_gan, tmp_path):
 
 
 def test_grayscale_fashion_mnist(fashion_sample, tmp_path):
-    from skulens.export._gan import export_generator
+    from skulens.export import ExportConfig, export_generator
     from skulens.training.gan import GanConfig, train_gan
     from skulens.training.gan.data import from_arrays
 
@@ -153,7 +154,7 @@ def test_grayscale_fashion_mnist(fashion_sample, tmp_path):
     real = from_arrays(x, y, names, 28, 1, source="fashion-mnist-sample")
     metrics = train_gan(cfg, real=real)
     assert metrics["num_classes"] == 3 and metrics["n_train"] == 270 and metrics["channels"] == 1
-    export_generator(tmp_path / "gan" / "last.pt", tmp_path / "f.onnx")
+    export_generator(ExportConfig(checkpoint=str(tmp_path / "gan" / "last.pt"), out=str(tmp_path / "f.onnx")))
     with ImageGenerator.from_path(tmp_path / "f.onnx") as g:
         assert g.labels == ("Sneaker", "Bag", "Trouser") and g.channel_order == "GRAY"
         imgs = g.generate("Bag", n=3, seed=0)

@@ -113,3 +113,23 @@ def _contract(name):
     facts = preprocess_facts(name)
     return PreprocessConfig(input_size=(32, 32), mean=facts.get("mean", (0.485, 0.456, 0.406)),
                             std=facts.get("std", (0.229, 0.224, 0.225)))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_card_names_real_layers(name):
+    """Every registered model's card is data that matches the built model: the first conv
+    reads the image channels, the classifier emits the classes, and --init-from skips it."""
+    from torch import nn
+
+    from skulens.training.models import create_model, input_conv, input_pad, model_card
+
+    card = model_card(name)
+    model = create_model(name, num_classes=7, **({"input_size": 64} if name == "seed_cnn" else {}))
+    assert model.card == card and card.name == name
+    conv = input_conv(model)
+    assert isinstance(conv, nn.Conv2d) and conv.in_channels == 3
+    head = model.get_submodule(card.classifier)
+    assert isinstance(head, nn.Linear) and head.out_features == 7
+    assert (input_pad(model) is not None) == (card.input_pad is not None)
+    if card.mean is not None:
+        assert len(card.mean) == len(card.std) == 3 and card.color_order in ("RGB", "BGR")

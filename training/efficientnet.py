@@ -8,7 +8,7 @@ stride-2 convolution over an even input the one extra pixel is padded on the bot
 (:class:`SamePad`). Stride-1 convolutions pad symmetrically, as PyTorch does.
 
 The ImageNet weights expect RGB ``(pixel - 127) / 128`` (``LITE_MEAN`` / ``LITE_STD`` on the
-[0, 1] scale), which is declared with the model (``EfficientNetLite.preprocess_facts``).
+[0, 1] scale), which is declared with the model (its ``ModelCard`` in models.py).
 Pixel value 127 normalises to exactly 0, so export can pad the raw uint8 image with 127 and
 keep the input-normalisation fold exact although the stem pads.
 """
@@ -100,8 +100,6 @@ class EfficientNetLite(nn.Module):
     multiplies the repeats of every stage but the first and the last.
     """
 
-    preprocess_facts = {"color_order": "RGB", "mean": LITE_MEAN, "std": LITE_STD}
-
     def __init__(self, num_classes, in_chans=3, variant="lite0", dropout=None, drop_path=0.1):
         super().__init__()
         if variant not in LITE_VARIANTS:
@@ -129,16 +127,6 @@ class EfficientNetLite(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
-
-    @property
-    def input_conv(self) -> nn.Conv2d:
-        """The convolution that reads the image (export folds the normalisation into it)."""
-        return self.stem[1]
-
-    @property
-    def input_pad(self) -> SamePad:
-        """The padding in front of :attr:`input_conv` (export pads raw pixels instead)."""
-        return self.stem[0]
 
     def features(self, x):  # [N, 3, H, W] -> [N, 1280]
         return self.pool(self.head_conv(self.blocks(self.stem(x)))).flatten(1)

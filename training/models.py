@@ -6,19 +6,54 @@ convolution at export (:func:`fold_batchnorm`).
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .efficientnet import LITE_VARIANTS, EfficientNetLite
+from .efficientnet import LITE_MEAN, LITE_STD, LITE_VARIANTS, EfficientNetLite
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_CARDS: dict[str, "ModelCard"] = {}
 
 
-def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _REGISTRY[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model declares about itself, as data (timm's ``pretrained_cfg``): read by the
+    trainer (contract, ``--init-from``) and by export (the uint8-input fold). Every instance
+    built by :func:`create_model` carries its card as ``model.card``."""
+    name: str
+    first_conv: str                  # the convolution that reads the image (export folds the normalisation into it)
+    classifier: str                  # the classification head: new for a new task, never copied by --init-from
+    input_pad: str | None = None     # a padding layer in front of first_conv (export pads raw pixels instead)
+    native_size: int | None = None   # the input side the architecture (and its pretrained weights) was made for
+    color_order: str | None = None   # None: the training config's choice; set where pretrained weights need one
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def preprocess_facts(self) -> dict:
+        """The contract fields the model fixes (e.g. the normalisation its weights expect)."""
+        return {k: getattr(self, k) for k in ("color_order", "mean", "std") if getattr(self, k) is not None}
+
+
+def register(fn: Callable[..., nn.Module] | None = None, **card) -> Callable:
+    """``@register`` or ``@register(first_conv=..., classifier=..., ...)``: add a model builder
+    to the registry with its :class:`ModelCard` (default: ``stem.0`` reads the image, ``head``
+    classifies)."""
+    def add(fn):
+        _REGISTRY[fn.__name__] = fn
+        _CARDS[fn.__name__] = ModelCard(name=fn.__name__, **{"first_conv": "stem.0", "classifier": "head", **card})
+        return fn
+
+    return add(fn) if fn is not None else add
+
+
+def model_card(name: str) -> ModelCard:
+    if name not in _CARDS:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    return _CARDS[name]
 
 
 def list_models() -> list[str]:
@@ -34,6 +69,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: boo
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.card = _CARDS[name]
     model.pretrained_info = None
     if pretrained:
         from .pretrained import has_pretrained, load_pretrained
@@ -50,9 +86,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: boo
 def preprocess_facts(name: str) -> dict:
     """What a registered model declares about its input (e.g. the normalisation its
     pretrained weights expect); {} for models without such facts."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    return dict(getattr(_REGISTRY[name], "preprocess_facts", {}))
+    return model_card(name).preprocess_facts()
 
 
 class ConvBNAct(nn.Sequential):
@@ -119,11 +153,6 @@ class EdgeResNet(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.conv2[1].weight)
 
-    @property
-    def input_conv(self) -> nn.Conv2d:
-        """The convolution that reads the image (export folds the normalisation into it)."""
-        return self.stem[0]
-
     def features(self, x):  # [N, C, H, W] -> [N, num_features]
         return self.pool(self.blocks(self.stem(x))).flatten(1)
 
@@ -147,10 +176,6 @@ class SeedCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(128, num_classes)
 
-    @property
-    def input_conv(self) -> nn.Conv2d:
-        return self.body[0]
-
     def features(self, x):  # [N, C, S, S] -> [N, 128]
         return self.fc(self.body(x))
 
@@ -158,7 +183,7 @@ class SeedCNN(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-@register
+@register(first_conv="body.0")
 def seed_cnn(num_classes, in_chans=3, input_size=64, **kw):
     return SeedCNN(num_classes, in_chans, input_size=input_size, **kw)
 
@@ -207,8 +232,9 @@ def _lite(variant):
     build.__name__ = f"efficientnet_{variant}"
     build.__doc__ = (f"EfficientNet-{variant.capitalize()} (MBConv, no SE, ReLU6; native "
                      f"{LITE_VARIANTS[variant][2]} px), with ImageNet weights when pretrained.")
-    build.preprocess_facts = EfficientNetLite.preprocess_facts
-    return register(build)
+    # TF "same" padding in front of the stem conv; the ImageNet weights expect RGB (x - 127) / 128
+    return register(build, first_conv="stem.1", input_pad="stem.0", classifier="head",
+                    native_size=LITE_VARIANTS[variant][2], color_order="RGB", mean=LITE_MEAN, std=LITE_STD)
 
 
 efficientnet_lite0 = _lite("lite0")
@@ -217,9 +243,22 @@ efficientnet_lite2 = _lite("lite2")
 
 
 def input_conv(model: nn.Module) -> nn.Conv2d | None:
-    """The convolution that reads the input image, as the model declares it (``input_conv``);
-    export folds the normalisation into it. None for models that declare none."""
-    return getattr(model, "input_conv", None)
+    """The convolution that reads the input image, as the model's card declares it; export
+    folds the normalisation into it. None for a model without a card."""
+    card = getattr(model, "card", None)
+    return model.get_submodule(card.first_conv) if card else None
+
+
+def input_pad(model: nn.Module) -> nn.Module | None:
+    """The padding layer in front of :func:`input_conv`, where the card declares one."""
+    card = getattr(model, "card", None)
+    return model.get_submodule(card.input_pad) if card and card.input_pad else None
+
+
+def within(card: ModelCard, prefix: str) -> ModelCard:
+    """The card of a wrapper that holds the model as submodule ``prefix`` (paths prefixed)."""
+    return dataclasses.replace(card, first_conv=f"{prefix}.{card.first_conv}", classifier=f"{prefix}.{card.classifier}",
+                               input_pad=f"{prefix}.{card.input_pad}" if card.input_pad else None)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

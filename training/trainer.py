@@ -112,10 +112,12 @@ def _schedule(optimizer, warmup_steps: int, total_steps: int):
 
 
 def _init_from(model, path) -> None:
-    """Copy every tensor whose name and shape match (the head is re-initialised for new classes)."""
+    """Copy every tensor whose name and shape match, except the classifier the model's card names
+    (it is new for the new classes, even where their number is the same)."""
     src = load_checkpoint(path)["model"]
     own = model.state_dict()
-    matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    head = model.card.classifier + "."
+    matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
     model.load_state_dict(matched, strict=False)
     log.info("init-from %s: %d/%d tensors copied", path, len(matched), len(own))
 
