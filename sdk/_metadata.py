@@ -6,6 +6,7 @@ them with :func:`encode_metadata`; the SDK reads them with :func:`read_metadata`
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,11 @@ SCHEMA_VERSION = 1
 PREFIX = "skulens."
 KINDS = ("classifier", "generator")
 
-# keys whose values are JSON documents
-_JSON_KEYS = ("labels", "preprocess", "io", "metrics", "quantization", "provenance", "generator",
-              "coarse_labels", "embedding", "unknown")
+# keys whose values are JSON documents, and the JSON type each must have
+_JSON_KEYS = {"labels": list, "preprocess": dict, "io": dict, "metrics": dict, "quantization": dict,
+              "provenance": dict, "generator": dict, "coarse_labels": list, "embedding": dict, "unknown": dict}
+MAX_VALUE_BYTES = 16 << 20   # one metadata value; real ones are a few kB (labels of 100k products: ~3 MB)
+MAX_JSON_DEPTH = 64          # nesting; real ones are <= 4 deep
 
 
 @dataclass(frozen=True)
@@ -86,25 +89,24 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMetada
     if version > SCHEMA_VERSION:
         raise ModelError(f"{source}: metadata schema {version} is newer than this skulens "
                          f"supports ({SCHEMA_VERSION}); upgrade skulens")
-    vals: dict[str, Any] = {}
-    for key in _JSON_KEYS:
-        if key in raw:
-            try:
-                vals[key] = json.loads(raw[key])
-            except json.JSONDecodeError as exc:
-                raise ModelError(f"{source}: metadata '{key}' is not valid JSON: {exc}") from None
+    vals: dict[str, Any] = {key: _json_value(raw[key], key, _JSON_KEYS[key], source)
+                            for key in _JSON_KEYS if key in raw}
     kind = raw["kind"]
     if kind not in KINDS:
         raise ModelError(f"{source}: unknown model kind {kind!r} (expected one of {KINDS})")
     labels = vals["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ModelError(f"{source}: metadata 'labels' must be a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"{source}: metadata 'labels' has duplicates")
     preprocess = None
     if "preprocess" in raw:
-        preprocess = PreprocessConfig.from_dict(vals["preprocess"])
+        preprocess = _contract(vals["preprocess"], source)
     elif kind == "classifier":
         raise ModelError(f"{source}: classifier metadata has no preprocessing contract")
     coarse = vals.get("coarse_labels")
+    if coarse is not None and (len(coarse) != len(labels) or not all(isinstance(x, str) for x in coarse)):
+        raise ModelError(f"{source}: metadata 'coarse_labels' must give one string per label")
     embedding = vals.get("embedding")
     if embedding is not None and (not isinstance(embedding, dict) or not isinstance(embedding.get("output"), str)
                                   or not isinstance(embedding.get("dim"), int) or embedding["dim"] < 1):
@@ -122,3 +124,41 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMetada
         coarse_labels=tuple(coarse) if coarse is not None else None,
         embedding=embedding, unknown=unknown,
     )
+
+
+def _json_value(text: str, key: str, kind: type, source: str):
+    """One JSON metadata value, bounded in size and depth and of the expected type."""
+    if len(text) > MAX_VALUE_BYTES:
+        raise ModelError(f"{source}: metadata '{key}' is {len(text)} bytes (more than {MAX_VALUE_BYTES}): refused")
+    depth = deepest = 0
+    for ch in text:  # bracket depth outside strings is bounded by the depth inside: cheap, safe upper bound
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise ModelError(f"{source}: metadata '{key}' is nested {deepest} levels deep (more than {MAX_JSON_DEPTH}): "
+                         "refused")
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelError(f"{source}: metadata '{key}' is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise ModelError(f"{source}: metadata '{key}' must be a JSON {'object' if kind is dict else 'array'}, "
+                         f"not {type(value).__name__}")
+    return value
+
+
+def _contract(data: dict, source: str) -> PreprocessConfig:
+    """The preprocessing contract, refused with a ModelError when any field is missing, of the
+    wrong type or not finite (a NaN std would make every result silently empty)."""
+    try:
+        pre = PreprocessConfig.from_dict(data)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ModelError(f"{source}: metadata 'preprocess' is not a valid preprocessing contract: {exc}") from None
+    numbers = [*pre.mean, *pre.std]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or min(pre.std) <= 0:
+        raise ModelError(f"{source}: metadata 'preprocess' needs finite mean and positive finite std, "
+                         f"got mean {pre.mean}, std {pre.std}")
+    return pre
