@@ -58,10 +58,23 @@ class Staging:
 
     def __enter__(self) -> "Staging":
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.export-", dir=self.out.parent))
+        self._remove_dead_stagings()
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.export-{os.getpid()}-", dir=self.out.parent))
         staged = self.dir / self.out.name
         self.fp32, self.int8, self.rejected = staged, int8_path_for(staged), rejected_path_for(staged)
         return self
+
+    def _remove_dead_stagings(self) -> None:
+        """Staging folders of earlier exports of ``out`` whose process died (SIGKILL, power
+        loss) without cleaning up: removed, so a killed export leaves nothing behind for long."""
+        for old in self.out.parent.glob(f".{self.out.name}.export-*"):
+            try:
+                pid = int(old.name[len(f".{self.out.name}.export-"):].split("-")[0])
+            except ValueError:
+                continue
+            if not _alive(pid):
+                log.info("removing %s, left by an export that was killed", old)
+                shutil.rmtree(old, ignore_errors=True)
 
     def final(self, staged: Path) -> Path:
         """Where a staged file will be once committed."""
@@ -86,3 +99,13 @@ class Staging:
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

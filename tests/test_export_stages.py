@@ -103,3 +103,16 @@ def test_every_job_config_round_trips_through_plain_json(index):
         config_from_dict(type(cfg), {**data, "not_a_field": 1})
     assert config_from_dict(type(cfg), {**data, "not_a_field": 1}, strict=False) == cfg
     assert all(f.name in data for f in dataclasses.fields(cfg))
+
+
+@pytest.mark.slow
+def test_sigkilled_exports_leave_a_consistent_set(tiny_run, grocery_subset, tmp_path):
+    """Real SIGKILLs at drawn moments of real exports: never a report that lies about its files
+    or an INT8 file outside the reported set, and the next export removes the killed ones'
+    staging folders."""
+    from skulens.bench.kill_test import kill_test
+
+    summary = kill_test(str(tiny_run[0] / "best.pt"), str(grocery_subset), tmp_path / "k", kills=3, seed=1)
+    assert summary["killed"] >= 1
+    assert summary["inconsistent"] == [] and summary["final_state"] == "complete"
+    assert summary["leftover_staging"] == []
