@@ -34,7 +34,8 @@ def register(sub) -> None:
     a.add_argument("gallery", help="the gallery file (updated atomically)")
     a.add_argument("model", help="the model the gallery was made with")
     a.add_argument("--label", required=True, help="the product's name")
-    a.add_argument("images", nargs="+", metavar="IMAGE", help="photos of the product")
+    a.add_argument("images", nargs="+", metavar="IMAGE", help="photos of the product: files, folders "
+                   "(searched recursively) or quoted glob patterns; an unreadable photo is reported and skipped")
     a.add_argument("--recalibrate", action="store_true", help="re-choose the 'unknown' threshold afterwards")
     a.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: 0 = all cores)")
     a.set_defaults(func=_add)
@@ -51,13 +52,18 @@ def register(sub) -> None:
 
     cal = gsub.add_parser("calibrate", help="re-choose the 'unknown' threshold from the gallery's photos")
     cal.add_argument("gallery", help="the gallery file (updated atomically)")
-    cal.add_argument("--target-precision", type=float, default=0.95, help="(default: 0.95)")
+    cal.add_argument("--target-precision", type=float, default=0.95,
+                     help="choose the threshold that reaches this precision on the gallery's own photos "
+                     "(default: 0.95)")
     cal.set_defaults(func=_calibrate)
 
 
 def _classifier(model, threads):
     from skulens import ClassifierOptions, ImageClassifier
 
+    from ._main import require_model
+
+    require_model(model)
     return ImageClassifier.from_path(model, ClassifierOptions(num_threads=threads))
 
 
@@ -90,21 +96,47 @@ def _calibrated(gallery, target) -> None:
                     "and a threshold reaching %.0f %% precision", 100 * target)
 
 
+def _readable(images, max_pixels) -> tuple[list[str], int]:
+    """The photos that decode (folders and patterns expanded); the others are reported."""
+    import sys
+
+    from skulens import ImageError, decode_image
+    from skulens.internal import IMAGE_SUFFIXES
+
+    from ._main import expand_images
+
+    good, bad = [], 0
+    for image, problem in expand_images(images, IMAGE_SUFFIXES):
+        try:
+            if problem:
+                raise ImageError(f"{image}: {problem}")
+            decode_image(image, max_pixels=max_pixels)
+            good.append(image)
+        except ImageError as exc:
+            bad += 1
+            print(f"skulens: error: {exc} (skipped)", file=sys.stderr)
+    return good, bad
+
+
 def _add(args) -> int:
-    from skulens import ProductGallery
+    from skulens import GalleryError, ProductGallery
 
     gallery = ProductGallery.load(args.gallery)
     with _classifier(args.model, args.threads) as clf:
+        images, failed = _readable(args.images, clf.options.max_pixels)
+        if not images:
+            raise GalleryError(f"{args.label}: none of the {failed} given photos could be read; nothing enrolled")
         t0 = time.perf_counter()
-        rep = gallery.add(clf, args.label, args.images)
+        rep = gallery.add(clf, args.label, images)
     if args.recalibrate:
         _calibrated(gallery, gallery.unknown["target_precision"] if gallery.unknown else 0.95)
     gallery.save(args.gallery)
     for d in rep.duplicates:
         print(f"{d}: already enrolled as {rep.label!r}, skipped")
     print(f"{rep.label}: {rep.added} photos added in {time.perf_counter() - t0:.3f} s; "
-          f"{gallery.products()[rep.label]} in the gallery")
-    return 0
+          f"{gallery.products()[rep.label]} in the gallery"
+          + (f"; {failed} unreadable photos skipped" if failed else ""))
+    return 1 if failed else 0
 
 
 def _remove(args) -> int:

@@ -24,13 +24,13 @@ def register(sub) -> None:
     e.set_defaults(func=_gan_eval)
 
     g = sub.add_parser("generate", help="generate images of one class with a generator .onnx")
-    g.add_argument("model")
+    g.add_argument("model", help="an exported generator .onnx (skulens export GAN_CHECKPOINT)")
     g.add_argument("--label", required=True, help="class name (or index)")
-    g.add_argument("--n", type=int, default=16)
+    g.add_argument("--n", type=int, default=16, help="how many images (default: 16)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same images (default: 0)")
     g.add_argument("--out", default="grid.png", help="PNG grid of the images (default: grid.png)")
     g.add_argument("--scale", type=int, default=0, help="integer upscaling of each tile (0 = to ~64 px)")
-    g.add_argument("--num-threads", type=int, default=0)
+    g.add_argument("--num-threads", type=int, default=0, help="onnxruntime threads (default: 0 = all cores)")
     g.set_defaults(func=_generate)
 
 
@@ -58,6 +58,9 @@ def _generate(args) -> int:
     from skulens import GeneratorOptions, ImageGenerator
     from skulens.internal import GenerationError, make_grid, write_png
 
+    from ._main import require_model
+
+    require_model(args.model)
     label = int(args.label) if args.label.isdigit() else args.label
     with ImageGenerator.from_path(args.model, GeneratorOptions(num_threads=args.num_threads)) as gen:
         if isinstance(label, int) and str(label) in gen.labels:  # a label that looks like a number

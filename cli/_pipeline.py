@@ -1,12 +1,13 @@
 """CLI commands of the core pipeline: quickstart, train, export, predict, eval."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 from skulens.internal import add_dataclass_flags, dataclass_from_args
 from skulens import ClassifierOptions
+
+from ._main import expand_images, require_checkpoint, require_model
 
 
 def register(sub) -> None:
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: 20 on the demo, the train default on --data")
     p.add_argument("--input-size", type=int, default=None, help="default: 64 on the demo, the train default on --data")
     p.add_argument("--per-class", type=int, default=50, help="demo images per class (default: 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the demo images and of training (default: 0)")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser("train", help="train a classifier (flags = skulens.training.TrainConfig fields)")
@@ -32,22 +33,35 @@ def register(sub) -> None:
     add_dataclass_flags(p, ExportConfig, positional=("checkpoint",))
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("predict", help="classify images with an exported model")
-    p.add_argument("model")
-    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p = sub.add_parser("predict", help="classify images with an exported model",
+                       description="Classify image files, folders of images or glob patterns (or a video "
+                       "or camera) with an exported .onnx model. A bad image is reported and skipped; the "
+                       "exit status is 1 when any failed.")
+    p.add_argument("model", help="an exported model .onnx (fp32 or INT8), not a training checkpoint")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, folders (searched recursively for " + ", ".join(sorted(_suffixes()))
+                   + ") or quoted glob patterns such as 'shelf/**/*.jpg'")
     _classifier_flags(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--json", action="store_true", help="one JSON object per image (errors too, with an "
+                   "\"error\" field) instead of text")
     from ._stream import add_stream_flags
     add_stream_flags(p)
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("eval", help="accuracy of an exported model on a dataset split")
-    p.add_argument("model")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
+    p = sub.add_parser("eval", help="accuracy of an exported model on a dataset split",
+                       description="Top-1, top-5, mean per-class accuracy, macro F1 and (with coarse groups) "
+                       "coarse top-1 of an exported model on a dataset split. With --out: per-class "
+                       "precision/recall/F1 (CSV, Markdown), the confusion matrix (CSV, PNG) and copies of "
+                       "the misclassified photos.")
+    p.add_argument("model", help="an exported model .onnx (fp32 or INT8)")
+    p.add_argument("--data", required=True, help="dataset folder (class folders or split lists)")
+    p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="also write per_class.csv/.md, confusion.csv/.png, misclassified.csv and "
+                   "misclassified/ (copies named <true>_as_<pred>__<file>) to this folder")
     _classifier_flags(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of text")
     p.set_defaults(func=_eval)
 
 
@@ -55,6 +69,21 @@ def _classifier_flags(p) -> None:
     add_dataclass_flags(p, ClassifierOptions, skip=("providers",))
     p.add_argument("--providers", default="CPUExecutionProvider",
                    help="comma-separated onnxruntime execution providers")
+
+
+def _suffixes():
+    from skulens.internal import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (ANSI escapes, carriage returns, bidi
+    overrides...) as Python escapes (``\\x1b``), everything else, non-ASCII letters included, as is.
+    Labels come from the model file, which may not be trusted."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _options(args) -> ClassifierOptions:
@@ -71,6 +100,7 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
+    require_checkpoint(args.checkpoint)  # before torch (and its message about an ONNX file) is loaded
     from skulens.export import ExportConfig, export
 
     report = export(dataclass_from_args(ExportConfig, args))
@@ -83,41 +113,56 @@ def _predict(args) -> int:
     from skulens import ImageError
     from ._stream import predict_stream, wants_stream
 
+    require_model(args.model)
     if wants_stream(args):
         return predict_stream(args, _options(args))
+    inputs = expand_images(args.images, _suffixes())
     failures = 0
     with ImageClassifier.from_path(args.model, _options(args)) as clf:
-        for image in args.images:
+        for image, problem in inputs:
             try:
+                if problem:
+                    raise ImageError(f"{image}: {problem}")
                 result = clf.classify(image)
-            except ImageError as exc:
+            except ImageError as exc:  # report it, go on with the next image
                 failures += 1
                 print(json.dumps({"source": image, "error": str(exc)}) if args.json
-                      else f"{image}: error: {exc}", file=sys.stdout if args.json else sys.stderr)
+                      else f"skulens: error: {exc}", file=sys.stdout if args.json else sys.stderr, flush=True)
                 continue
             if args.json:
                 print(json.dumps(result.to_dict()))
             else:
-                cats = ", ".join(f"{c.label} {c.score:.3f}" for c in result.categories) or "(below threshold)"
-                print(f"{image}: unknown product (nearest: {cats})" if result.unknown else f"{image}: {cats}")
+                cats = ", ".join(f"{printable(c.label)} {c.score:.3f}" for c in result.categories) or "(below threshold)"
+                where = printable(str(image))
+                print(f"{where}: unknown product (nearest: {cats})" if result.unknown else f"{where}: {cats}")
+    if failures:
+        print(f"skulens: {failures} of {len(inputs)} images could not be classified", file=sys.stderr)
     return 1 if failures else 0
 
 
 def _eval(args) -> int:
+    from pathlib import Path
+
     from skulens import ImageClassifier
     from skulens import load_dataset
-    from skulens.internal import evaluate
+    from skulens.internal import eval_summary_line, evaluate, write_eval_report
 
+    require_model(args.model)
     dataset = load_dataset(args.data)
     with ImageClassifier.from_path(args.model, _options(args)) as clf:
-        report = evaluate(clf, dataset, split=args.split, limit=args.limit)
+        report = evaluate(clf, dataset, split=args.split, limit=args.limit, details=bool(args.out))
+    if args.out:
+        written = write_eval_report(report, args.out, model=Path(args.model).name)
+        report.pop("details")
+        print("written: " + ", ".join(str(w) for w in written), file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        line = f"{args.model} on {args.split} (n={report['n']}): top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}"
-        if "coarse_top1" in report:
-            line += f"  coarse top-1 {report['coarse_top1']:.4f}"
-        print(line)
+        print(eval_summary_line(report, args.model))
+        worst = sorted(report["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))[:5]
+        if worst and worst[0][1]["f1"] < 1:
+            print("weakest classes (F1, precision, recall): " + "; ".join(
+                f"{label} {v['f1']:.2f} {v['precision']:.2f} {v['recall']:.2f}" for label, v in worst))
     return 0
 
 

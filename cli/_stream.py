@@ -54,7 +54,12 @@ def predict_stream(args, classifier_options) -> int:
                     print(json.dumps(r.to_dict()), flush=True)
                 else:
                     others = ", ".join(f"{c.label} {c.score:.3f}" for c in r.classification.categories[1:])
-                    print(f"frame {r.frame_index} t={r.timestamp_ms:.0f}ms: {r.label} {r.score:.3f}"
+                    smoothed = ""
+                    if opts.smoothing != "none" and r.raw_label is not None:
+                        votes = f", votes {r.votes:.0%}" if r.votes is not None else ""
+                        smoothed = (f" [{opts.smoothing} of {opts.window}{votes}; "
+                                    f"this frame: {r.raw_label} {r.raw_score:.3f}]")
+                    print(f"frame {r.frame_index} t={r.timestamp_ms:.0f}ms: {r.label} {r.score:.3f}{smoothed}"
                           + (f"  ({others})" if others else ""), flush=True)
                 if args.max_frames is not None and n >= args.max_frames:
                     break

@@ -12,6 +12,9 @@ Result schema (``schema_version`` 1; keys are only ever added within a version):
   pairs          [{id "a/b/mode/tT/bB", a, b, mode, threads, batch, speedup (a over b), round_median, min,
                  max, rounds, percentile}]
   verdict        int8_faster, speedup, best_activation, text, reliable, export_check
+  fastest        [{threads, batch, fastest, fastest_p50_ms, subject_p50_ms, subject_vs_fastest,
+                 within_5pct, how}] per model-only group: is the SDK's default path (the model under
+                 test on onnxruntime) the fastest, or how far, and how to get the fastest
   startup        interpreter_start_s, import_sdk_s, cold_start_threads1 {peer: {...}}
   settings, environment, machine_load, macs_per_image, gemm_ceiling, diagnostics, notes, charts,
   baseline_comparison (with --baseline)
@@ -34,7 +37,7 @@ from skulens.internal import accuracy_report
 from . import _cpu, _graph, _procs
 from ._prepare import ACTIVATION_PEER, Prepared, prepare
 from ._timing import paired_speedup, summarize
-from .config import FP32_PEERS, INT8_PEERS, PEERS, BenchConfig
+from .config import FP32_PEERS, INT8_PEERS, OPENVINO_PEERS, PEERS, SDK_BACKEND, BenchConfig
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -52,12 +55,13 @@ def _progress(total: int, desc: str):
 
 def _spec(prep: Prepared, peer: str, mode: str, threads: int, batch: int, top_k: int = 5) -> dict:
     p = prep.peers[peer]
-    kind = "torch" if peer == "torch_eager" else "opencv" if peer == "opencv_dnn" else "ort"
+    kind = ("torch" if peer == "torch_eager" else "opencv" if peer == "opencv_dnn"
+            else "openvino" if peer in OPENVINO_PEERS else "ort")
     spec = {"peer": peer, "kind": kind, "mode": mode, "threads": threads, "batch": batch,
             "input": str(p.input_npy or prep.input_npy), "top_k": top_k}
     spec["checkpoint" if kind == "torch" else "path"] = p.path
-    if mode == "e2e":
-        spec["images"] = prep.images
+    if mode == "e2e":  # through the SDK: ImageClassifier with this peer's backend
+        spec["images"], spec["backend"] = prep.images, SDK_BACKEND[peer]
     return spec
 
 
@@ -135,9 +139,9 @@ def _startup_phase(cfg: BenchConfig, prep: Prepared, names: list[str]) -> dict:
         out["import_sdk_error"] = str(exc)
     cold = {}
     for name in names:
-        if name.startswith("ort_") and prep.peers[name].status == "ok":
+        if name in SDK_BACKEND and prep.peers[name].status == "ok":
             try:
-                runs = [_procs.cold_start_probe(prep.peers[name].path, prep.images[0], 1, cfg.top_k)
+                runs = [_procs.cold_start_probe(prep.peers[name].path, prep.images[0], 1, cfg.top_k, SDK_BACKEND[name])
                         for _ in range(cfg.cold_start_repeats)]
                 cold[name] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
                 cold[name]["total_s_min"] = float(min(r["total_s"] for r in runs))
@@ -158,7 +162,7 @@ def _timing_phase(cfg: BenchConfig, prep: Prepared, work: Path, names: list[str]
     for threads, batch in groups:
         members = []
         todo = [(n, "model") for n in names if batch in cfg.batch]
-        todo += [(n, "e2e") for n in names if batch in cfg.e2e_batch and n.startswith("ort_")]
+        todo += [(n, "e2e") for n in names if batch in cfg.e2e_batch and n in SDK_BACKEND]
         for name, mode in todo:
             cid = f"{name}/{mode}/t{threads}/b{batch}"
             entry = {"id": cid, "peer": name, "mode": mode, "threads": threads, "batch": batch}
@@ -281,6 +285,48 @@ def _verdict(pairs: list[dict], cfg: BenchConfig, cpu: dict) -> dict:
     return v
 
 
+WITHIN = 0.05  # the SDK's default path is "as fast" as the fastest peer within this fraction
+
+
+def _how_to_get(peer: str, subject: str, path: str | None) -> str:
+    """How a user of the SDK gets the configuration of ``peer``."""
+    name = Path(path).name if path else "?"
+    if peer == subject:
+        return f"the SDK's default: onnxruntime on {name}"
+    if SDK_BACKEND.get(peer) == "onnxruntime":
+        return f"the SDK's default backend on another file: {name}"
+    if SDK_BACKEND.get(peer) == "openvino":
+        made = " (the NNCF IR this benchmark wrote into its models/ folder)" if peer == "openvino_nncf" else ""
+        return f"one option: ClassifierOptions(backend=\"openvino\") (--backend openvino) on {name}{made}"
+    return "not an SDK path (the SDK runs skulens ONNX files with onnxruntime or OpenVINO)"
+
+
+def _fastest(configs: list[dict], pairs: list[dict], prep: Prepared) -> list[dict]:
+    """Per model-only (threads, batch) group: the fastest peer (lowest lower-quartile latency, as
+    the pairs compare) and how the SDK's default path (the model under test on onnxruntime)
+    compares with it, from the interleaved paired ratio."""
+    subject = prep.subject
+    ratio = {(p["a"], p["b"], p["threads"], p["batch"]): p["speedup"] for p in pairs if p["mode"] == "model"}
+    rows = []
+    for t, b in sorted({(c["threads"], c["batch"]) for c in configs if c["mode"] == "model"}):
+        timed = [c for c in configs if (c["mode"], c["threads"], c["batch"]) == ("model", t, b)
+                 and c.get("status") == "ok" and "latency_ms" in c]
+        if not timed:
+            continue
+        best = min(timed, key=lambda c: c["latency_ms"]["p25"])
+        subj = next((c for c in timed if c["peer"] == subject), None)
+        row = {"threads": t, "batch": b, "fastest": best["peer"], "fastest_p50_ms": best["latency_ms"]["p50"],
+               "subject_p50_ms": subj["latency_ms"]["p50"] if subj else None,
+               "how": _how_to_get(best["peer"], subject, prep.peers[best["peer"]].path)}
+        if subj is not None:
+            # speedup of the subject over the fastest (<= 1; 1 when it is the fastest)
+            sp = 1.0 if best is subj else ratio.get((subject, best["peer"], t, b))
+            row["subject_vs_fastest"] = sp
+            row["within_5pct"] = sp is not None and sp >= 1.0 / (1.0 + WITHIN)
+        rows.append(row)
+    return rows
+
+
 def _load() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -337,6 +383,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 diagnostics[name] = _graph.diagnose(prep.peers[name].path, x1, 1, profile=cfg.profile)
         _summaries(configs, rounds, macs["macs"] if macs else None, ceiling, cpu)
         pairs = _pairs(configs, rounds, prep.subject)
+        fastest = _fastest(configs, pairs, prep)
         verdict = _verdict(pairs, cfg, cpu)
         export_check = _export_check(prep, cfg)
         if export_check:
@@ -362,7 +409,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                       "format": prep.peers[n].format, "precision": prep.peers[n].precision,
                       "origin": prep.peers[n].origin, **prep.peers[n].info} for n in names},
         "macs_per_image": macs["macs"] if macs else None, "gemm_ceiling": ceiling,
-        "startup": startup, "configs": configs, "pairs": pairs, "verdict": verdict,
+        "startup": startup, "configs": configs, "pairs": pairs, "verdict": verdict, "fastest": fastest,
         "diagnostics": diagnostics, "notes": prep.notes,
     }
     write_outputs(result, cfg)
@@ -375,12 +422,14 @@ def _environment(names) -> dict:
 
     env = {"python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__,
            "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__}
-    if "torch_eager" in names:
-        try:
-            from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-            env["torch"] = version("torch")
-        except Exception:
+    wanted = {"torch": "torch_eager" in names, "openvino": any(n in OPENVINO_PEERS for n in names),
+              "nncf": "openvino_nncf" in names}
+    for package in (p for p, used in wanted.items() if used):
+        try:
+            env[package] = version(package)
+        except PackageNotFoundError:
             pass
     return env
 

@@ -5,6 +5,7 @@ the end-to-end path.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -18,7 +19,8 @@ from skulens.internal import coarse_index, label_mapping
 from skulens.internal import sha256_file
 from skulens.internal import ModelMetadata
 
-from .config import BenchConfig
+from . import _procs
+from .config import ORT_INT8_PEERS, OPENVINO_PEERS, BenchConfig
 
 log = logging.getLogger(__name__)
 ACTIVATION_PEER = {"u8": "ort_int8_u8s8", "s8": "ort_int8_s8s8"}
@@ -122,7 +124,22 @@ def _synthetic_jpegs(folder: Path, n: int = 4, size: int = 348) -> list[str]:
     return paths
 
 
-def _quantize_missing(cfg: BenchConfig, peers: dict[str, Peer], fp32_meta: ModelMetadata, int8_meta,
+class Calibration:
+    """The calibration images our INT8 model was made with (as many as its metadata records,
+    sampled from the train split as export samples them), decoded once, when first needed."""
+
+    def __init__(self, dataset, fp32_meta: ModelMetadata, int8_meta):
+        q = dict((int8_meta.quantization if int8_meta is not None else None) or {})
+        self.dataset, self.preprocess = dataset, fp32_meta.preprocess
+        self.n = int(q.get("calibration_images", 256))
+        self.method = q.get("calibrate_method", "minmax")
+
+    @functools.cached_property
+    def images(self) -> np.ndarray:
+        return _tensors(_sample(self.dataset.split("train"), self.n, seed=2), self.preprocess)
+
+
+def _quantize_missing(cfg: BenchConfig, peers: dict[str, Peer], fp32_meta: ModelMetadata, calibration,
                       dataset, workdir: Path, notes: list) -> None:
     """Make the INT8 variants the user did not bring, with export.quantize_int8."""
     missing = [act for act, name in ACTIVATION_PEER.items() if name in cfg.peers and peers[name].path is None]
@@ -144,10 +161,7 @@ def _quantize_missing(cfg: BenchConfig, peers: dict[str, Peer], fp32_meta: Model
         for act in missing:
             peers[ACTIVATION_PEER[act]].fail("skipped", str(exc))
         return
-    q = dict((int8_meta.quantization if int8_meta is not None else None) or {})
-    n_calib = int(q.get("calibration_images", 256))
-    method = q.get("calibrate_method", "minmax")
-    calib = _tensors(_sample(dataset.split("train"), n_calib, seed=2), fp32_meta.preprocess)
+    calib, method = calibration.images, calibration.method
     parent_sha = sha256_file(fp32)
     for act in missing:
         peer = peers[ACTIVATION_PEER[act]]
@@ -226,7 +240,8 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Prepared:
             if cfg.data:
                 raise
             notes.append(f"the checkpoint's dataset is not readable here ({exc}); pass --data")
-    _quantize_missing(cfg, peers, fp32_meta, int8_meta, dataset, workdir, notes)
+    calibration = Calibration(dataset, fp32_meta, int8_meta) if dataset is not None else None
+    _quantize_missing(cfg, peers, fp32_meta, calibration, dataset, workdir, notes)
 
     pre = meta.preprocess
     targets = coarse_of = None
@@ -284,10 +299,84 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Prepared:
             p.fail("skipped", "needs the fp32 ONNX (OpenCV DNN cannot run this QDQ INT8 model)")
         else:
             p.path, p.origin = str(fp32_path), peers["ort_fp32"].origin
+    _prepare_openvino(peers, subject, calibration, workdir, notes)
     for p in peers.values():
         if p.status == "ok" and p.path and os.path.isfile(p.path):
-            p.info["size_bytes"] = os.path.getsize(p.path)
+            weights = Path(p.path).with_suffix(".bin") if p.path.endswith(".xml") else None  # OpenVINO IR
+            p.info["size_bytes"] = os.path.getsize(p.path) + (os.path.getsize(weights) if weights else 0)
     return Prepared(peers=peers, subject=subject, metadata=meta, preprocess=pre, eval_npy=eval_npy,
                     input_npy=input_npy, images=images, inputs=inputs, targets=targets,
                     coarse_of=coarse_of, dataset=str(data) if dataset is not None else None, notes=notes,
                     train_samples=list(dataset.splits.get("train") or []) if dataset is not None else [])
+
+
+# -- OpenVINO ---------------------------------------------------------------------------------------
+def _prepare_openvino(peers: dict[str, Peer], subject: str, calibration, workdir: Path, notes: list) -> None:
+    """OpenVINO on our fp32 ONNX, on our INT8 QDQ ONNX, and on an NNCF-quantized copy of the fp32
+    model (the same calibration images as ours); skipped, with the reason, without the extras."""
+    wanted = [n for n in OPENVINO_PEERS if n in peers]
+    formats = {"openvino_fp32": ("OpenVINO (fp32 ONNX)", "fp32"), "openvino_int8": ("OpenVINO (QDQ INT8 ONNX)", "int8"),
+               "openvino_nncf": ("OpenVINO IR (NNCF INT8)", "int8 NNCF")}
+    for name in wanted:
+        peers[name].format, peers[name].precision = formats[name]
+    if not wanted:
+        return
+    if importlib.util.find_spec("openvino") is None:
+        for name in wanted:
+            peers[name].fail("skipped", "openvino is not installed: pip install 'skulens[openvino]'")
+        return
+    fp32 = peers["ort_fp32"]
+    if "openvino_fp32" in peers:
+        p = peers["openvino_fp32"]
+        if fp32.path is None:
+            p.fail("skipped", "needs the fp32 ONNX next to the INT8 one")
+        else:
+            p.path, p.origin = fp32.path, fp32.origin
+    if "openvino_int8" in peers:
+        _pick_openvino_int8(peers["openvino_int8"], peers, subject)
+    if "openvino_nncf" in peers:
+        _quantize_nncf(peers["openvino_nncf"], fp32.path, calibration, workdir, notes)
+
+
+def _pick_openvino_int8(peer: Peer, peers: dict[str, Peer], subject: str) -> None:
+    """Our INT8 QDQ file: the model under test when it is INT8, else export's sibling, else one
+    quantized here."""
+    order = {"given": 0, "sibling": 1, "quantized here": 2}
+    candidates = sorted((p for n, p in peers.items() if n in ORT_INT8_PEERS and p.path and p.status == "ok"),
+                        key=lambda p: (p.name != subject, order.get(p.origin, 3)))
+    if not candidates:
+        peer.fail("skipped", "no INT8 QDQ ONNX of this model among the peers (benchmark the INT8 model, "
+                  "or add an ORT INT8 peer)")
+        return
+    src = candidates[0]
+    peer.path, peer.origin = src.path, src.origin
+    peer.precision = src.precision + " QDQ"
+    peer.info["same_file_as"] = src.name
+
+
+def _quantize_nncf(peer: Peer, fp32: str | None, calibration, workdir: Path, notes: list) -> None:
+    """NNCF's post-training INT8 quantization of the fp32 model, in a fresh process."""
+    if importlib.util.find_spec("nncf") is None:
+        peer.fail("skipped", "nncf is not installed: pip install 'skulens[nncf]'")
+        return
+    if fp32 is None:
+        peer.fail("skipped", "NNCF quantizes the fp32 ONNX, and there is none next to the INT8 one")
+        return
+    if calibration is None:
+        peer.fail("skipped", "quantizing needs calibration images: pass --data "
+                  "(or --checkpoint of a model trained on local data)")
+        return
+    calib_npy, out = workdir / "nncf_calibration.npy", workdir / f"{Path(fp32).stem}.nncf-int8.xml"
+    np.save(calib_npy, calibration.images)
+    try:
+        report = _procs.nncf_quantize_probe(fp32, str(calib_npy), str(out))
+    except _procs.WorkerError as exc:
+        peer.fail("failed", f"NNCF quantization failed: {exc}")
+        return
+    finally:
+        calib_npy.unlink(missing_ok=True)
+    peer.path, peer.origin = str(out), "quantized here"
+    peer.info["nncf"] = {k: report[k] for k in ("nncf", "preset", "calibration_images", "seconds") if k in report}
+    notes.append(f"{peer.name}: quantized here by NNCF {report.get('nncf')} from {fp32} "
+                 f"({report.get('calibration_images')} calibration images, the ones of our INT8 model; "
+                 f"{report.get('seconds', 0):.0f} s)")

@@ -117,9 +117,12 @@ class Worker:
         self._log.close()
 
 
-def _probe(code: str, timeout: float = 120.0) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                         env=worker_env(), cwd=os.getcwd())
+def _probe(code: str, timeout: float = 120.0, env: dict | None = None) -> dict:
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                             env={**worker_env(), **(env or {})}, cwd=os.getcwd())
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"probe gave no answer within {timeout:.0f}s") from None
     if out.returncode != 0:
         tail = " | ".join(out.stderr.strip().splitlines()[-3:])
         raise WorkerError(f"probe failed (code {out.returncode}): {tail}")
@@ -140,6 +143,13 @@ def import_sdk_probe() -> dict:
     return _probe("import json; from skulens.bench._worker import import_sdk_time as f; print(json.dumps(f()))")
 
 
-def cold_start_probe(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
-    args = json.dumps([str(path), str(image), int(threads), int(top_k)])
+def cold_start_probe(path: str, image: str, threads: int = 1, top_k: int = 5, backend: str = "onnxruntime") -> dict:
+    args = json.dumps([str(path), str(image), int(threads), int(top_k), str(backend)])
     return _probe(f"import json; from skulens.bench._worker import cold_start as f; print(json.dumps(f(*json.loads({args!r}))))")
+
+
+def nncf_quantize_probe(fp32: str, calibration: str, out: str, timeout: float = 1800.0) -> dict:
+    """:func:`_worker.nncf_quantize` in a fresh interpreter (NNCF's telemetry off: ``NNCF_CI``)."""
+    args = json.dumps([str(fp32), str(calibration), str(out)])
+    return _probe(f"import json; from skulens.bench._worker import nncf_quantize as f; print(json.dumps(f(*json.loads({args!r}))))",
+                  timeout=timeout, env={"NNCF_CI": "1"})

@@ -89,6 +89,9 @@ def markdown(result: dict) -> str:
         line += (f"; export's activation check (choose_activation_type) here picks **{ec['export_would_choose'].upper()}S8**"
                  + ("" if ec.get("agrees_with_this_benchmark", True) else " (disagrees with the fresh-process timing above)"))
     L += [line + ".", ""]
+    goal = _fastest_headline(result)
+    if goal:
+        L += [goal, ""]
     ml = result.get("machine_load") or {}
     if ml.get("busy"):
         L += [f"> **Warning: the machine was busy** (load average {ml['loadavg_1_5_15_start'][0]} at the start, "
@@ -127,6 +130,7 @@ def markdown(result: dict) -> str:
             cells.append("–" if c is None else f"{c['latency_ms']['p50']:.3f} / {c['throughput_ips']:.0f}"
                          if "latency_ms" in c else c.get("status", "–"))
         L.append(f"| {name} | " + " | ".join(cells) + " |")
+    L += _fastest_md(result)
     e2e = [c for c in configs if c["mode"] == "e2e" and "latency_ms" in c]
     if e2e:
         L += ["", f"## End-to-end: encoded JPEG -> top-{s['top_k']} (p50 ms)", "",
@@ -172,6 +176,40 @@ def markdown(result: dict) -> str:
         L += [f"- {'**REGRESSED**' if r['regressed'] else 'ok'} `{r['id']}`: {r['baseline']} -> {r['current']}"
               + (f" ({r['why']})" if r.get("why") else "") for r in bc["rows"]]
     return "\n".join(L) + "\n"
+
+
+def _fastest_headline(result) -> str | None:
+    """One line: in how many model-only configurations the SDK's default path is the fastest
+    measured (or within 5 % of it), and where it is not, how to get the fastest."""
+    rows = [r for r in result.get("fastest") or [] if r.get("within_5pct") is not None]
+    if not rows:
+        return None
+    ok = [r for r in rows if r["within_5pct"]]
+    text = (f"**The SDK's default path (`{result['subject']}`) is the fastest measured, or within 5 % of it, "
+            f"in {len(ok)} of {len(rows)} model-only configurations**")
+    others = {r["fastest"] for r in rows if not r["within_5pct"]}
+    if others:
+        text += "; elsewhere the fastest is " + ", ".join(
+            f"`{name}` ({next(r['how'] for r in rows if r['fastest'] == name)})" for name in sorted(others))
+    return text + "."
+
+
+def _fastest_md(result) -> list[str]:
+    """Is the SDK's default path the fastest measured, within 5 % of it, or how to get the fastest."""
+    rows = result.get("fastest") or []
+    if not rows:
+        return []
+    L = ["", "## Fastest per configuration (model-only)", "",
+         f"`{result['subject']}` is the SDK's default path for this model. Ratio: its interleaved paired speedup "
+         "over the fastest peer (1.00x: it is the fastest).", "",
+         "| threads | batch | fastest | p50 ms | default p50 ms | default vs fastest | within 5 % | how to get the fastest |",
+         "|---:|---:|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        within = r.get("within_5pct")
+        L.append(f"| {r['threads']} | {r['batch']} | {r['fastest']} | {r['fastest_p50_ms']:.3f} | "
+                 f"{_f(r.get('subject_p50_ms'))} | {_f(r.get('subject_vs_fastest'), '{:.2f}x')} | "
+                 f"{'–' if within is None else 'yes' if within else '**no**'} | {r['how']} |")
+    return L
 
 
 def _roofline_md(result) -> list[str]:
@@ -233,7 +271,7 @@ def charts(result: dict, out: Path) -> list[str]:
         p90 = [c["latency_ms"]["p90"] / c["batch"] for c in rows]
         p99 = [c["latency_ms"]["p99"] / c["batch"] for c in rows]
         y = list(range(len(rows)))
-        colors = ["tab:green" if "int8" in c["peer"] else "tab:blue" if c["peer"] == "ort_fp32" else "tab:gray" for c in rows]
+        colors = [_color(c["peer"]) for c in rows]
         ax.barh(y, p50, color=colors, xerr=[[0] * len(rows), [a - b for a, b in zip(p90, p50)]], capsize=2)
         ax.plot(p99, y, "k|", markersize=8, label="p99")
         ax.set_yticks(y, labels, fontsize=7)
@@ -268,6 +306,12 @@ def charts(result: dict, out: Path) -> list[str]:
         FigureCanvasAgg(fig).print_png(str(out / ACCURACY_PNG))
         written.append(ACCURACY_PNG)
     return written
+
+
+def _color(peer: str) -> str:
+    if peer.startswith("openvino"):
+        return "tab:orange" if peer != "openvino_fp32" else "tab:brown"
+    return "tab:green" if "int8" in peer else "tab:blue" if peer == "ort_fp32" else "tab:gray"
 
 
 def _plain_ticks(ax) -> None:

@@ -8,6 +8,10 @@ only one worker runs at a time, the others wait on their stdin.
 Commands: outputs (save logits of the timing input), eval (save logits of a whole array),
 warmup / run (time for N seconds), exit (report peak RSS). Only the standard library is
 imported at module level, so :func:`cold_start` can time ``import skulens`` from a clean slate.
+
+Kinds: ``ort`` (onnxruntime, the SDK's session options), ``openvino`` (the SDK's OpenVINO
+backend session), ``torch`` (the checkpoint, eager), ``opencv`` (cv2.dnn). :func:`nncf_quantize`
+also runs in a fresh process: NNCF imports torch when it is installed, and is chatty.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def current_rss_mb() -> float | None:
         return None
 
 
-def cold_start(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
+def cold_start(path: str, image: str, threads: int = 1, top_k: int = 5, backend: str = "onnxruntime") -> dict:
     """``import skulens`` + ImageClassifier.from_path + the first classify of JPEG bytes, timed."""
     t0 = time.perf_counter()
     import skulens
@@ -52,7 +56,8 @@ def cold_start(path: str, image: str, threads: int = 1, top_k: int = 5) -> dict:
     t1 = time.perf_counter()
     with open(image, "rb") as f:
         data = f.read()
-    clf = skulens.ImageClassifier.from_path(path, skulens.ClassifierOptions(num_threads=threads, top_k=top_k))
+    clf = skulens.ImageClassifier.from_path(path, skulens.ClassifierOptions(num_threads=threads, top_k=top_k,
+                                                                            backend=backend))
     t2 = time.perf_counter()
     clf.classify(data)
     t3 = time.perf_counter()
@@ -88,6 +93,10 @@ class _Runner:
             import cv2
 
             cv2.setNumThreads(self.threads)
+        elif self.kind == "openvino":
+            import openvino  # noqa: F401
+
+            import skulens  # noqa: F401
         else:
             import onnxruntime  # noqa: F401
 
@@ -99,7 +108,8 @@ class _Runner:
 
             self.decode = decode_image
             self.clf = ImageClassifier.from_path(spec["path"], ClassifierOptions(
-                num_threads=self.threads, top_k=int(spec.get("top_k", 5)), max_batch=max(1, self.batch)))
+                num_threads=self.threads, top_k=int(spec.get("top_k", 5)), max_batch=max(1, self.batch),
+                backend=spec.get("backend", "onnxruntime")))
             self.images = []
             for p in spec["images"]:
                 with open(p, "rb") as f:
@@ -110,6 +120,11 @@ class _Runner:
             self.torch = torch
         elif self.kind == "opencv":
             self.net = cv2.dnn.readNetFromONNX(spec["path"])
+        elif self.kind == "openvino":  # the SDK backend's own session (same settings, same wrapper)
+            from skulens.internal import OpenVinoSession
+
+            self.sess = OpenVinoSession(spec["path"], num_threads=self.threads)
+            self.input_name = self.sess.get_inputs()[0].name
         else:
             import onnxruntime as ort
 
@@ -134,6 +149,10 @@ class _Runner:
             import cv2
 
             self.ready["cv2_threads"] = cv2.getNumThreads()
+        session = self.clf._session if self.mode == "e2e" else getattr(self, "sess", None)
+        if hasattr(session, "settings"):  # OpenVINO: the effective compile properties
+            self.ready["openvino_settings"] = {k: v if isinstance(v, (int, bool)) else str(v)
+                                               for k, v in session.settings().items()}
 
     # -- one inference ----------------------------------------------------------------------
     def infer(self, x):
@@ -220,6 +239,26 @@ class _Runner:
         if name == "run":
             return self.run_for(float(cmd["seconds"]))
         raise ValueError(f"unknown command {name!r}")
+
+
+def nncf_quantize(fp32: str, calibration: str, out: str) -> dict:
+    """Quantize the fp32 ONNX ``fp32`` to INT8 with NNCF (OpenVINO's own post-training quantizer,
+    its default preset: symmetric activations) on the preprocessed images in the ``calibration``
+    .npy, fed one image at a time; write OpenVINO IR ``out`` (.xml + .bin)."""
+    t0 = time.perf_counter()
+    import numpy as np
+
+    import nncf
+    import openvino as ov
+
+    x = np.load(calibration)
+    model = ov.Core().read_model(fp32)
+    data = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
+    quantized = nncf.quantize(model, data, subset_size=len(x))
+    ov.save_model(quantized, out, compress_to_fp16=False)  # fp16 would also round the float parts
+    return {"seconds": time.perf_counter() - t0, "nncf": nncf.__version__, "openvino": ov.__version__,
+            "calibration_images": len(x), "preset": "nncf default (performance: symmetric activations)",
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> int:

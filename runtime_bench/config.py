@@ -6,10 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Every peer the benchmark knows, in report order.
-PEERS = ("ort_fp32", "ort_int8_u8s8", "ort_int8_s8s8", "torch_eager", "opencv_dnn")
-ORT_PEERS = PEERS[:3]
-INT8_PEERS = PEERS[1:3]
-FP32_PEERS = ("ort_fp32", "torch_eager", "opencv_dnn")
+PEERS = ("ort_fp32", "ort_int8_u8s8", "ort_int8_s8s8", "openvino_fp32", "openvino_int8", "openvino_nncf",
+         "torch_eager", "opencv_dnn")
+ORT_PEERS = ("ort_fp32", "ort_int8_u8s8", "ort_int8_s8s8")
+ORT_INT8_PEERS = ("ort_int8_u8s8", "ort_int8_s8s8")
+# OpenVINO on our fp32 ONNX, on our QDQ INT8 ONNX, and on a copy of the fp32 model quantized by NNCF
+OPENVINO_PEERS = ("openvino_fp32", "openvino_int8", "openvino_nncf")
+# peers whose outputs must reproduce ORT fp32 (1e-3); the INT8 ones must agree on top-1
+FP32_PEERS = ("ort_fp32", "openvino_fp32", "torch_eager", "opencv_dnn")
+INT8_PEERS = ORT_INT8_PEERS + ("openvino_int8", "openvino_nncf")
+# peers the SDK itself can run (end-to-end and cold-start timings), and with which backend; the
+# NNCF peer's OpenVINO IR keeps our ONNX metadata, so ImageClassifier opens it with OpenVINO too
+SDK_BACKEND = {"ort_fp32": "onnxruntime", "ort_int8_u8s8": "onnxruntime", "ort_int8_s8s8": "onnxruntime",
+               "openvino_fp32": "openvino", "openvino_int8": "openvino", "openvino_nncf": "openvino"}
 
 
 @dataclass
@@ -21,7 +30,8 @@ class BenchConfig:
     data: evaluation/calibration data (default: the checkpoint's training data).
     checkpoint: the PyTorch checkpoint the model was exported from (enables the eager peer).
     threads, batch: the sweep; every peer runs every (threads, batch) configuration.
-    peers: which peers to run (default: all of :data:`PEERS` that can run here).
+    peers: which peers to run (default: all of :data:`PEERS`; one that cannot run here is
+        reported as skipped, with the reason, e.g. the extra to install).
     e2e_batch: batch sizes of the end-to-end (JPEG bytes -> top-k) measurement of ORT peers.
     rounds, round_time: interleaved rounds (A B C, C B A, ...) and seconds per config per round.
     warmup_time: seconds of warm-up per configuration after its first run.
@@ -106,15 +116,15 @@ def parse_int_list(text: str) -> tuple[int, ...]:
 
 
 def parse_peers(text: str) -> tuple[str, ...]:
+    """"fp32,int8,openvino" -> peer names; aliases: fp32, int8 (both ORT INT8), u8s8, s8s8,
+    openvino / ov (the three OpenVINO peers), nncf, torch, pytorch, opencv; "all" or "": all."""
     if text.strip() in ("", "all"):
         return PEERS
     peers = tuple(p.strip() for p in text.split(",") if p.strip())
-    aliases = {"fp32": "ort_fp32", "u8s8": "ort_int8_u8s8", "s8s8": "ort_int8_s8s8", "int8": None,
+    groups = {"int8": ORT_INT8_PEERS, "openvino": OPENVINO_PEERS, "ov": OPENVINO_PEERS}
+    aliases = {"fp32": "ort_fp32", "u8s8": "ort_int8_u8s8", "s8s8": "ort_int8_s8s8", "nncf": "openvino_nncf",
                "torch": "torch_eager", "pytorch": "torch_eager", "opencv": "opencv_dnn"}
     out: list[str] = []
     for p in peers:
-        if p == "int8":
-            out += list(INT8_PEERS)
-        else:
-            out.append(aliases.get(p, p) or p)
+        out += list(groups.get(p, (aliases.get(p, p),)))
     return tuple(dict.fromkeys(out))

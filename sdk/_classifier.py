@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ._config import option
 from ._errors import ModelError
 from ._image import DEFAULT_MAX_PIXELS, decode_image
 from ._io import sha256_file
 from ._metadata import ModelMetadata
-from ._session import OnnxTask, open_model
+from ._session import BACKENDS, OnnxTask, check_backend, open_model
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,32 @@ class ClassifierOptions:
     reject_unknown: mark a result ``unknown`` when its top score is below the calibrated
         threshold of the model (softmax) or of the gallery (similarity).
     unknown_threshold: use this threshold instead of the calibrated one.
+    backend: what runs the model: "onnxruntime" (default) or "openvino" (``pip install
+        'skulens[openvino]'``; same results API, ``num_threads`` sets its inference threads,
+        ``providers`` do not apply).
+    reduced_decode: overrides the contract's ``reduced_decode`` (None: the model's own): 0
+        decodes JPEGs in full; r >= 1 decodes them at the strongest 1/2, 1/4 or 1/8 scale that
+        keeps r times the pixels the contract's resize needs.
     """
 
-    num_threads: int = 0
-    top_k: int = 5
-    score_threshold: float = 0.0
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_batch: int = 32
-    gallery: str | None = None
-    reject_unknown: bool = True
-    unknown_threshold: float | None = None
+    num_threads: int = option(0, "onnxruntime intra-op threads (0 = onnxruntime's default: all cores)")
+    top_k: int = option(5, "categories kept per result (after --score-threshold)")
+    score_threshold: float = option(0.0, "drop categories scoring below this probability (0..1)")
+    providers: tuple[str, ...] = option(("CPUExecutionProvider",), "onnxruntime execution providers, in "
+                                        "order of preference")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "images larger than this (width x height) are refused "
+                             "before decoding")
+    max_batch: int = option(32, "the largest batch sent to the model at once")
+    gallery: str | None = option(None, "a product gallery file (skulens gallery create): classify by "
+                                 "retrieval among its products (cosine similarity) instead of the model's labels")
+    reject_unknown: bool = option(True, "mark a result 'unknown' when its top score is below the calibrated "
+                                  "threshold of the model (softmax) or of the gallery (similarity)")
+    unknown_threshold: float | None = option(None, "use this 'unknown' threshold instead of the calibrated one")
+    backend: str = option("onnxruntime", "what runs the model: onnxruntime, or OpenVINO (pip install "
+                          "'skulens[openvino]'; same results, --num-threads sets its threads)", choices=BACKENDS)
+    reduced_decode: float | None = option(None, "JPEG decoding at 1/2, 1/4 or 1/8 scale: 0 = always in full, "
+                                          "r >= 1 = keep r x the pixels the model's resize needs "
+                                          "(default: the model's contract)")
 
     def __post_init__(self):
         if self.top_k < 1:
@@ -51,6 +67,11 @@ class ClassifierOptions:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if self.max_batch < 1 or self.max_pixels < 1 or self.num_threads < 0:
             raise ValueError("max_batch and max_pixels must be >= 1 and num_threads >= 0")
+        check_backend(self.backend)
+        if self.backend != "onnxruntime" and tuple(self.providers) != ("CPUExecutionProvider",):
+            raise ValueError(f"providers are onnxruntime's; backend {self.backend!r} does not take them")
+        if self.reduced_decode is not None and not (self.reduced_decode == 0 or self.reduced_decode >= 1):
+            raise ValueError(f"reduced_decode must be 0 (decode in full) or >= 1, got {self.reduced_decode}")
 
 
 @dataclass(frozen=True)
@@ -172,15 +193,22 @@ class ImageClassifier(OnnxTask):
     @classmethod
     def from_path(cls, path, options: ClassifierOptions | None = None) -> "ImageClassifier":
         options = options or ClassifierOptions()
-        session, meta = open_model(path, num_threads=options.num_threads,
-                                   providers=options.providers, expect_kind="classifier")
+        session, meta = open_model(path, num_threads=options.num_threads, providers=options.providers,
+                                   expect_kind="classifier", backend=options.backend)
         return cls(session, meta, options, path=str(path))
 
     # -- the pipeline --------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
         """Decode (if needed) and preprocess one image -> the contract's tensor, no batch axis."""
-        img = decode_image(image, max_pixels=self.options.max_pixels)
+        img = decode_image(image, max_pixels=self.options.max_pixels, preprocess=self.decode_contract)
         return self.preprocess_config.apply(img)
+
+    @property
+    def decode_contract(self):
+        """The contract JPEGs are decoded for: the model's, with ``options.reduced_decode`` if set."""
+        if self.options.reduced_decode is None:
+            return self.preprocess_config
+        return replace(self.preprocess_config, reduced_decode=self.options.reduced_decode)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Model-only: a preprocessed batch (the contract's layout and dtype) -> what results are

@@ -6,19 +6,31 @@ Two layouts are detected:
   with lines ``relative/path, class_id[, coarse_id]``; class names from ``classes.csv`` when
   present (columns: name, id, coarse name, coarse id), else the ids as strings.
 * **class folders**: ``ROOT/<class>/*.jpg``, or ``ROOT/<split>/<class>/*.jpg`` for splits
-  train/val/test. Without split folders a deterministic stratified 80/10/10 split is made.
+  train/val/test. Without split folders a deterministic stratified 80/10/10 split is made: per
+  class, 10 % (at least one photo) for val and for test, in the order of the file names' hashes,
+  so the same files always give the same split. A class needs ``MIN_PHOTOS_PER_CLASS`` photos.
+
+Class folders that hold sub-folders of images (``ROOT/Fruit/Apple/Granny-Smith/*.jpg``) are a
+nested hierarchy: which level names the classes is the user's choice (``class_depth``: 1 = the
+top-level folders, 2 = the level below, ..., 0 = every folder that directly holds images), and
+without one :func:`load_dataset` refuses, listing what each choice would give.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import DatasetError
+from ._io import sha256_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
+MIN_PHOTOS_PER_CLASS = 5  # class folders without split folders: 3 to train on, 1 to validate, 1 to test
+HOLDOUT_FRACTION = 0.1   # of each class, for val and for test
 
 
 @dataclass(frozen=True)
@@ -56,8 +68,12 @@ class Dataset:
         return f"{self.root} ({self.layout}): {len(self.classes)} classes; {parts}"
 
 
-def load_dataset(root) -> Dataset:
-    """Detect the layout of ``root`` and read it; DatasetError for anything else."""
+def load_dataset(root, class_depth: int | None = None) -> Dataset:
+    """Detect the layout of ``root`` and read it; DatasetError for anything else.
+
+    ``class_depth`` (class folders only): the folder level that names the classes, 1 =
+    ``ROOT/<class>/``, 2 = ``ROOT/<group>/<class>/``, ..., 0 = every folder that directly holds
+    images; None: 1 when the class folders are flat, else a DatasetError listing the choices."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{root}: no such dataset folder")
@@ -66,7 +82,7 @@ def load_dataset(root) -> Dataset:
                            "train.txt/val.txt/test.txt split lists)")
     if any((root / f"{s}.txt").is_file() for s in SPLITS):
         return _load_split_lists(root)
-    return _load_folders(root)
+    return _load_folders(root, class_depth)
 
 
 def _read_classes_csv(path: Path):
@@ -144,45 +160,165 @@ def _load_split_lists(root: Path) -> Dataset:
     return Dataset(root, classes, splits, coarse_classes, "split_lists", dict(fine_to_coarse))
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _scan(folder: Path) -> dict[tuple[str, ...], list[Path]]:
+    """Every non-hidden folder under ``folder`` that directly holds images (symlinks followed,
+    each real folder once): its path relative to ``folder`` as a tuple of names -> its images."""
+    found, seen = {}, set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        images = sorted(Path(top) / f for f in files if not f.startswith(".")
+                        and Path(f).suffix.lower() in IMAGE_SUFFIXES and (Path(top) / f).is_file())
+        rel = Path(top).relative_to(folder).parts
+        if images and rel:  # images lying in ROOT itself belong to no class
+            found[rel] = images
+    return found
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _levels(found: dict[tuple[str, ...], list[Path]]) -> dict[int, list[tuple[str, ...]]]:
+    """The class folders each usable ``class_depth`` would give (0: the leaf folders). Level d is
+    usable when no images lie above it (they would belong to no class)."""
+    deepest = max(len(rel) for rel in found)
+    levels = {d: sorted({rel[:d] for rel in found}) for d in range(1, deepest + 1)
+              if all(len(rel) >= d for rel in found)}
+    levels[0] = sorted(found)
+    return levels
 
 
-def _load_folders(root: Path) -> Dataset:
+def _names(keys: list[tuple[str, ...]]) -> list[str]:
+    """Class names: each folder's own name, or its path below ROOT where two share a name."""
+    last = [k[-1] for k in keys]
+    return last if len(set(last)) == len(last) else ["/".join(k) for k in keys]
+
+
+def _choices(levels) -> str:
+    """One line per usable ``--class-depth``: how many classes it gives, and the first names."""
+    lines = []
+    for depth in sorted(levels, key=lambda d: (d == 0, d)):
+        names = _names(levels[depth])
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        what = "leaf folders, each folder that directly holds images" if depth == 0 else "classes"
+        lines.append(f"  --class-depth {depth}: {len(names)} {what} ({shown})")
+    return "\n".join(lines)
+
+
+def _classes_in(folder: Path, class_depth: int | None) -> dict[str, list[Path]]:
+    """Class name -> its images, for the class folders under ``folder`` at ``class_depth``."""
+    found = _scan(folder)
+    if not found:
+        return {}
+    levels = _levels(found)
+    if class_depth is None:
+        if any(len(rel) > 1 for rel in found):
+            example = "/".join(max(found, key=len))
+            raise DatasetError(f"{folder}: the class folders hold sub-folders of images (a nested hierarchy, "
+                               f"e.g. {example}/), so which folder level names the classes is ambiguous. "
+                               f"Choose it with --class-depth N (Python: class_depth=N):\n{_choices(levels)}")
+        class_depth = 1
+    if class_depth < 0:
+        raise DatasetError(f"class_depth must be 0 (leaf folders) or a folder level >= 1, got {class_depth}")
+    if class_depth not in levels:
+        shallow = next(rel for rel in found if len(rel) < class_depth)
+        raise DatasetError(f"{folder}: --class-depth {class_depth}: images lie above that level (in "
+                           f"{'/'.join(shallow)}/) and would belong to no class. Choices:\n{_choices(levels)}")
+    keys = levels[class_depth]
+    images = {k: [] for k in keys}
+    for rel, paths in found.items():
+        images[rel if class_depth == 0 else rel[:class_depth]] += paths
+    return {name: sorted(images[k]) for name, k in zip(_names(keys), keys)}
+
+
+def _hash_order(items: list, path=lambda p: p) -> list:
+    """A fixed pseudo-random order of ``items`` (paths, or samples with ``path=``): by the hash
+    of each file's name, not of where the dataset lives, so a moved dataset splits the same."""
+    return sorted(items, key=lambda x: (hashlib.sha1(path(x).name.encode()).hexdigest(), str(path(x))))
+
+
+def _holdout_count(n: int, fraction: float = HOLDOUT_FRACTION) -> int:
+    return max(1, int(n * fraction + 0.5))
+
+
+def _load_folders(root: Path, class_depth: int | None = None) -> Dataset:
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if "train" in split_dirs:
-        classes = [d.name for d in _class_dirs(split_dirs["train"])]
+        by_split = {split: _classes_in(folder, class_depth) for split, folder in split_dirs.items()}
+        classes = sorted(by_split["train"])
         index = {c: i for i, c in enumerate(classes)}
         splits = {}
-        for split, folder in split_dirs.items():
-            samples = []
-            for d in _class_dirs(folder):
-                if d.name not in index:
-                    raise DatasetError(f"{d}: class '{d.name}' is not among the train classes")
-                samples += [Sample(p, index[d.name]) for p in _images_in(d)]
-            splits[split] = samples
+        for split, found in by_split.items():
+            unknown = sorted(set(found) - set(index))
+            if unknown:
+                raise DatasetError(f"{split_dirs[split]}: class '{unknown[0]}' is not among the train classes")
+            splits[split] = [Sample(p, index[c]) for c in classes for p in found.get(c, [])]
         if not splits["train"]:
             raise DatasetError(f"{root}/train: no images found")
         return Dataset(root, classes, splits, layout="split_folders")
-    dirs = [d for d in _class_dirs(root) if _images_in(d)]
-    if not dirs:
+    found = _classes_in(root, class_depth)
+    if not found:
         raise DatasetError(f"{root}: no images found; expected one sub-folder of images per "
                            "class, or train.txt/val.txt/test.txt split lists")
-    if len(dirs) < 2:
-        raise DatasetError(f"{root}: found images for only one class ({dirs[0].name}); a classifier "
+    if len(found) < 2:
+        raise DatasetError(f"{root}: found images for only one class ({next(iter(found))}); a classifier "
                            "needs at least two class folders")
-    classes = [d.name for d in dirs]
+    small = {c: len(p) for c, p in found.items() if len(p) < MIN_PHOTOS_PER_CLASS}
+    if small:
+        listed = ", ".join(f"'{c}' ({n})" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:10])
+        raise DatasetError(
+            f"{root}: {len(small)} class folder(s) have too few photos to split into train/val/test: "
+            f"{listed}{', ...' if len(small) > 10 else ''}. Each class needs at least {MIN_PHOTOS_PER_CLASS} "
+            "photos (3 to train on, 1 to validate, 1 to test); a few dozen per class train far better. "
+            "Add photos, merge or remove these folders, or give your own split as train/, val/ and test/ "
+            "sub-folders.")
+    classes = sorted(found)
     splits = {s: [] for s in SPLITS}
-    for i, d in enumerate(dirs):
-        for p in _images_in(d):
-            # Deterministic split by file name hash: stable when images are added later.
-            h = int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) % 10
-            splits["test" if h == 0 else "val" if h == 1 else "train"].append(Sample(p, i))
+    for i, name in enumerate(classes):
+        # stratified: per class, the first 10 % in hash order to test, the next 10 % to val
+        order = _hash_order(found[name])
+        n_test = n_val = _holdout_count(len(order))
+        chosen = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+        for split, paths in chosen.items():
+            splits[split] += [Sample(p, i) for p in sorted(paths)]
     return Dataset(root, classes, splits, layout="folders")
+
+
+def holdout(samples: list[Sample], fraction: float = HOLDOUT_FRACTION) -> tuple[list[Sample], list[Sample]]:
+    """Stratified hold-out of ``samples`` (e.g. a val split carved from train): per class,
+    ``fraction`` of its images (at least one; none for classes under 3 images, which keep them
+    all to train on), chosen by file-name hash. Returns (kept, held out), in the input order."""
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    held = set()
+    for group in by_class.values():
+        if len(group) >= 3:
+            order = _hash_order(group, path=lambda s: s.path)
+            held.update(id(s) for s in order[:_holdout_count(len(group), fraction)])
+    return [s for s in samples if id(s) not in held], [s for s in samples if id(s) in held]
+
+
+def duplicates_across_splits(dataset: Dataset) -> list[list[tuple[str, Path]]]:
+    """Groups of byte-identical image files found in more than one split, as (split, path):
+    a leak that makes val/test figures optimistic. Only files of equal size are hashed."""
+    by_size: dict[int, list[tuple[str, Path]]] = defaultdict(list)
+    for split, samples in dataset.splits.items():
+        for s in samples:
+            try:
+                by_size[s.path.stat().st_size].append((split, s.path))
+            except OSError:
+                continue  # a missing file is reported when it is decoded
+    groups = []
+    for entries in by_size.values():
+        if len({split for split, _ in entries}) < 2:
+            continue
+        by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+        for split, path in entries:
+            by_hash[sha256_file(path)].append((split, path))
+        groups += [g for g in by_hash.values() if len({split for split, _ in g}) > 1]
+    return groups
 
 
 def subset(dataset: Dataset, class_ids, per_class: dict[str, int] | None = None, seed: int = 0) -> Dataset:

@@ -216,7 +216,9 @@ class ProductGallery:
             raise GalleryError(f"no images given for product {label!r}")
         sources = [os.fspath(im) if isinstance(im, (str, os.PathLike)) else f"<image {i}>"
                    for i, im in enumerate(images)]
-        pixels = [decode_image(im, max_pixels=classifier.options.max_pixels) for im in images]  # decoded once
+        # decoded once, as classify decodes them (reduced-scale JPEGs where the contract allows)
+        pixels = [decode_image(im, max_pixels=classifier.options.max_pixels, preprocess=classifier.decode_contract)
+                  for im in images]
         return self.add_embeddings(label, classifier.embed_batch(pixels), [image_sha256(p) for p in pixels], sources)
 
     def add_embeddings(self, label: str, vectors: np.ndarray, shas: Sequence[str],

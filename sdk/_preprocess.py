@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -25,6 +26,8 @@ _COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 _RESIZE_MODES = ("shorter_side_crop", "direct")
 _LAYOUTS = ("NCHW", "NHWC")
 _DTYPES = ("float32", "uint8")
+# libjpeg decodes a JPEG directly at 1/8, 1/4 or 1/2 of its size by scaling in the DCT domain
+JPEG_SCALES = (8, 4, 2)
 
 
 def check_image_array(image) -> None:
@@ -56,7 +59,18 @@ class PreprocessConfig:
         "uint8": the tensor holds the resized pixels and the model normalises them itself
         (export folds ``mean``/``std`` into its first convolution), which spares the caller
         the float conversion and the INT8 model its input quantization.
+    reduced_decode: 0 decodes JPEGs in full. A value r >= 1 lets the SDK decode a JPEG at
+        1/8, 1/4 or 1/2 scale (libjpeg's DCT scaling, several times faster than decoding a
+        camera frame in full): the strongest reduction whose decoded image still has at least
+        r times the pixels, per side, that the resize rule scales it to (:meth:`decode_scale`).
+        Contracts written before this field existed load as 0, a full decode, which is what
+        they meant; 0 is not written out, so such contracts stay readable by older skulens.
     """
+
+    # the reduced_decode recommended for new contracts: on Grocery val photos as 1080p / 12 MP
+    # JPEGs, top-1 as with a full decode and pixels within 0.8 levels of it on average (ratio 1
+    # differs by up to 2.6 levels and loses 1.35 pp for 128 px models on 348 px photos)
+    RECOMMENDED_REDUCED_DECODE: ClassVar[float] = 2.0
 
     input_size: tuple[int, int] = (64, 64)
     color_order: str = "RGB"
@@ -67,12 +81,14 @@ class PreprocessConfig:
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
     layout: str = "NCHW"
     dtype: str = "float32"
+    reduced_decode: float = 0.0
 
     def __post_init__(self):
         h, w = (int(v) for v in self.input_size)
         object.__setattr__(self, "input_size", (h, w))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "reduced_decode", float(self.reduced_decode))
         problems = []
         if h <= 0 or w <= 0:
             problems.append(f"input_size must be positive, got {self.input_size}")
@@ -92,6 +108,8 @@ class PreprocessConfig:
             problems.append(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.dtype not in _DTYPES:
             problems.append(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if not (self.reduced_decode == 0 or self.reduced_decode >= 1):
+            problems.append(f"reduced_decode must be 0 (decode in full) or >= 1, got {self.reduced_decode}")
         if problems:
             raise ValueError("invalid PreprocessConfig: " + "; ".join(problems))
 
@@ -106,11 +124,35 @@ class PreprocessConfig:
         h, w = self.input_size
         return (self.channels, h, w) if self.layout == "NCHW" else (h, w, self.channels)
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of that size is resized to, before the centre crop."""
+        th, tw = self.input_size
+        if self.resize == "direct":
+            return th, tw
+        # Scale so the crop window (input_size / crop_fraction) fits the image.
+        scale = max(th / (height * self.crop_fraction), tw / (width * self.crop_fraction))
+        return max(th, round(height * scale)), max(tw, round(width * scale))
+
+    def decode_scale(self, width: int, height: int) -> int:
+        """The JPEG decoding scale denominator (8, 4 or 2; 1 = full size) for a photo of
+        ``width`` x ``height`` (as displayed, after its EXIF orientation): the largest whose
+        decoded image, ``ceil(side / scale)`` as libjpeg rounds it, keeps ``reduced_decode``
+        times the pixels, per side, of :meth:`resized_size`."""
+        if not self.reduced_decode:
+            return 1
+        rh, rw = self.resized_size(height, width)
+        for scale in JPEG_SCALES:
+            if -(-height // scale) >= self.reduced_decode * rh and -(-width // scale) >= self.reduced_decode * rw:
+                return scale
+        return 1
+
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not self.reduced_decode:
+            del d["reduced_decode"]  # the meaning of a contract without it: older readers accept it
         return d
 
     def to_json(self) -> str:
@@ -164,16 +206,10 @@ class PreprocessConfig:
         if h < 1 or w < 1:
             raise ImageError(f"image has no pixels (shape {image.shape})")
         th, tw = self.input_size
-        interp = _INTERP[self.interpolation]
-        if self.resize == "direct":
-            out = image if (h, w) == (th, tw) else cv2.resize(image, (tw, th), interpolation=interp)
-        else:
-            # Scale so the crop window (input_size / crop_fraction) fits the image, then centre-crop.
-            scale = max(th / (h * self.crop_fraction), tw / (w * self.crop_fraction))
-            rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
-            out = image if (rh, rw) == (h, w) else cv2.resize(image, (rw, rh), interpolation=interp)
-            y0, x0 = (rh - th) // 2, (rw - tw) // 2
-            out = out[y0:y0 + th, x0:x0 + tw]
+        rh, rw = self.resized_size(h, w)
+        out = image if (rh, rw) == (h, w) else cv2.resize(image, (rw, rh), interpolation=_INTERP[self.interpolation])
+        y0, x0 = (rh - th) // 2, (rw - tw) // 2
+        out = out[y0:y0 + th, x0:x0 + tw]
         return out.reshape(th, tw, -1)
 
     def apply(self, image: np.ndarray) -> np.ndarray:

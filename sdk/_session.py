@@ -1,4 +1,5 @@
-"""Opening an ONNX model with onnxruntime and reading its skulens metadata."""
+"""Opening an ONNX model with onnxruntime (or the optional OpenVINO backend) and reading its
+skulens metadata."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,9 @@ import onnxruntime as ort
 
 from ._errors import ModelError
 from ._metadata import ModelMetadata, decode_metadata
+
+# execution backends of the SDK's task objects; onnxruntime is the default and always installed
+BACKENDS = ("onnxruntime", "openvino")
 
 
 def session_options(num_threads: int = 0) -> ort.SessionOptions:
@@ -25,18 +29,33 @@ def session_options(num_threads: int = 0) -> ort.SessionOptions:
     return so
 
 
-def open_model(path, *, num_threads: int = 0, providers=None,
-               expect_kind: str | None = None) -> tuple[ort.InferenceSession, ModelMetadata]:
+def check_backend(backend: str) -> str:
+    """``backend`` if skulens can run models with it, else a ValueError listing the choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)} "
+                         "(openvino needs pip install 'skulens[openvino]')")
+    return backend
+
+
+def open_model(path, *, num_threads: int = 0, providers=None, expect_kind: str | None = None,
+               backend: str = "onnxruntime") -> tuple[ort.InferenceSession, ModelMetadata]:
     """Load ``path`` into an InferenceSession and validate its skulens metadata.
 
+    ``backend="openvino"`` compiles it with OpenVINO instead (``providers`` do not apply):
+    an :class:`~._backend_openvino.OpenVinoSession`, which answers the same calls.
     Raises ModelError for a missing file, a file that is not (or no longer) a valid ONNX
-    model, a model without skulens metadata, or a model of another kind.
+    model, a model without skulens metadata, or a model of another kind; MissingExtraError
+    when the backend's extra is not installed.
     """
     path = Path(os.fspath(path))
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty model file (0 bytes)")
+    if check_backend(backend) == "openvino":
+        from ._backend_openvino import open_openvino_model
+
+        return open_openvino_model(path, num_threads=num_threads, expect_kind=expect_kind)
     available = ort.get_available_providers()
     providers = list(providers) if providers else ["CPUExecutionProvider"]
     unknown = [p for p in providers if p not in available]

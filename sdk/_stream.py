@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ._capture import LatestFrameGrabber, StreamError, StreamStats, describe_source, open_capture
-from ._classifier import ClassificationResult, ClassifierOptions, ImageClassifier, _source_name, softmax
+from ._classifier import Category, ClassificationResult, ClassifierOptions, ImageClassifier, _source_name, softmax
+from ._config import option
 from ._errors import SkulensError
 from ._image import decode_image
 
@@ -49,7 +50,9 @@ class FrameClassifierOptions:
     running_mode: IMAGE, VIDEO or LIVE_STREAM (a RunningMode or its name).
     roi: region of interest (x, y, width, height) as fractions of the frame; None = whole frame.
     smoothing: "none"; "mean" (average probabilities over the last ``window`` frames); or
-        "majority" (score = share of the last ``window`` frames whose top-1 was that label).
+        "majority" (the label most of the last ``window`` frames had as top-1, ties to the higher
+        mean probability; its score is its mean probability over those frames, the vote share
+        is ``FrameResult.votes``).
     window: frames kept for smoothing.
     unknown_below: the answer is ``unknown_label`` when the (smoothed) top score is below this.
     frame_stride: classify every n-th frame of a video or stream (others are skipped unread).
@@ -57,13 +60,16 @@ class FrameClassifierOptions:
     classifier: options of the underlying ImageClassifier (threads, top_k, ...).
     """
 
-    running_mode: RunningMode | str = RunningMode.IMAGE
-    roi: tuple[float, float, float, float] | None = None
-    smoothing: str = "none"
-    window: int = 5
-    unknown_below: float = 0.0
-    unknown_label: str = "unknown"
-    frame_stride: int = 1
+    running_mode: RunningMode | str = option(RunningMode.IMAGE, "IMAGE, VIDEO or LIVE_STREAM")
+    roi: tuple[float, float, float, float] | None = option(None, "region of interest (x, y, width, height) "
+                                                            "as fractions of the frame; None: the whole frame")
+    smoothing: str = option("none", "temporal smoothing over the last --window frames: mean = average "
+                            "probabilities; majority = the most frequent top-1 label, scored by its mean "
+                            "probability", choices=SMOOTHING)
+    window: int = option(5, "frames kept for --smoothing")
+    unknown_below: float = option(0.0, "answer --unknown-label when the (smoothed) top score is below this (0..1)")
+    unknown_label: str = option("unknown", "the label reported for an unknown product")
+    frame_stride: int = option(1, "classify every n-th frame (the others are skipped undecoded)")
     result_callback: Callable[["FrameResult"], None] | None = field(default=None, compare=False)
     classifier: ClassifierOptions = field(default_factory=ClassifierOptions)
 
@@ -102,7 +108,11 @@ class FrameClassifierOptions:
 @dataclass(frozen=True)
 class FrameResult:
     """One classified frame. ``label``/``score`` are the (smoothed) top-1, or ``unknown_label``
-    with ``unknown=True`` when nothing scores at least ``unknown_below``."""
+    with ``unknown=True`` when nothing scores at least ``unknown_below``. With smoothing,
+    ``score`` is the label's mean probability (or, with a gallery, the similarity of the mean
+    embedding) over the window; ``raw_label``/``raw_score`` are this frame's own top-1 before
+    smoothing, and with majority smoothing ``votes`` is the share of the window's frames whose
+    top-1 was ``label``'s class."""
 
     classification: ClassificationResult
     label: str
@@ -110,26 +120,39 @@ class FrameResult:
     unknown: bool
     frame_index: int = 0
     timestamp_ms: float = 0.0
+    raw_label: str | None = None
+    raw_score: float | None = None
+    votes: float | None = None
 
     def to_dict(self) -> dict:
-        return {"frame_index": self.frame_index, "timestamp_ms": round(self.timestamp_ms, 3),
-                "label": self.label, "score": round(self.score, 6), "unknown": self.unknown,
-                **self.classification.to_dict()}
+        cls = self.classification.to_dict()
+        out = {"frame_index": self.frame_index, "timestamp_ms": round(self.timestamp_ms, 3),
+               "label": self.label, "score": round(self.score, 6), "unknown": self.unknown,
+               "raw_label": self.raw_label,
+               "raw_score": None if self.raw_score is None else round(self.raw_score, 6)}
+        if self.votes is not None:
+            out["votes"] = round(self.votes, 6)
+        return out | {"source": cls["source"], "categories": cls["categories"]}
 
 
 class _Smoother:
+    """The last ``window`` frames' probabilities (or embeddings): their mean, and for
+    "majority" the vote share of each class (the fraction of frames whose top-1 it was)."""
+
     def __init__(self, method: str, window: int):
         self.method, self._hist = method, deque(maxlen=window)
 
-    def update(self, probs: np.ndarray) -> np.ndarray:
-        self._hist.append(probs)
-        if self.method == "mean":
-            return np.mean(self._hist, axis=0)
+    def update(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean over the window, vote shares or None)."""
+        self._hist.append(values)
+        mean = np.mean(self._hist, axis=0)
+        if self.method != "majority":
+            return mean, None
         votes = Counter(int(p.argmax()) for p in self._hist)
-        shares = np.zeros_like(probs)
+        shares = np.zeros_like(values)
         for k, n in votes.items():
             shares[k] = n / len(self._hist)
-        return shares
+        return mean, shares
 
 
 class FrameClassifier:
@@ -204,19 +227,46 @@ class FrameClassifier:
     def _classify_frame(self, frame, index: int, ts: float, source) -> FrameResult:
         image = decode_image(frame, max_pixels=self._clf.options.max_pixels)
         output = self._clf.run(self._clf.preprocess(self._crop(image))[None])
+        votes = raw = None
         if self._smoother is not None and self._clf.gallery is not None:  # smooth the embedding
-            e = self._smoother.update(output[0].astype(np.float32))
-            output = (e / max(float(np.linalg.norm(e)), 1e-12))[None]
+            raw = self._clf.postprocess(output)[0].top
+            e, _ = self._smoother.update(output[0].astype(np.float32))
+            cls = self._clf.postprocess((e / max(float(np.linalg.norm(e)), 1e-12))[None], [source])[0]
         elif self._smoother is not None:
-            probs = self._smoother.update(softmax(output.astype(np.float32))[0])
-            output = np.log(np.maximum(probs, 1e-12))[None]  # softmax(log p) == p
-        cls = self._clf.postprocess(output, [source])[0]
+            probs = softmax(output.astype(np.float32))[0]
+            j = int(probs.argmax())
+            raw = Category(self.labels[j], j, float(probs[j]))
+            mean, shares = self._smoother.update(probs)
+            if shares is None:
+                cls = self._clf.postprocess(np.log(np.maximum(mean, 1e-12))[None], [source])[0]  # softmax(log p) == p
+            else:
+                cls = self._by_votes(mean, shares, source)
+                if cls.top is not None:
+                    votes = float(shares[cls.top.index])
+        else:
+            cls = self._clf.postprocess(output, [source])[0]
         top = cls.top
+        if raw is None:
+            raw = top
         # unknown: below the model's / gallery's calibrated threshold, or below unknown_below
         unknown = top is None or cls.unknown or top.score < self.options.unknown_below
         self.stats.frames_processed += 1
         return FrameResult(cls, self.options.unknown_label if unknown else top.label,
-                           0.0 if top is None else top.score, unknown, index, ts)
+                           0.0 if top is None else top.score, unknown, index, ts,
+                           raw_label=None if raw is None else raw.label,
+                           raw_score=None if raw is None else raw.score, votes=votes)
+
+    def _by_votes(self, mean: np.ndarray, shares: np.ndarray, source) -> ClassificationResult:
+        """Majority smoothing: classes ranked by vote share, ties to the higher mean probability;
+        each scored by its mean probability over the window (top_k, score_threshold and the
+        "unknown" threshold apply to that score, as for a single frame)."""
+        opts = self._clf.options
+        order = np.lexsort((-mean, -shares))[:min(opts.top_k, len(mean))]
+        cats = tuple(Category(self.labels[j], int(j), float(mean[j])) for j in order
+                     if mean[j] >= opts.score_threshold)
+        threshold = self._clf.unknown_threshold
+        return ClassificationResult(cats, source=source,
+                                    unknown=threshold is not None and float(mean[order[0]]) < threshold)
 
     # -- IMAGE -----------------------------------------------------------------------------------
     def classify(self, image) -> FrameResult:

@@ -12,7 +12,8 @@ runtime through ``skulens`` (the public names) and this module only, never throu
 - timing: ``interleaved_samples``, ``time_callables``, ``ort_runner``, ``time_models``;
 - data and evaluation: ``IMAGE_SUFFIXES``, ``Dataset``, ``Sample``, ``subset``, ``write_split_lists``,
   ``holdout``, ``duplicates_across_splits``, ``MIN_PHOTOS_PER_CLASS``, ``evaluate``,
-  ``evaluate_samples``, ``accuracy_report``, ``label_mapping``, ``coarse_index``, ``softmax``;
+  ``evaluate_samples``, ``accuracy_report``, ``label_mapping``, ``coarse_index``, ``softmax``,
+  ``confusion_matrix``, ``eval_summary_line``, ``write_eval_report`` (eval's CSV/Markdown/PNG);
 - models: ``ModelMetadata``, ``encode_metadata``, ``decode_metadata``, ``open_model``,
   ``session_options``, ``OpenVinoSession``, ``openvino_config`` (the optional OpenVINO backend);
   generators: ``GenerationError``, ``make_grid``, ``write_png``;
@@ -26,7 +27,8 @@ from ._config import add_dataclass_flags, config_from_dict, config_to_dict, data
 from ._dataset import (IMAGE_SUFFIXES, MIN_PHOTOS_PER_CLASS, Dataset, Sample, duplicates_across_splits, holdout,
                        subset, write_split_lists)
 from ._errors import lazy_exports, require_extra
-from ._evaluate import accuracy_report, coarse_index, evaluate, evaluate_samples, label_mapping
+from ._evaluate import (accuracy_report, coarse_index, confusion_matrix, eval_summary_line, evaluate,
+                        evaluate_samples, label_mapping, write_eval_report)
 from ._generator import GenerationError, make_grid, write_png
 from ._io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
 from ._metadata import ModelMetadata, decode_metadata, encode_metadata
@@ -42,7 +44,8 @@ __all__ = [
     "IMAGE_SUFFIXES", "MIN_PHOTOS_PER_CLASS", "Dataset", "Sample", "duplicates_across_splits", "holdout", "subset",
     "write_split_lists",
     "lazy_exports", "require_extra",
-    "accuracy_report", "coarse_index", "evaluate", "evaluate_samples", "label_mapping",
+    "accuracy_report", "coarse_index", "confusion_matrix", "eval_summary_line", "evaluate", "evaluate_samples",
+    "label_mapping", "write_eval_report",
     "GenerationError", "make_grid", "write_png",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "sha256_file",
     "ModelMetadata", "decode_metadata", "encode_metadata",

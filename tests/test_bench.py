@@ -3,6 +3,7 @@ baseline comparison (a forced regression must be caught). No timing thresholds."
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,8 +14,16 @@ import pytest
 from skulens.bench import SCHEMA_VERSION, BenchConfig, compare_with_baseline, run_benchmark
 from skulens.bench._report import markdown, write_outputs
 from skulens.bench._timing import paired_speedup, summarize
-from skulens.bench.config import PEERS, parse_int_list, parse_peers
+from skulens.bench.config import OPENVINO_PEERS, PEERS, SDK_BACKEND, parse_int_list, parse_peers
 from skulens import SkulensError
+
+HAVE = {"openvino": importlib.util.find_spec("openvino") is not None, "nncf": importlib.util.find_spec("nncf") is not None}
+EXTRA = {"openvino_fp32": "openvino", "openvino_int8": "openvino", "openvino_nncf": "nncf"}
+
+
+def _runs_here(peer: str) -> bool:
+    """Every peer runs here, except the OpenVINO ones when their extra is not installed."""
+    return peer not in EXTRA or (HAVE["openvino"] and HAVE[EXTRA[peer]])
 
 TOP_LEVEL = {"schema_version", "tool", "skulens_version", "created_utc", "environment", "cpu", "subject",
              "model", "settings", "peers", "macs_per_image", "gemm_ceiling", "startup", "configs", "pairs",
@@ -54,9 +63,12 @@ def test_every_configuration_is_measured_with_consistent_statistics(bench):
     for peer in PEERS:
         for b in (1, 3):
             assert f"{peer}/model/t1/b{b}" in ids
-    for peer in ("ort_fp32", "ort_int8_u8s8", "ort_int8_s8s8"):
+    for peer in SDK_BACKEND:  # the peers that run one of our ONNX files through the SDK
         assert f"{peer}/e2e/t1/b1" in ids
     for c in result["configs"]:
+        if not _runs_here(c["peer"]):
+            assert c["status"] == "skipped", c
+            continue
         assert c["status"] == "ok", c
         lat = c["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
@@ -78,11 +90,27 @@ def test_peers_are_checked_against_ort_fp32_and_evaluated(bench):
     assert set(peers) == set(PEERS)
     assert peers["ort_int8_s8s8"]["origin"] == "quantized here"  # only the U8S8 file was given
     for name, p in peers.items():
+        if not _runs_here(name):  # never silently: the reason names the extra to install
+            assert p["status"] == "skipped" and f"skulens[{EXTRA[name]}]" in p["reason"], (name, p)
+            continue
         assert p["status"] == "ok", (name, p)
         assert p["accuracy"]["n"] == 8 and 0 <= p["accuracy"]["top1"] <= p["accuracy"]["top5"] <= 1
-    for name in ("torch_eager", "opencv_dnn"):  # fp32 peers must reproduce ORT fp32
-        assert peers[name]["top1_agreement_with_fp32"] == 1.0
-        assert peers[name]["max_abs_logit_diff_vs_fp32"] < 1e-3
+    for name in ("torch_eager", "opencv_dnn", "openvino_fp32"):  # fp32 peers must reproduce ORT fp32
+        if _runs_here(name):
+            assert peers[name]["top1_agreement_with_fp32"] == 1.0
+            assert peers[name]["max_abs_logit_diff_vs_fp32"] < 1e-3
+    if _runs_here("openvino_int8"):  # OpenVINO runs the very INT8 file under test
+        assert peers["openvino_int8"]["path"] == result["model"]
+        assert peers["openvino_int8"]["same_file_as"] == result["subject"]
+    if _runs_here("openvino_nncf"):  # NNCF's own INT8 copy of the fp32 model, as OpenVINO IR
+        assert peers["openvino_nncf"]["origin"] == "quantized here"
+        assert peers["openvino_nncf"]["path"].endswith(".xml")
+        assert peers["openvino_nncf"]["nncf"]["calibration_images"] == 32  # the tiny model's own
+        assert result["environment"]["nncf"]
+        from skulens import ClassifierOptions, ImageClassifier  # the IR keeps our metadata: the SDK runs it
+
+        clf = ImageClassifier.from_path(peers["openvino_nncf"]["path"], ClassifierOptions(backend="openvino"))
+        assert list(clf.labels) == list(ImageClassifier.from_path(result["model"]).labels)
     # the ONNX models take uint8 pixels; PyTorch gets its own float tensors of the same images
     assert peers["torch_eager"]["input"].startswith("float32 NCHW")
     assert "input" not in peers["ort_fp32"]
@@ -97,11 +125,50 @@ def test_pairs_are_interleaved_ratios_within_a_group(bench):
         assert p["a"] != p["b"] and p["min"] <= p["round_median"] <= p["max"] and p["rounds"] == 2
         assert p["speedup"] > 0
     subject = [p for p in pairs if p["a"] == result["subject"] and p["mode"] == "model" and p["batch"] == 1]
-    assert {p["b"] for p in subject} == set(PEERS) - {"ort_int8_u8s8"}
+    assert {p["b"] for p in subject} == {p for p in PEERS if _runs_here(p)} - {"ort_int8_u8s8"}
     v = result["verdict"]
     assert v["text"].startswith(("INT8 is faster here, by", "INT8 is not faster here"))
     assert set(v["speedup_by_activation"]) == {"u8", "s8"}
     assert v["export_check"]["export_would_choose"] in ("u8", "s8")
+
+
+def test_fastest_peer_per_configuration(bench):
+    """Per model-only group: the fastest peer, the SDK default's paired ratio to it, and how to
+    get the fastest (an OpenVINO peer on our ONNX file is one option away)."""
+    result, out = bench
+    rows = result["fastest"]
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (1, 3)]
+    for r in rows:
+        group = [c for c in result["configs"] if (c["mode"], c["threads"], c["batch"]) == ("model", r["threads"], r["batch"])
+                 and c["status"] == "ok"]
+        assert r["fastest"] == min(group, key=lambda c: c["latency_ms"]["p25"])["peer"]
+        assert 0 < r["subject_vs_fastest"] <= 1.0 and r["within_5pct"] == (r["subject_vs_fastest"] >= 1 / 1.05)
+        if r["fastest"] == result["subject"]:
+            assert r["subject_vs_fastest"] == 1.0 and r["how"].startswith("the SDK's default")
+        elif r["fastest"] in OPENVINO_PEERS:
+            assert 'backend="openvino"' in r["how"]
+    md = (out / "bench.md").read_text()
+    n_ok = sum(r["within_5pct"] for r in rows)
+    assert "## Fastest per configuration" in md and f"or within 5 % of it, in {n_ok} of 2 model-only" in md
+
+
+def test_missing_openvino_extras_skip_their_peers_with_the_reason(tiny_models, grocery_subset, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("openvino", "nncf") else real(name, *a))
+    fp32, _, _ = tiny_models
+    cfg = BenchConfig(model=str(fp32), data=str(grocery_subset), peers=("ort_fp32",) + OPENVINO_PEERS,
+                      threads=(1,), batch=(1,), e2e_batch=(), rounds=2, round_time=0.01, warmup_time=0.0,
+                      eval_limit=4, cold_start_repeats=0, export_check=False, profile=False, charts=False,
+                      out=str(tmp_path / "out"))
+    result = run_benchmark(cfg)
+    for name in OPENVINO_PEERS:
+        peer = result["peers"][name]
+        assert peer["status"] == "skipped" and "pip install 'skulens[openvino]'" in peer["reason"]
+        (config,) = [c for c in result["configs"] if c["peer"] == name]
+        assert config["status"] == "skipped" and "latency_ms" not in config
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "skipped: openvino is not installed: pip install 'skulens[openvino]'" in md
+    assert result["configs"][0]["status"] == "ok"
 
 
 def test_baseline_comparison_catches_a_forced_regression(bench, tmp_path):
@@ -183,6 +250,10 @@ def test_config_validation_and_parsing():
     assert parse_int_list("1, 2,8") == (1, 2, 8)
     assert parse_peers("fp32,int8,torch") == ("ort_fp32", "ort_int8_u8s8", "ort_int8_s8s8", "torch_eager")
     assert parse_peers("all") == PEERS
+    assert parse_peers("int8,openvino") == ("ort_int8_u8s8", "ort_int8_s8s8") + OPENVINO_PEERS
+    assert parse_peers("ov_fp32,nncf") == ("ov_fp32", "openvino_nncf")  # unknown names are left for the check
+    with pytest.raises(ValueError, match="unknown peers"):
+        BenchConfig(model="m.onnx", peers=parse_peers("ov_fp32"))
     with pytest.raises(ValueError, match="comma-separated integers"):
         parse_int_list("1,two")
     with pytest.raises(ValueError, match="threads must be >= 1"):

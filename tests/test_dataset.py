@@ -1,4 +1,5 @@
 """Dataset detection: split lists (Grocery layout), class folders, and clear errors."""
+import numpy as np
 import pytest
 
 from skulens import DatasetError, load_dataset
@@ -69,3 +70,80 @@ def test_subset_renumbers_classes_and_round_trips_through_split_lists(grocery_ro
     back = load_dataset(write_split_lists(sub, tmp_path / "sub"))
     assert back.classes == sub.classes and back.coarse_labels == sub.coarse_labels
     assert [s.path for s in back.split("train")] == [s.path for s in sub.split("train")]
+
+
+def _folders(dst, photos):
+    """ROOT/<class>/<name> symlinks: {class: [(name, real photo)]}."""
+    for cls, items in photos.items():
+        (dst / cls).mkdir(parents=True, exist_ok=True)
+        for name, src in items:
+            (dst / cls / name).symlink_to(src)
+    return dst
+
+
+def test_class_folder_split_is_stratified_and_keeps_val_and_test_per_class(grocery_root, tmp_path):
+    train = load_dataset(grocery_root).split("train")
+    by_class = {}
+    for s in train:
+        by_class.setdefault(s.label, []).append(s.path)
+    sizes = {"five": 5, "twelve": 12, "thirty": 30, "fortyfive": 45}
+    photos = {cls: [(p.name, p) for p in by_class[i][:n]] for i, (cls, n) in enumerate(sizes.items())}
+    ds = load_dataset(_folders(tmp_path / "a", photos))
+    per = {split: np.bincount([s.label for s in ds.splits[split]], minlength=4) for split in ("train", "val", "test")}
+    order = [ds.classes.index(c) for c in sizes]
+    # 10 % (at least one photo) of every class to val and to test, the rest to train
+    assert [int(per["test"][i]) for i in order] == [1, 1, 3, 5] == [int(per["val"][i]) for i in order]
+    assert [int(per["train"][i]) for i in order] == [3, 10, 24, 35]
+    # deterministic, and the same wherever the dataset lives (file names decide)
+    moved = load_dataset(_folders(tmp_path / "b", photos))
+    for split in ("train", "val", "test"):
+        assert [s.path.name for s in moved.splits[split]] == [s.path.name for s in ds.splits[split]]
+
+
+def test_tiny_class_folders_are_refused_naming_them(grocery_subset, tmp_path):
+    src = load_dataset(grocery_subset).split("train")
+    photos = {"apple": [(s.path.name, s.path) for s in src if s.label == 0][:8],
+              "pear": [(s.path.name, s.path) for s in src if s.label == 1][:3]}
+    with pytest.raises(DatasetError, match=r"'pear' \(3\).*at least 5 photos"):
+        load_dataset(_folders(tmp_path / "d", photos))
+
+
+def test_nested_class_folders_need_a_class_depth(grocery_subset, tmp_path):
+    src = load_dataset(grocery_subset).split("train")
+    label = lambda k: [(s.path.name, s.path) for s in src if s.label == k][:6]  # noqa: E731
+    root = _folders(tmp_path / "shop", {"Fruit/Apple/Green": label(0), "Fruit/Apple/Red": label(1),
+                                        "Fruit/Pear": label(2), "Dairy/Milk": label(3)})
+    with pytest.raises(DatasetError, match="nested hierarchy") as err:
+        load_dataset(root)
+    assert "--class-depth 1: 2 classes (Dairy, Fruit)" in str(err.value)
+    assert "--class-depth 2: 3 classes (Milk, Apple, Pear)" in str(err.value)
+    assert "--class-depth 0: 4 leaf folders" in str(err.value)
+    assert load_dataset(root, class_depth=2).classes == ["Apple", "Milk", "Pear"]
+    assert load_dataset(root, class_depth=0).classes == ["Green", "Milk", "Pear", "Red"]
+    with pytest.raises(DatasetError, match=r"images lie above that level \(in Dairy/Milk/\)"):
+        load_dataset(root, class_depth=3)
+    # the same choice applies inside train/ val/ test/ split folders (symlinked folders followed)
+    split_root = tmp_path / "split"
+    split_root.mkdir()
+    for split in ("train", "test"):
+        (split_root / split).symlink_to(root, target_is_directory=True)
+    with pytest.raises(DatasetError, match="nested hierarchy"):
+        load_dataset(split_root)
+    ds = load_dataset(split_root, class_depth=0)
+    assert ds.layout == "split_folders" and len(ds.classes) == 4 and len(ds.split("test")) == 24
+
+
+def test_holdout_is_stratified_and_duplicates_across_splits_are_found(grocery_subset, tmp_path):
+    from skulens.internal import Dataset, duplicates_across_splits, holdout
+
+    ds = load_dataset(grocery_subset)
+    keep, held = holdout(ds.split("train"))  # 8 photos per class
+    assert np.bincount([s.label for s in held]).tolist() == [1] * 6
+    assert len(keep) + len(held) == len(ds.split("train")) and not set(keep) & set(held)
+    assert duplicates_across_splits(ds) == []
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(ds.split("train")[0].path.read_bytes())  # the same photo, another name, in test
+    leaky = Dataset(ds.root, ds.classes, {"train": ds.split("train"),
+                                          "test": ds.split("test") + [type(ds.split("test")[0])(copy, 0)]})
+    groups = duplicates_across_splits(leaky)
+    assert len(groups) == 1 and sorted(split for split, _ in groups[0]) == ["test", "train"]

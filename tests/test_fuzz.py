@@ -88,6 +88,6 @@ def test_coverage_guided_fuzzer_runs_and_reports(tmp_path):
     pytest.importorskip("atheris", reason="atheris is not installed (pip install 'skulens[fuzz]')")
     from skulens.bench.fuzz import run_fuzzer
 
-    summary = run_fuzzer("metadata", tmp_path, seconds=8, model=None, rss_limit_mb=1024, timeout=5, max_len=4096)
+    summary = run_fuzzer("metadata", tmp_path, seconds=8, model=None, rss_limit_mb=2048, timeout=20, max_len=4096)
     assert summary["executions"] > 1000 and summary["findings"] == 0
     assert json.loads((tmp_path / "metadata" / "summary.json").read_text()) == summary

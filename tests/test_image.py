@@ -63,3 +63,15 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding(grocery_image):
 def test_unsupported_source_type():
     with pytest.raises(ImageError, match="unsupported image source type"):
         decode_image(12345)
+
+
+@pytest.mark.parametrize("exif", [
+    b"Exif\x00\x00XX*\x00\x08\x00\x00\x00",                    # unknown byte order
+    b"Exif\x00\x00II*\x00\xff\xff\x00\x00",                    # IFD offset past the end
+    b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x09\x00\x12\x01",    # 9 entries announced, half of one there
+    b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x09\x00\x00\x00",  # value 9
+])
+def test_broken_exif_is_read_as_upright(grocery_image, exif):
+    data = grocery_image.read_bytes()
+    tagged = data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + data[2:]
+    np.testing.assert_array_equal(decode_image(tagged), decode_image(data))

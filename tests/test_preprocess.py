@@ -1,4 +1,6 @@
 """The preprocessing contract: validation, serialisation, and training/SDK parity on real photos."""
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -106,3 +108,27 @@ def test_training_and_sdk_preprocessing_are_identical(tiny_run, tiny_models, gro
     mean, std = (np.array(v, np.float32)[:, None, None] for v in (train_pre.mean, train_pre.std))
     normalised = (sdk_side.transpose(0, 3, 1, 2) / np.float32(255) - mean) / std
     np.testing.assert_allclose(normalised, train_side, atol=1e-5, rtol=0)
+
+
+def test_reduced_decode_field_keeps_old_contracts_meaning():
+    """Contracts written before ``reduced_decode`` existed mean a full decode; a contract with it
+    off is written exactly as before (older skulens reads it), one with it on carries it."""
+    from skulens.internal import decode_metadata
+
+    old = {"input_size": [224, 224], "color_order": "RGB", "resize": "shorter_side_crop", "crop_fraction": 1.0,
+           "interpolation": "area", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+           "layout": "NHWC", "dtype": "uint8"}
+    cfg = PreprocessConfig.from_dict(old)
+    assert cfg.reduced_decode == 0 and cfg.decode_scale(4032, 3024) == 1
+    assert cfg.to_dict() == old
+    meta = decode_metadata({"skulens.schema_version": "1", "skulens.kind": "classifier", "skulens.labels": '["a"]',
+                            "skulens.io": "{}", "skulens.preprocess": json.dumps(old)})
+    assert meta.preprocess == cfg
+    on = PreprocessConfig.from_dict({**old, "reduced_decode": 2})
+    assert on.to_dict()["reduced_decode"] == 2.0 and PreprocessConfig.from_json(on.to_json()) == on
+    assert on.decode_scale(4032, 3024) == 4
+    for bad in (0.5, -1):
+        with pytest.raises(ValueError, match="reduced_decode"):
+            PreprocessConfig(reduced_decode=bad)
+        with pytest.raises(ModelError, match="reduced_decode"):
+            PreprocessConfig.from_dict({**old, "reduced_decode": bad})

@@ -23,7 +23,7 @@ def test_classify_path_bytes_and_arrays_agree(tiny_models, grocery_subset):
     with ImageClassifier.from_path(tiny_models[1], ClassifierOptions(top_k=3, num_threads=1)) as clf:
         by_path = clf.classify(sample.path)
         by_bytes = clf.classify(sample.path.read_bytes())
-        bgr = decode_image(sample.path)
+        bgr = decode_image(sample.path, preprocess=clf.decode_contract)  # the pixels classify decodes
         by_array = clf.classify(bgr)
         by_bgra = clf.classify(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
     assert isinstance(by_path, ClassificationResult) and by_path.source == str(sample.path)

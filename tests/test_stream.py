@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -106,14 +110,24 @@ def test_temporal_smoothing_over_last_k_frames(model, video, method):
         results = list(sc.classify_video(video))
     for i, r in enumerate(results):
         win = probs[max(0, i - k + 1):i + 1]
+        mean = win.mean(0)
+        top = r.classification.top
+        # the frame's own answer is kept beside the smoothed one
+        assert r.raw_score == pytest.approx(probs[i].max(), abs=1e-5)
+        assert r.raw_label == labels[int(probs[i].argmax())]
+        assert r.score == pytest.approx(top.score) and top.score == pytest.approx(mean[top.index], abs=1e-5)
         if method == "mean":
-            want = win.mean(0)
-        else:
-            want = np.bincount(win.argmax(1), minlength=len(labels)) / len(win)
-        assert r.score == pytest.approx(want.max(), abs=1e-5)
-        assert want[labels.index(r.label)] == pytest.approx(want.max(), abs=1e-6)
-    if method == "majority":  # vote shares only take the values n / k once the window is full
-        assert {round(r.score * k) / k for r in results[k:]} == {r.score for r in results[k:]}
+            assert top.score == pytest.approx(mean.max(), abs=1e-5) and r.votes is None
+        else:  # the most frequent top-1 (ties: the higher mean), scored by its mean probability
+            votes = np.bincount(win.argmax(1), minlength=len(labels)) / len(win)
+            assert votes[top.index] == votes.max() and r.votes == pytest.approx(votes.max())
+            assert mean[top.index] == pytest.approx(mean[votes == votes.max()].max(), abs=1e-6)
+    if method == "majority":  # frame 0: one vote of one frame, but its score is the real confidence
+        first = results[0]
+        assert first.votes == 1.0 and first.score == pytest.approx(first.raw_score, abs=1e-6)
+        assert first.score < 1.0
+        row = first.to_dict()
+        assert row["votes"] == 1.0 and row["score"] == pytest.approx(row["raw_score"], abs=1e-6)
 
 
 def test_unknown_product_below_threshold(model, video):
@@ -243,6 +257,13 @@ def test_cli_predict_video_json_and_missing_camera(model, video, capsys):
     rows = [json.loads(line) for line in out.out.splitlines()]
     assert [r["frame_index"] for r in rows] == [0, 4, 8, 12, 16, 20]
     assert all(r["label"] == "unknown" for r in rows if r["unknown"]) and "dropped (stale) 0" in out.err
+    assert all(r["unknown"] == (r["score"] < 0.99) for r in rows)
+    assert cli_main(["predict", str(model), "--video", str(video), "--json", "--smoothing", "majority",
+                     "--max-frames", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["votes"] == 1.0 and rows[0]["score"] == pytest.approx(rows[0]["raw_score"])
+    assert rows[0]["score"] < 1.0
+    assert all(0 < r["score"] <= 1 and 0 < r["raw_score"] <= 1 for r in rows)
     assert cli_main(["predict", str(model), "--video", str(video), "--max-frames", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[1].startswith("frame 1 t=100ms: ")
@@ -252,3 +273,17 @@ def test_cli_predict_video_json_and_missing_camera(model, video, capsys):
         cli_main(["predict", str(model)])
     with pytest.raises(SystemExit):
         cli_main(["predict", str(model), "x.jpg", "--video", str(video)])
+
+
+def test_cli_predict_video_into_a_closed_pipe_exits_quietly(model, video):
+    """`skulens predict --video ... | head -1`: the reader is gone; exit 0, no BrokenPipeError."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "skulens.cli", "predict", str(model), "--video", str(video),
+                               "--json", "--smoothing", "majority"], stdout=write, stderr=subprocess.PIPE,
+                              timeout=120, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, \
+        proc.stderr.decode()

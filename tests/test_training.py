@@ -1,5 +1,6 @@
 """Training: outputs, atomic weights-only checkpoints, resume, transfer learning."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,78 @@ def test_cutmix_mixup_keeps_shapes_and_label_weights():
         seen_kinds.add("cutmix" if bool(same_or_partner) else "mixup")
     assert seen_kinds == {"cutmix", "mixup"}
     assert _mix(x, y, 0.0, gen) == (x, y, 1.0)
+
+
+def test_run_folder_has_results_csv_and_args_json(tiny_run):
+    import csv
+
+    out, metrics = tiny_run
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds"}
+    args = json.loads((out / "args.json").read_text())
+    saved = json.loads((out / "metrics.json").read_text())
+    assert args == saved["config"] and args["epochs"] == 2 and args["model"] == "edge_resnet_tiny"
+    assert float(rows[-1]["val_top1"]) == pytest.approx(saved["history"][-1]["val_top1"], abs=1e-5)
+
+
+def test_an_earlier_run_is_kept_unless_resumed_or_overwritten(tmp_path):
+    from skulens.training.checkpoint import check_run_folder
+    from skulens.training.config import TrainConfigError
+
+    check_run_folder(tmp_path / "new")  # nothing there yet
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    check_run_folder(tmp_path / "run")  # a folder without a run is fine
+    (tmp_path / "run" / "args.json").write_text("{}")
+    with pytest.raises(TrainConfigError, match=r"already holds a training run \(args.json\)"):
+        check_run_folder(tmp_path / "run")
+    check_run_folder(tmp_path / "run", resume=True)
+    check_run_folder(tmp_path / "run", exist_ok=True)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_ordinary_permissions_under_the_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "f.json", lambda tmp: Path(tmp).write_text("{}"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_patience_stops_when_val_stops_improving(grocery_subset, tmp_path, monkeypatch):
+    from skulens.training import trainer
+
+    monkeypatch.setattr(trainer, "_scores", lambda model, x, y: (1.0, 0.5))  # val never improves
+    m = train(_cfg(grocery_subset, tmp_path / "p", epochs=6, patience=2, select="val"))
+    assert m["stopped_early"] == 3 and m["epochs_run"] == 3 and m["best_epoch"] == 3  # ties: the later epoch
+    history = [{"val_top1": t, "val_loss": v} for t, v in ((0.2, 2.0), (0.5, 1.5), (0.5, 1.4), (0.4, 1.0))]
+    assert trainer._epochs_without_improvement(history) == 1  # equal top-1, lower loss: epoch 3 is best
+
+
+def test_data_checks_warn_and_balanced_sampling_evens_out_classes(grocery_subset):
+    from skulens import load_dataset
+    from skulens.internal import Sample
+    from skulens.training.data import balanced_sampler, check_training_data, training_split
+
+    ds = load_dataset(grocery_subset)
+    train_s, val_s = training_split(ds)
+    assert check_training_data(ds, train_s, val_s, balance=False) == [
+        f"6 class(es) have fewer than 10 training photos: {ds.classes[0]} (8), {ds.classes[1]} (8), "
+        f"{ds.classes[2]} (8), {ds.classes[3]} (8), {ds.classes[4]} (8), {ds.classes[5]} (8); expect weak "
+        "accuracy on them (20-30 photos per class, in the lighting and angles of use, make a good start)"]
+    lopsided = train_s + [Sample(s.path, 0) for s in train_s if s.label == 0] * 4 + [ds.split("test")[0]]
+    warnings = check_training_data(ds, [s for s in lopsided if s.label != 5], [], balance=False)
+    assert any("have no training photos" in w and ds.classes[5] in w for w in warnings)
+    assert any(w.startswith(f"imbalanced classes: {ds.classes[0]} has 41 training photos") for w in warnings)
+    assert any("no validation photos" in w for w in warnings)
+    assert any("in more than one split" in w for w in warnings)  # a test photo among the training ones
+    labels = [0] * 40 + [1] * 5
+    drawn = list(balanced_sampler(labels, 4000, torch.Generator().manual_seed(0)))
+    share = sum(labels[i] for i in drawn) / len(drawn)
+    assert 0.45 < share < 0.55  # 5 photos of class 1 among 45, drawn half the time

@@ -15,25 +15,30 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from skulens.internal import option
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    scale: tuple[float, float] = (0.30, 1.0)      # crop area as a fraction of the image
-    ratio: tuple[float, float] = (0.75, 1.333)    # crop aspect ratio range
-    rotation: float = 20.0                        # degrees, uniform in [-r, r]
-    perspective: float = 0.08                     # corner jitter as a fraction of crop size
-    hflip: bool = True
-    vflip: bool = False
-    brightness: float = 0.35                      # multiplicative, 1 +- b
-    contrast: float = 0.35
-    gamma: tuple[float, float] = (0.7, 1.4)
-    saturation: float = 0.3
-    white_balance: float = 0.08                   # per-channel gain 1 +- w
-    blur_p: float = 0.15
-    noise_p: float = 0.15
-    noise_sigma: float = 8.0
-    jpeg_p: float = 0.25
-    jpeg_quality: tuple[int, int] = (35, 90)
+    """Training augmentation, drawn afresh for every image and epoch (Python only: pass
+    ``TrainConfig(augment=AugmentConfig(...))``; ``AugmentConfig.none()`` turns it off)."""
+    scale: tuple[float, float] = option((0.30, 1.0), "random resized crop: area range as a fraction of the image")
+    ratio: tuple[float, float] = option((0.75, 1.333), "random resized crop: aspect-ratio range (width / height, "
+                                                       "log-uniform)")
+    rotation: float = option(20.0, "rotation in degrees, uniform in [-rotation, rotation]")
+    perspective: float = option(0.08, "corner jitter of the crop as a fraction of its size (camera angle)")
+    hflip: bool = option(True, "mirror left-right half the time (off for products whose text must read)")
+    vflip: bool = option(False, "flip upside-down half the time")
+    brightness: float = option(0.35, "multiplicative brightness, 1 +- brightness")
+    contrast: float = option(0.35, "contrast around mid-grey, 1 +- contrast")
+    gamma: tuple[float, float] = option((0.7, 1.4), "gamma range (log-uniform)")
+    saturation: float = option(0.3, "colour saturation, 1 +- saturation (hue is never shifted)")
+    white_balance: float = option(0.08, "per-channel gain 1 +- white_balance (shop lighting colour)")
+    blur_p: float = option(0.15, "probability of a Gaussian blur (sigma 0.5 to 1.5 px)")
+    noise_p: float = option(0.15, "probability of Gaussian sensor noise")
+    noise_sigma: float = option(8.0, "largest standard deviation of that noise, in 0-255 pixel levels")
+    jpeg_p: float = option(0.25, "probability of a JPEG re-compression")
+    jpeg_quality: tuple[int, int] = option((35, 90), "JPEG quality range of that re-compression")
 
     @classmethod
     def none(cls) -> "AugmentConfig":

@@ -1,12 +1,15 @@
 """Training a product classifier, top to bottom.
 
     cfg = TrainConfig(data="path/to/dataset", model="edge_resnet_patch", epochs=60)
-    result = train(cfg)          # writes best.pt, last.pt, metrics.json, PNGs under cfg.out
+    result = train(cfg)          # writes the run folder cfg.out (see checkpoint.py)
 
-Pipeline: load dataset -> decode + cache images -> model from the registry -> SGD/AdamW with
-warm-up + cosine -> per epoch: train (augment -> preprocessing contract -> model), validate,
-checkpoint atomically (last.pt every epoch; best.pt, the one to deploy: the last epoch, or
-with ``select="val"`` the best val top-1) -> final test evaluation of best.pt, plots.
+Pipeline: check the config and the run folder -> load the dataset, split, check it -> decode +
+cache images -> settings the user left open from the recipe and the run's size (config.resolve)
+-> args.json -> model from the registry -> SGD/AdamW with warm-up + cosine -> per epoch: train
+(augment -> preprocessing contract -> model), validate, checkpoint atomically (last.pt every
+epoch; best.pt, the one to deploy: the last epoch, or with ``select="val"`` the best val
+top-1), a row of results.csv, early stop (``patience``) -> final test evaluation of best.pt,
+metrics.json, plots.
 
 Why "last" by default: at the end of a cosine schedule the EMA weights are the model, while a
 small validation split picks noise (Grocery's val has 296 photos of 60 of the 81 classes: on
@@ -30,15 +33,14 @@ from tqdm.auto import tqdm as _tqdm
 
 import skulens
 from skulens import DatasetError, load_dataset
-from skulens.internal import accuracy_report
-from skulens.internal import atomic_write
+from skulens.internal import accuracy_report, atomic_write_text, config_to_dict
 
 from . import _distributed as _ddp
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, make_preprocess, resolve
-from .data import TrainSet, eval_tensors, load_images
+from .checkpoint import check_run_folder, load_checkpoint, save_checkpoint, write_args, write_results
+from .config import TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch
+from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
 from .distill import Teacher, distill_loss
-from .models import create_model, preprocess_facts
+from .models import create_model, list_models, preprocess_facts
 from .plots import confusion_matrix, save_confusion, save_curves
 
 log = logging.getLogger(__name__)
@@ -46,19 +48,6 @@ log = logging.getLogger(__name__)
 def tqdm(*args, **kwargs):
     """Progress bars on a terminal only (``disable=None``), so CI logs stay readable."""
     return _tqdm(*args, disable=None, **kwargs)
-
-
-def _splits(dataset):
-    train = dataset.split("train")
-    if dataset.splits.get("val"):
-        return train, dataset.splits["val"]
-    # No val split: hold out every 10th image of each class (deterministic).
-    seen: dict[int, int] = {}
-    keep, val = [], []
-    for s in train:
-        seen[s.label] = seen.get(s.label, 0) + 1
-        (val if seen[s.label] % 10 == 0 else keep).append(s)
-    return keep, val
 
 
 def _param_groups(model, cfg: TrainConfig) -> list[dict]:
@@ -81,15 +70,31 @@ def _param_groups(model, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _bf16(precision: str) -> bool:
-    """Whether to autocast to bfloat16: asked for, or "auto" on a CPU with bf16 instructions."""
+def _bf16(precision: str, device: torch.device = torch.device("cpu")) -> bool:
+    """Whether to autocast to bfloat16: asked for, or "auto" where the device computes it
+    natively (a CPU with AVX512-BF16/AMX instructions, a GPU with bf16 support)."""
     if precision == "bf16":
         return True
     if precision == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
         check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
         return bool((check and check()) or (amx and amx()))
     return False
+
+
+def _device(cfg: TrainConfig, dctx) -> torch.device:
+    """--device: cpu, cuda, or auto = cuda when available. Data-parallel runs (torchrun) stay on
+    CPU, where the gloo backend and CPUSyncBatchNorm work."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and (dctx.enabled or not torch.cuda.is_available())):
+        return torch.device("cpu")
+    if dctx.enabled:
+        raise TrainConfigError("--device cuda: data-parallel runs (torchrun) train on the CPU; use --device cpu")
+    if not torch.cuda.is_available():
+        raise TrainConfigError(f"--device cuda: CUDA is not available to this torch ({torch.__version__}); "
+                               "use --device cpu (or auto)")
+    return torch.device("cuda")
 
 
 def _optimizer(model, cfg: TrainConfig):
@@ -101,14 +106,16 @@ def _optimizer(model, cfg: TrainConfig):
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
 
 
-def _schedule(optimizer, warmup_steps: int, total_steps: int):
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then a cosine down to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def _schedule(optimizer, warmup_steps: int, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
 
 def _init_from(model, path) -> None:
@@ -142,9 +149,34 @@ def _mix(x, y, prob: float, gen: torch.Generator):
 
 @torch.no_grad()
 def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits [N, K] (float32, on the CPU) of ``model`` in eval mode, run on the model's device."""
     model.eval()
-    return torch.cat([model(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch_size].to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
                       for i in range(0, len(x), batch_size)])
+
+
+def _scores(model, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(cross-entropy loss, top-1) of ``model`` on ``x``, ``y``."""
+    logits = predict_logits(model, x)
+    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def _epochs_without_improvement(history: list[dict]) -> int:
+    """Epochs since the best val top-1 (between equal top-1s the lower val loss is better)."""
+    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -history[i]["val_loss"]))
+    return len(history) - 1 - best
+
+
+def _log_derived(recipe_cfg: TrainConfig, cfg: TrainConfig, n_train: int) -> dict:
+    """Log (and return) the settings the run's size changed from the recipe's values."""
+    changed = {k: getattr(cfg, k) for k in ("batch_size", "lr", "epochs", "warmup_epochs", "ema_decay")
+               if getattr(cfg, k) != getattr(recipe_cfg, k)}
+    if changed:
+        log.info("%d training images: %s (the %s recipe's values, %s, are for larger datasets; a flag "
+                 "overrides)", n_train, ", ".join(f"{k} {v:g}" for k, v in changed.items()), cfg.recipe,
+                 ", ".join(f"{getattr(recipe_cfg, k):g}" for k in changed))
+    return changed
 
 
 def _cpu_seconds() -> float:
@@ -157,30 +189,45 @@ def _cpu_seconds() -> float:
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also written to ``out/metrics.json``)."""
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
-    cfg = resolve(cfg)  # model, pretrained and the recipe's defaults filled in
+    asked = cfg
+    cfg = resolve(cfg)  # model, pretrained and the recipe's values (refined below by the run's size)
+    if cfg.model not in list_models():
+        raise TrainConfigError(f"unknown model {cfg.model!r}; available: {', '.join(list_models())}")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    dctx = _ddp.context()  # under torchrun: each process loads a 1/N share of every global batch
+    if dctx.is_main:  # the one writer (torchrun stops the other processes when it fails)
+        check_run_folder(out, resume=cfg.resume, exist_ok=cfg.exist_ok)  # before any image is decoded
+    device = _device(cfg, dctx)
+    if cfg.balance and (dctx.enabled or cfg.gan_augment):
+        raise TrainConfigError("--balance does not combine with torchrun or --gan-augment")
+    if cfg.teacher and cfg.mix_prob > 0:
+        raise TrainConfigError("distillation (--teacher) and CutMix/MixUp (--mix-prob) do not combine")
+    if cfg.patience and cfg.select == "last":
+        log.warning("--patience %d with --select last: an early-stopped run keeps its last epoch, which "
+                    "by then has not improved for %d epochs; --select val keeps the best one",
+                    cfg.patience, cfg.patience)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
     # -- data ------------------------------------------------------------------------------------
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, class_depth=cfg.class_depth)
     labels = dataset.classes
-    train_samples, val_samples = _splits(dataset)
+    train_samples, val_samples = training_split(dataset)
     if not train_samples:
         raise DatasetError(f"{cfg.data}: no training images")
+    if dctx.is_main:
+        for warning in check_training_data(dataset, train_samples, val_samples, cfg.balance):
+            log.warning("%s", warning)
     pre = make_preprocess(cfg, preprocess_facts(cfg.model))  # the contract: evaluation and export
     train_pre = dataclasses.replace(pre, input_size=(cfg.train_size, cfg.train_size))
     teacher = Teacher.from_checkpoint(cfg.teacher, labels) if cfg.teacher else None
-    if teacher is not None and cfg.mix_prob > 0:
-        raise ValueError("distillation (--teacher) and CutMix/MixUp (--mix-prob) do not combine")
-    log.info("dataset %s; model %s (%s recipe)", dataset.summary(), cfg.model, cfg.recipe)
+    log.info("dataset %s; model %s (%s recipe) on %s", dataset.summary(), cfg.model, cfg.recipe, device)
     with tqdm(total=len(train_samples) + len(val_samples), desc="decode", unit="img", leave=False) as bar:
         cache = cfg.cache_size or 2 * max(cfg.input_size, teacher.input_size if teacher else 0)
         images = load_images(train_samples, cache, progress=bar.update)
-        x_val = eval_tensors(val_samples, pre, progress=bar.update)
-    y_val = torch.tensor([s.label for s in val_samples])
+        x_val = eval_tensors(val_samples, pre, progress=bar.update) if val_samples else torch.empty(0)
+    y_val = torch.tensor([s.label for s in val_samples], dtype=torch.long)
     extra = None
     if cfg.gan_augment:  # synthetic images from an exported generator (training/gan/augment_hook.py)
         from .gan.augment_hook import GanAugment
@@ -188,44 +235,51 @@ def train(cfg: TrainConfig) -> dict:
     train_set = TrainSet(images, [s.label for s in train_samples], train_pre, cfg.augment, seed=cfg.seed, extra=extra)
     if teacher is not None:  # the teacher's logits for a fixed set of augmented views (inference: bf16 where native)
         train_set = teacher.prepare(train_set, cfg.num_workers, bf16=_bf16("auto"), progress=tqdm)
+    # batch size (and learning rate), epochs, warm-up and EMA the user left open follow the run's size
+    cfg = resolve(asked, n_train=len(train_set))
+    derived = _log_derived(resolve(asked), cfg, len(train_set))
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
-                     num_workers=cfg.num_workers, generator=gen)
-    dctx = _ddp.context()  # under torchrun: each process loads a 1/N share of every global batch
+                     num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda")
+    if cfg.balance:
+        loader_kw.update(shuffle=False, sampler=balanced_sampler([s.label for s in train_samples], len(train_set), gen))
     loader_kw = _ddp.loader_kwargs(loader_kw, train_set, dctx, cfg.seed)
+    if dctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_args(cfg, out / "args.json")
 
     # -- model, optimiser, schedule ---------------------------------------------------------------
     model_kwargs = {"in_chans": pre.channels, "input_size": cfg.input_size, **cfg.model_kwargs}
     model = create_model(cfg.model, num_classes=len(labels), pretrained=cfg.pretrained, **model_kwargs)
     pretrained_info = model.pretrained_info
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    use_bf16 = _bf16(cfg.precision)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
+    model = model.to(device, memory_format=memory_format)
+    use_bf16 = _bf16(cfg.precision, device)
     net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
     optimizer = _optimizer(model, cfg)
-    steps_per_epoch = max(1, len(train_set) // cfg.batch_size if loader_kw["drop_last"] else
-                          math.ceil(len(train_set) / cfg.batch_size))
-    scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    steps = steps_per_epoch(len(train_set), cfg.batch_size)
+    warmup_steps, total_steps = int(cfg.warmup_epochs * steps), cfg.epochs * steps
+    scheduler = _schedule(optimizer, warmup_steps, total_steps)
     # EMA of weights and BatchNorm statistics: evaluated, checkpointed and exported instead of
     # the raw weights (which stay in the checkpoint for --resume).
     ema = (torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         if cfg.ema_decay > 0 else None)
     final = ema.module if ema is not None else model  # the weights that are evaluated and kept
-    if ema is not None and dctx.is_main and cfg.epochs * steps_per_epoch < 2 / (1 - cfg.ema_decay):
+    if ema is not None and dctx.is_main and total_steps < 2 / (1 - cfg.ema_decay):
         log.warning("ema_decay=%s averages over ~%d steps but the run has only %d: the kept weights "
-                    "will lag; use a smaller ema_decay (or 0) for short runs", cfg.ema_decay,
-                    round(1 / (1 - cfg.ema_decay)), cfg.epochs * steps_per_epoch)
+                    "will lag; use a smaller ema_decay (or leave it to the run) for short runs", cfg.ema_decay,
+                    round(1 / (1 - cfg.ema_decay)), total_steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
 
     if cfg.resume and (out / "last.pt").is_file():
         ckpt = load_checkpoint(out / "last.pt")
         if ckpt["model_name"] != cfg.model or ckpt["labels"] != labels:
-            raise ValueError(f"{out / 'last.pt'} was trained with another model or class set; "
-                             "use a new --out folder")
+            raise TrainConfigError(f"{out / 'last.pt'} was trained with another model or class set; "
+                                   "use a new --out folder")
         model.load_state_dict(ckpt["raw_model"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
@@ -249,13 +303,14 @@ def train(cfg: TrainConfig) -> dict:
                 "precision": "bf16" if use_bf16 else "fp32"}
 
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    head = model.card.classifier + "."
 
     # -- epochs ----------------------------------------------------------------------------------
-    t_train = time.perf_counter()
+    t_train, stopped_early = time.perf_counter(), None
     for epoch in range(start_epoch, cfg.epochs):
         frozen = epoch < cfg.freeze_backbone
         for name, p in model.named_parameters():
-            p.requires_grad_(not frozen or name.startswith("head."))
+            p.requires_grad_(not frozen or name.startswith(head))
         model.train()
         train_set.epoch = epoch
         _ddp.set_epoch(loader_kw, epoch)
@@ -263,13 +318,15 @@ def train(cfg: TrainConfig) -> dict:
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
         for batch in bar:                      # x [B, C, H, W] float32, y [B] (+ soft [B, K])
-            x, y = batch[0].contiguous(memory_format=memory_format), batch[1]
+            x = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            y = batch[1].to(device, non_blocking=True)
             x, y_b, lam = _mix(x, y, cfg.mix_prob, mix_gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(x)                # [B, K]
             logits = logits.float()
             if teacher is not None:
-                loss = distill_loss(logits, batch[2], y, cfg.distill_alpha, cfg.distill_temperature, criterion)
+                loss = distill_loss(logits, batch[2].to(device), y, cfg.distill_alpha, cfg.distill_temperature,
+                                    criterion)
             else:
                 loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_b)
             optimizer.zero_grad(set_to_none=True)
@@ -278,19 +335,25 @@ def train(cfg: TrainConfig) -> dict:
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
-            loss_sum += loss.item() * len(y)
+            with torch.no_grad():  # logged without label smoothing or distillation: comparable with val_loss
+                ce = nn.functional.cross_entropy
+                plain = lam * ce(logits, y) + (1 - lam) * ce(logits, y_b)
+            loss_sum += plain.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         loss_sum, correct, seen = _ddp.all_reduce_sums(dctx, loss_sum, correct, seen)
+        # train_*: the live weights on this epoch's augmented batches; val_*: the kept weights
+        # (the EMA when on); live_val_*: the live weights on val, to compare like with like
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": cfg.lr * _lr_factor(scheduler.last_epoch, warmup_steps, total_steps)}
         if len(x_val):
-            v_logits = predict_logits(final, x_val)
-            record["val_loss"] = float(nn.functional.cross_entropy(v_logits, y_val))
-            record["val_top1"] = float((v_logits.argmax(1) == y_val).float().mean())
-        history.append(record)
+            record["val_loss"], record["val_top1"] = _scores(final, x_val, y_val)
+            if ema is not None:
+                record["live_val_loss"], record["live_val_top1"] = _scores(model, x_val, y_val)
         seconds = elapsed_before + time.perf_counter() - t_train
+        record["seconds"] = round(seconds, 1)
+        history.append(record)
         log.info("epoch %d/%d  loss %.3f  train %.3f  val %.3f  (%.0fs)", epoch + 1, cfg.epochs,
                  record["train_loss"], record["train_top1"], record.get("val_top1", float("nan")), seconds)
         score = record.get("val_top1", record["train_top1"])
@@ -300,6 +363,11 @@ def train(cfg: TrainConfig) -> dict:
                 save_checkpoint(out / "best.pt", state(epoch, seconds))
         if dctx.is_main:
             save_checkpoint(out / "last.pt", state(epoch, seconds))
+            write_results(history, out / "results.csv")
+        if cfg.patience and len(x_val) and _epochs_without_improvement(history) >= cfg.patience:
+            stopped_early = epoch + 1
+            log.info("early stop after epoch %d: val top-1 has not improved for %d epochs", epoch + 1, cfg.patience)
+            break
     train_seconds = elapsed_before + time.perf_counter() - t_train
     if not dctx.is_main:  # under torchrun only rank 0 evaluates and writes
         return {"rank": dctx.rank}
@@ -310,14 +378,15 @@ def train(cfg: TrainConfig) -> dict:
     # best_*: the checkpoint in best.pt, which cfg.select chose (the last epoch, or the best val one)
     metrics = {"model": cfg.model, "recipe": cfg.recipe, "pretrained": (pretrained_info or {}).get("weights"),
                "teacher": cfg.teacher, "input_size": cfg.input_size, "train_size": cfg.train_size,
-               "precision": "bf16" if use_bf16 else "fp32",
+               "precision": "bf16" if use_bf16 else "fp32", "device": str(device),
                "num_classes": len(labels), "select": cfg.select, "best_epoch": best["epoch"] + 1,
-               "best_val_top1": best_top1, "train_seconds": round(train_seconds, 1),
+               "best_val_top1": best_top1, "epochs_run": len(history), "stopped_early": stopped_early,
+               "derived_from_run_size": derived, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.perf_counter() - t_start, 1),
                "cpu_seconds": round(_cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
                "n_train": len(train_samples), "n_val": len(val_samples)}
     eval_split = "test" if dataset.splits.get("test") else "val"
-    eval_samples = dataset.splits.get(eval_split) or []
+    eval_samples = dataset.splits["test"] if eval_split == "test" else val_samples
     if eval_samples:
         x_eval = eval_tensors(eval_samples, pre)
         y_eval = np.array([s.label for s in eval_samples])
@@ -328,10 +397,10 @@ def train(cfg: TrainConfig) -> dict:
         report = accuracy_report(logits, y_eval, labels, coarse_of=coarse)
         metrics["eval"] = {"split": eval_split, **report}
         cm = confusion_matrix(logits.argmax(1), y_eval, len(labels))
-        save_confusion(cm, labels, out / "confusion.png")
+        save_confusion(cm, labels, out / "confusion.png", split=eval_split)
     best["metrics"] = metrics
     save_checkpoint(out / "best.pt", best)
-    save_curves(history, out / "curves.png")
-    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {**metrics, "history": history, "config": cfg.to_dict()}, indent=2)))
+    save_curves(history, out / "curves.png", best_epoch=metrics["best_epoch"])
+    atomic_write_text(out / "metrics.json", json.dumps(
+        {**metrics, "history": history, "config": config_to_dict(cfg)}, indent=2))
     return metrics

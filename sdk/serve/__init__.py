@@ -8,6 +8,7 @@ stack is loaded only when one of these names is used.
 """
 from .._errors import lazy_exports
 
-__all__ = ["ServeConfig", "create_app", "serve", "MicroBatcher"]
-__getattr__ = lazy_exports(__name__, {"ServeConfig": "config", "create_app": "_app", "serve": "_app", "MicroBatcher": "_batcher"},
+__all__ = ["ServeConfig", "ServeError", "create_app", "serve", "MicroBatcher", "DecodePool"]
+__getattr__ = lazy_exports(__name__, {"ServeConfig": "config", "ServeError": "config", "create_app": "_app",
+                                      "serve": "_app", "MicroBatcher": "_batcher", "DecodePool": "_batcher"},
                            extra="serve", deps=("fastapi", "starlette", "uvicorn", "pydantic", "multipart", "python_multipart", "anyio"))

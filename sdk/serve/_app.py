@@ -3,7 +3,15 @@
 Endpoints: ``POST /v1/classify`` (raw image bytes or multipart field ``image``; query
 ``top_k``), ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``; with a gallery
 ``GET /v1/gallery``, ``POST`` / ``DELETE /v1/gallery/products?label=``; OpenAPI at ``/openapi.json``
-and ``/docs``. Errors are JSON ``{"error": {"code", "message", "status"}}`` with stable codes.
+and ``/docs`` (a self-contained page rendered from that schema: no CDN, works on an offline
+kiosk). Every error, the web stack's own (404, 405, malformed HTTP, unhandled exceptions) included,
+is JSON ``{"error": {"code", "message", "status"}}`` with a stable code; the OpenAPI schema lists
+each operation's statuses.
+
+Hostile clients: the HTTP protocol (:func:`guarded_protocol`) gives every request head
+``header_timeout_s`` and every body ``body_timeout_s``, and answers connections beyond
+``max_connections`` with 503 at once; images are decoded in a :class:`DecodePool` of worker
+processes whose decodes stop at the request's deadline and whose memory is capped.
 """
 from __future__ import annotations
 
@@ -11,34 +19,62 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
+import html
+import json
 import logging
 import os
+import re
 import time
+from http import HTTPStatus
 
 import anyio
 import onnxruntime as ort
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 
 from .._classifier import ClassifierOptions, ImageClassifier
-from .._errors import GalleryError, ImageError
-from .._gallery import image_sha256
-from .._image import decode_image, header_size
+from .._errors import GalleryError
+from .._image import header_size
 from .._version import __version__
-from ._batcher import MicroBatcher, Overloaded
-from .config import ServeConfig
+from ._batcher import DecodeError, DecodePool, DecodeSetup, MicroBatcher, Overloaded
+from .config import ServeConfig, ServeError
 
 log = logging.getLogger(__name__)
 MAX_GALLERY_TOP_K = 100
 RAW_TYPES = ("application/octet-stream",)
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict",
-          413: "payload_too_large", 415: "unsupported_media_type", 503: "overloaded", 504: "timeout",
-          500: "internal"}
+          408: "timeout", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+          431: "headers_too_large", 503: "overloaded", 504: "timeout", 500: "internal"}
+
+# What each status means, shown in the OpenAPI schema and /docs (every one is an ErrorOut body).
+ERROR_DOCS = {
+    400: "`bad_request` (an invalid query parameter or multipart body) or `bad_image` (empty, corrupt, "
+         "truncated or unsupported image data)",
+    401: "`unauthorized`: the service requires `Authorization: Bearer TOKEN` and it is missing or wrong",
+    403: "`forbidden`: enrolling and removing products needs the service to run with a token",
+    404: "`no_gallery` (the service runs without --gallery) or `not_found` (no such product)",
+    409: "`conflict`: this photo is already enrolled as another product",
+    413: "`payload_too_large` (body over --max-body-bytes) or `image_too_large` (over --max-pixels, or "
+         "its decode needs more memory than --decode-memory-mb allows)",
+    415: "`unsupported_media_type`: send image/*, application/octet-stream or multipart/form-data",
+    500: "`internal`: an unexpected failure (a bug; the service log has the details)",
+    503: "`overloaded` (the model's or the decoders' queue is full, or the service is shutting down; "
+         "retry after `Retry-After` seconds), `not_ready` or `too_many_connections`",
+    504: "`timeout`: not answered within --request-timeout-s (a decode still running is stopped)",
+}
+DECODE_500 = ERROR_DOCS[500] + ", or `decoder_crashed`: the image decoder died on this image"
+TRANSPORT_ERRORS_DOC = (
+    "Any request may also get, before it reaches an operation: 400 `bad_request` (malformed HTTP), "
+    "408 `timeout` (request head not complete within --header-timeout-s, or body within "
+    "--body-timeout-s; the connection is closed), 431 `headers_too_large` (an unfinished head over "
+    "--max-header-bytes) and 503 `too_many_connections` (--max-connections open, none of them idle "
+    "or slow enough to give its place).")
 
 
 class ApiError(Exception):
@@ -72,9 +108,18 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+def error_body(status: int, code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "status": status}}).encode()
+
+
 def _error(status: int, code: str, message: str, headers=None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "status": status}},
                         status_code=status, headers=headers)
+
+
+def _errors(*statuses: int, **descriptions: str) -> dict:
+    """``responses=`` of an operation: each status an ErrorOut with its meaning."""
+    return {s: {"model": ErrorOut, "description": descriptions.get(f"d{s}", ERROR_DOCS[s])} for s in statuses}
 
 
 _BODY_DOC = {"requestBody": {"required": True, "content": {
@@ -83,36 +128,68 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}}}}}}}
-_ERRORS_DOC = {s: {"model": ErrorOut} for s in (400, 401, 413, 415, 503, 504)}
+
+
+def decode_workers(config: ServeConfig) -> int:
+    if config.decode_workers:
+        return config.decode_workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    """Open the model (ModelError now, not at the first request) and build the app."""
+    """Open the model (ModelError now, not at the first request) and build the app. ServeError
+    when the token from ``SKULENS_API_TOKEN`` cannot be used."""
+    try:
+        token = config.api_token()
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
     clf = ImageClassifier.from_path(config.model, ClassifierOptions(
         num_threads=config.num_threads, max_pixels=config.max_pixels, gallery=config.gallery))
     n_labels = len(clf.labels) if clf.gallery is None else MAX_GALLERY_TOP_K
     clf.options = dataclasses.replace(clf.options, top_k=n_labels)  # each request slices its top_k
     gallery_lock = asyncio.Lock()  # one enrolment/removal (and its file write) at a time
-    token = config.token if config.token is not None else os.environ.get("SKULENS_API_TOKEN") or None
     batcher = MicroBatcher(clf.run, max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000,
                            max_queue=config.max_queue)
+    decoders = DecodePool(DecodeSetup(config.max_pixels, clf.decode_contract, clf.preprocess_config),
+                          workers=decode_workers(config), memory_mb=config.decode_memory_mb,
+                          max_waiting=config.max_queue)
     meta = clf.metadata
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        await decoders.start()
         await batcher.start()
-        log.info("serving %s (%d labels) batching max %d / %.1f ms", config.model, n_labels,
-                 config.max_batch, config.max_delay_ms)
+        log.info("serving %s (%d labels) batching max %d / %.1f ms, %d decode workers", config.model, n_labels,
+                 config.max_batch, config.max_delay_ms, decoders.workers)
         try:
             yield
         finally:  # uvicorn has let in-flight requests finish (graceful shutdown) before this
             await batcher.stop()
+            await decoders.stop()
             clf.close()
             log.info("stopped after %d batches, %d images", batcher.batches, batcher.images)
+            p = app.state.protocol
+            if p.refused or p.evicted or p.timed_out or decoders.stopped or decoders.crashed:
+                log.info("defences: %d connections refused (503), %d closed for a new one, %d timed out; "
+                         "%d decodes stopped at their deadline, %d decoder crashes", p.refused, p.evicted,
+                         p.timed_out, decoders.stopped, decoders.crashed)
 
-    app = FastAPI(title="skulens", version=__version__, lifespan=lifespan,
-                  description="Product image classification with a self-describing ONNX model.")
-    app.state.batcher, app.state.config = batcher, config
+    # FastAPI's /docs and /redoc load their scripts from a CDN: blank without a network. /docs
+    # is a page of our own, rendered once from the OpenAPI schema (no script, no external URL).
+    app = FastAPI(title="skulens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Product image classification with a self-describing ONNX model. "
+                  + ("Operations under /v1 require `Authorization: Bearer TOKEN` (the token is set with "
+                     "--token or SKULENS_API_TOKEN when the service starts). " if token is not None else
+                     "This service runs without authentication (start it with SKULENS_API_TOKEN set to "
+                     "require a bearer token on /v1). ")
+                  + "Errors are JSON `{\"error\": {\"code\", \"message\", \"status\"}}`. "
+                  + TRANSPORT_ERRORS_DOC)
+    app.state.batcher, app.state.decoders, app.state.config = batcher, decoders, config
+    app.state.protocol = guarded_protocol(config)  # the HTTP protocol serve() runs the app with
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -128,6 +205,37 @@ def create_app(config: ServeConfig) -> FastAPI:
         return _error(exc.status_code, _CODES.get(exc.status_code, f"http_{exc.status_code}"),
                       str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unhandled(request, exc: Exception):  # Starlette logs it and re-raises after this answer
+        return _error(500, "internal", f"internal error ({type(exc).__name__}); the service log has the details")
+
+    def openapi() -> dict:
+        """FastAPI's schema with the statuses the service really answers: no 422 (invalid
+        requests get 400 ``bad_request``), and 500/503 on every operation."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+            if "ErrorOut" not in schemas:  # operations without error models still answer errors
+                schemas["ErrorOut"] = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schemas["ErrorOut"].pop("$defs", {}))
+            if token is not None:
+                spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, ops in spec["paths"].items():
+                for op in ops.values():
+                    responses = op.setdefault("responses", {})
+                    responses.pop("422", None)
+                    for status in (500, 503):
+                        responses.setdefault(str(status), {"description": ERROR_DOCS[status], **ref})
+                    if token is not None and path.startswith("/v1/"):
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     def authorize(request: Request) -> None:
         if token is None:
             return
@@ -137,19 +245,64 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise ApiError(401, "unauthorized", "missing or wrong bearer token",
                            {"WWW-Authenticate": "Bearer"})
 
+    def strict_query(*known: str):
+        """A dependency refusing query parameters the operation does not take, or gives more than
+        once (a typo such as ``?topk=3`` would otherwise be ignored without a word)."""
+        def check(request: Request) -> None:
+            params = request.query_params
+            unknown = sorted({k for k in params.keys() if k not in known})
+            if unknown:
+                raise ApiError(400, "bad_request", f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                               + (f"this operation takes {', '.join(known)}" if known else "this operation takes none"))
+            repeated = sorted(k for k in known if len(params.getlist(k)) > 1)
+            if repeated:
+                raise ApiError(400, "bad_request", f"query parameter(s) {', '.join(map(repr, repeated))} given "
+                               "more than once")
+        return Depends(check)
+
+    async def decode(kind: str, data: bytes, deadline: float):
+        """The model's input from encoded bytes, in a decode worker, before ``deadline``."""
+        try:
+            return await decoders.run(kind, data, deadline)
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", str(exc), {"Retry-After": "1"}) from None
+        except DecodeError as exc:
+            if exc.kind == "image":
+                raise ApiError(400, "bad_image", exc.message) from None
+            if exc.kind == "too_large":
+                raise ApiError(413, "image_too_large", exc.message) from None
+            if exc.kind == "memory":
+                raise ApiError(413, "image_too_large", "decoding this image needs more memory than one decode "
+                               f"may use ({config.decode_memory_mb} MiB, --decode-memory-mb): {exc.message}") from None
+            if exc.kind == "timeout":
+                raise ApiError(504, "timeout", f"not answered within {config.request_timeout_s:g} s: "
+                               + exc.message) from None
+            if exc.kind == "crashed":
+                raise ApiError(500, "decoder_crashed", exc.message) from None
+            raise ApiError(500, "internal", exc.message) from None
+
+    docs_page: list[str] = []
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    async def docs() -> HTMLResponse:
+        if not docs_page:
+            docs_page.append(docs_html(app.openapi(), token_required=token is not None))
+        return HTMLResponse(docs_page[0])
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorOut}})
+    @app.get("/readyz", tags=["health"], responses=_errors(503, d503="`not_ready`: starting or shutting down"))
     async def readyz():
         """Readiness: the model is loaded and the batcher accepts work."""
         if not batcher.running:
             return _error(503, "not_ready", "the service is starting or shutting down")
         return {"status": "ready"}
 
-    @app.get("/v1/model", tags=["model"], dependencies=[Depends(authorize)], responses={401: {"model": ErrorOut}})
+    @app.get("/v1/model", tags=["model"], dependencies=[Depends(authorize), strict_query()],
+             responses=_errors(400, 401))
     async def model_info() -> dict:
         """Labels, preprocessing contract, quantization and versions from the model's metadata."""
         return {"model_name": meta.model_name, "labels": list(meta.labels),
@@ -159,31 +312,31 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "provenance": meta.provenance, "metrics": meta.metrics,
                 "versions": {"skulens": __version__, "onnxruntime": ort.__version__},
                 "batching": {"max_batch": config.max_batch, "max_delay_ms": config.max_delay_ms,
-                             "max_queue": config.max_queue}}
+                             "max_queue": config.max_queue},
+                "decoding": {"workers": decoders.workers, "memory_mb": config.decode_memory_mb,
+                             "decodes": decoders.decodes, "stopped": decoders.stopped, "crashed": decoders.crashed}}
 
-    @app.post("/v1/classify", tags=["classify"], response_model=ClassifyOut, responses=_ERRORS_DOC,
-              dependencies=[Depends(authorize)], openapi_extra=_BODY_DOC)
+    @app.post("/v1/classify", tags=["classify"], response_model=ClassifyOut,
+              responses=_errors(400, 401, 413, 415, 500, 503, 504, d500=DECODE_500),
+              dependencies=[Depends(authorize), strict_query("top_k")], openapi_extra=_BODY_DOC)
     async def classify(request: Request, top_k: int = Query(config.top_k, ge=1, le=n_labels)):
         """Classify one image sent as the raw body (``image/*`` or ``application/octet-stream``)
         or as the multipart field ``image``."""
         t0 = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + config.request_timeout_s
         try:
-            return await asyncio.wait_for(_classify(request, top_k, t0), config.request_timeout_s)
+            return await asyncio.wait_for(_classify(request, top_k, t0, deadline), config.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"not answered within {config.request_timeout_s:g} s") from None
 
-    async def _classify(request: Request, top_k: int, t0: float) -> dict:
+    async def _classify(request: Request, top_k: int, t0: float, deadline: float) -> dict:
         with batcher.announce():  # a forming batch may wait for this request
             data = await _image_bytes(request, config.max_body_bytes)
             size = header_size(data)
             if size is not None and size[0] * size[1] > config.max_pixels:
                 raise ApiError(413, "image_too_large", f"image is {size[0]}x{size[1]} pixels, over the "
                                f"limit of {config.max_pixels}")
-            try:
-                x = await anyio.to_thread.run_sync(clf.preprocess, data)
-            except ImageError as exc:
-                code, status = ("image_too_large", 413) if "over the limit" in str(exc) else ("bad_image", 400)
-                raise ApiError(status, code, str(exc)) from None
+            x = await decode("classify", data, deadline)
             try:
                 future = batcher.submit(x)
             except Overloaded as exc:
@@ -202,34 +355,34 @@ def create_app(config: ServeConfig) -> FastAPI:
                            "with --gallery to enrol products")
         return clf.gallery
 
-    def enrolment_input(data: bytes):
-        """The model's input tensor and the photo's identity, from one decode (off the event loop)."""
-        pixels = decode_image(data, config.max_pixels)
-        return clf.preprocess(pixels), image_sha256(pixels)
-
     def editing_allowed():
         if token is None:
             raise ApiError(403, "forbidden", "enrolling and removing products needs the service to run "
                            "with a bearer token (--token or SKULENS_API_TOKEN)")
 
-    @app.get("/v1/gallery", tags=["gallery"], dependencies=[Depends(authorize)], responses={401: {"model": ErrorOut}})
+    @app.get("/v1/gallery", tags=["gallery"], dependencies=[Depends(authorize), strict_query()],
+             responses=_errors(400, 401, 404, d404="`no_gallery`: the service runs without --gallery"))
     async def gallery_info() -> dict:
         """The gallery's products (photo counts) and its "unknown" threshold."""
         g = gallery_or_404()
         return {"products": g.products(), "photos": len(g), "unknown": g.unknown, "embedding": g.embedding}
 
-    @app.post("/v1/gallery/products", tags=["gallery"], responses=_ERRORS_DOC,
-              dependencies=[Depends(authorize)], openapi_extra=_BODY_DOC)
+    @app.post("/v1/gallery/products", tags=["gallery"], responses=_errors(
+                  400, 401, 403, 404, 409, 413, 415, 500, 503, 504,
+                  d404="`no_gallery`: the service runs without --gallery", d500=DECODE_500),
+              dependencies=[Depends(authorize), strict_query("label")], openapi_extra=_BODY_DOC)
     async def enrol(request: Request, label: str = Query(..., min_length=1, max_length=200)) -> dict:
         """Enrol one photo of product ``label`` (raw body or multipart field ``image``); the
         gallery file is saved atomically. A photo already enrolled is reported, not added twice."""
         editing_allowed()
         g = gallery_or_404()
-        data = await _image_bytes(request, config.max_body_bytes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.request_timeout_s
         try:
-            x, sha = await anyio.to_thread.run_sync(enrolment_input, data)
-        except ImageError as exc:
-            raise ApiError(400, "bad_image", str(exc)) from None
+            data = await asyncio.wait_for(_image_bytes(request, config.max_body_bytes), config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"the body did not arrive within {config.request_timeout_s:g} s") from None
+        x, sha = await decode("enrol", data, deadline)
         embedding = await anyio.to_thread.run_sync(clf.run_embedding, x[None])
         async with gallery_lock:
             owner = g.label_of_image(sha)
@@ -243,8 +396,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {"label": rep.label, "added": rep.added, "duplicate": bool(rep.duplicates),
                 "photos": g.products()[rep.label]}
 
-    @app.delete("/v1/gallery/products", tags=["gallery"], dependencies=[Depends(authorize)],
-                responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+    @app.delete("/v1/gallery/products", tags=["gallery"], dependencies=[Depends(authorize), strict_query("label")],
+                responses=_errors(400, 401, 403, 404))
     async def delist(label: str = Query(..., min_length=1, max_length=200)) -> dict:
         """Delist product ``label`` (all its photos); the gallery file is saved atomically."""
         editing_allowed()
@@ -260,16 +413,128 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
+_DOCS_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:60rem;
+padding:1rem 1.5rem 4rem;color:#1b1f24}h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;
+padding-bottom:.2rem;margin-top:2rem}code,pre{font:13px/1.4 ui-monospace,Menlo,Consolas,monospace}
+pre{background:#f6f8fa;padding:.6rem .8rem;overflow-x:auto;border-radius:6px}
+.op{border:1px solid #d0d7de;border-radius:6px;margin:1rem 0;padding:.2rem 1rem .6rem}
+.op h3{margin:.6rem 0 .3rem;font-size:1.05rem}.m{display:inline-block;min-width:4.2rem;text-align:center;
+border-radius:4px;color:#fff;font-size:.8rem;padding:.1rem .3rem;margin-right:.5rem;font-weight:600}
+.GET{background:#0969da}.POST{background:#1a7f37}.DELETE{background:#cf222e}.PUT,.PATCH{background:#9a6700}
+table{border-collapse:collapse;margin:.3rem 0}td,th{border:1px solid #d0d7de;padding:.2rem .5rem;
+text-align:left;vertical-align:top}th{background:#f6f8fa}.muted{color:#57606a}
+"""
+
+
+def _schema_html(schema: dict | None) -> str:
+    """A short human form of a JSON schema as HTML: ``integer (min 1, max 5, default 3)``,
+    a link to a named schema, ``array of ...``."""
+    if not schema:
+        return ""
+    if "$ref" in schema:
+        name = html.escape(schema["$ref"].rsplit("/", 1)[-1])
+        return f"<a href='#schema-{name}'>{name}</a>"
+    if "anyOf" in schema:
+        return " or ".join(_schema_html(s) for s in schema["anyOf"])
+    kind = schema.get("type", "object")
+    if kind == "array":
+        return f"array of {_schema_html(schema.get('items')) or 'items'}"
+    if schema.get("format") == "binary":
+        return "binary file"
+    notes = [f"{k.replace('imum', '').replace('Length', ' length')} {schema[k]}"
+             for k in ("minimum", "maximum", "minLength", "maxLength") if k in schema]
+    notes += [f"default {json.dumps(schema['default'])}"] if "default" in schema else []
+    return html.escape(kind + (f" ({', '.join(notes)})" if notes else ""))
+
+
+def _prose(text: str) -> str:
+    """A docstring as HTML: escaped, ``literals`` as code."""
+    return re.sub(r"``(.+?)``", r"<code>\1</code>", html.escape(" ".join(text.split())))
+
+
+def docs_html(spec: dict, *, token_required: bool = False) -> str:
+    """The API reference as one self-contained HTML page (no script, no external resource)
+    rendered from the OpenAPI schema ``spec``: every operation with its parameters, request
+    body types and responses, the schemas, and the raw schema."""
+    e = html.escape
+    info = spec.get("info", {})
+    out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
+           "<meta name=viewport content='width=device-width,initial-scale=1'>",
+           f"<title>{e(info.get('title', 'API'))} {e(str(info.get('version', '')))} API</title>",
+           f"<style>{_DOCS_CSS}</style></head><body>",
+           f"<h1>{e(info.get('title', 'API'))} <span class=muted>{e(str(info.get('version', '')))}</span></h1>",
+           f"<p>{e(info.get('description', ''))}</p>",
+           "<p>Machine-readable schema: <a href='openapi.json'><code>/openapi.json</code></a>. "
+           "Errors are JSON <code>{\"error\": {\"code\", \"message\", \"status\"}}</code> with stable codes.</p>",
+           "<p>" + ("This service requires <code>Authorization: Bearer TOKEN</code> on <code>/v1/*</code>."
+                    if token_required else "This service runs without authentication.") + "</p>",
+           "<h2>Example</h2><pre>curl -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
+           + ("-H 'Authorization: Bearer TOKEN' " if token_required else "")
+           + "'http://HOST:PORT/v1/classify?top_k=3'</pre>"]
+    by_tag: dict[str, list] = {}
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
+            by_tag.setdefault((op.get("tags") or ["other"])[0], []).append((path, method.upper(), op))
+    for tag, ops in by_tag.items():
+        out.append(f"<h2>{e(tag)}</h2>")
+        for path, method, op in ops:
+            out.append(f"<div class=op id='{e(method.lower() + path)}'>"
+                       f"<h3><span class='m {e(method)}'>{e(method)}</span>"
+                       f"<code>{e(path)}</code> <span class=muted>{e(op.get('summary', ''))}</span></h3>")
+            if op.get("description"):
+                out.append(f"<p>{_prose(op['description'])}</p>")
+            params = op.get("parameters") or []
+            if params:
+                out.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>required</th></tr>")
+                out += [f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p.get('in', ''))}</td>"
+                        f"<td>{_schema_html(p.get('schema'))}</td><td>{'yes' if p.get('required') else 'no'}</td></tr>"
+                        for p in params]
+                out.append("</table>")
+            body = (op.get("requestBody") or {}).get("content") or {}
+            if body:
+                out.append("<p>Request body: " + ", ".join(f"<code>{e(ct)}</code>" for ct in body) + "</p>")
+            responses = op.get("responses") or {}
+            if responses:
+                out.append("<table><tr><th>status</th><th>response</th><th>body</th></tr>")
+                for status, r in responses.items():
+                    schema = next(iter((r.get("content") or {}).values()), {}).get("schema")
+                    out.append(f"<tr><td>{e(str(status))}</td><td>{e(r.get('description', ''))}</td>"
+                               f"<td>{_schema_html(schema)}</td></tr>")
+                out.append("</table>")
+            out.append("</div>")
+    schemas = (spec.get("components") or {}).get("schemas") or {}
+    if schemas:
+        out.append("<h2>Schemas</h2>")
+        for name, schema in schemas.items():
+            out.append(f"<h3 id='schema-{e(name)}'><code>{e(name)}</code></h3>")
+            props = schema.get("properties") or {}
+            required = set(schema.get("required") or ())
+            if props:
+                out.append("<table><tr><th>field</th><th>type</th><th>required</th></tr>")
+                out += [f"<tr><td><code>{e(k)}</code></td><td>{_schema_html(v)}</td>"
+                        f"<td>{'yes' if k in required else 'no'}</td></tr>" for k, v in props.items()]
+                out.append("</table>")
+    out.append("<h2>Raw schema</h2><details><summary>openapi.json</summary><pre>"
+               + e(json.dumps(spec, indent=2)) + "</pre></details></body></html>")
+    return "\n".join(out)
+
+
+
+
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"body of {declared} bytes is over the limit of {limit}")
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise ApiError(413, "payload_too_large", f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise ApiError(413, "payload_too_large", f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer; not a server error
+        raise ApiError(400, "bad_request", "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -293,6 +558,7 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
         raise ApiError(400, "bad_request", f"cannot parse the multipart body: {exc}") from None
     upload = form.get("image")
     if upload is None or isinstance(upload, str):
+        await form.close()
         raise ApiError(400, "bad_request", "multipart body has no file field 'image'")
     data = await upload.read()
     await form.close()
@@ -301,12 +567,185 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
     return data
 
 
+def _raw_response(status: int, code: str, message: str, extra: str = "") -> bytes:
+    """A complete HTTP/1.1 error response (JSON, Connection: close) written by the protocol
+    itself, for connections that never reach the app."""
+    body = error_body(status, code, message)
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n")
+    return head.encode("latin-1") + body
+
+
+EVICT_AFTER_S = 0.5      # at max_connections, a connection waiting this long for its request head,
+EVICT_BELOW_BPS = 1024   # or sending its body slower than this (bytes/s), gives its place to a new one
+
+
+def guarded_protocol(config: ServeConfig):
+    """uvicorn's h11 protocol with slow-client defences and JSON transport errors.
+
+    uvicorn arms its keep-alive timer only after a response and drops it as soon as a byte
+    arrives, so a client that sends its request head a byte at a time (slowloris) or trickles
+    a body after its answer keeps its connection (and a file descriptor) forever. Here each
+    connection has one deadline at a time: the request head must be complete within
+    ``header_timeout_s`` of the connection opening (or of the previous answer), then the body
+    within ``body_timeout_s``; a connection past its deadline gets 408 (unless an answer is
+    already on its way) and is closed. When ``max_connections`` are open, a new connection takes
+    the place of the one that has waited longest (at least ``EVICT_AFTER_S``) for its request head
+    (idle keep-alive connections included), or sends its body slower than ``EVICT_BELOW_BPS``, or,
+    answered, is only draining its body; with none such it gets 503 and is closed before it is
+    read. A slow client thus cannot hold a slot against a prompt one. Malformed HTTP and
+    oversized heads get JSON 400 / 431.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        refused = 0   # connections answered 503 at once (class-wide counters, for the log and tests)
+        evicted = 0
+        timed_out = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._phase: str | None = None
+            self._since = 0.0
+            self._timer: asyncio.TimerHandle | None = None
+            self._got_bytes = False
+            self._body_bytes = 0
+            self._refused = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > config.max_connections and not self._evict_one():
+                self._refused = True
+                type(self).refused += 1
+                self.connections.discard(self)  # a refused connection does not count against others
+                transport.write(_raw_response(503, "too_many_connections", "the service already has "
+                                              f"{config.max_connections} open connections; retry later",
+                                              "retry-after: 1\r\n"))
+                transport.close()
+                return
+            self._update_deadline()
+
+        def _evictable(self, now: float) -> bool:
+            if self._phase is None or now - self._since < EVICT_AFTER_S or self.transport.is_closing():
+                return False
+            if self._phase == "head" or (self.cycle is not None and self.cycle.response_complete):
+                return True
+            return self._body_bytes < EVICT_BELOW_BPS * (now - self._since)  # a trickling body
+
+        def _evict_one(self) -> bool:
+            """Close the connection that has waited longest for its request head (or drains an
+            answered request's body), if any has waited ``EVICT_AFTER_S``: True if one was."""
+            now = self.loop.time()
+            waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c._evictable(now)]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda c: c._since)
+            type(self).evicted += 1
+            oldest._close(oldest._phase, "the service needed this connection's place for another client")
+            self.connections.discard(oldest)
+            return True
+
+        def connection_lost(self, exc) -> None:
+            self._set_phase(None)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            self._got_bytes = True
+            if self._phase == "body":
+                self._body_bytes += len(data)
+            super().data_received(data)
+            self._update_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE:
+                self._got_bytes = bool(self.conn.trailing_data[0])  # a pipelined request has begun
+            self._update_deadline()
+
+        def _update_deadline(self) -> None:
+            if self.transport.is_closing():
+                return self._set_phase(None)
+            state = self.conn.their_state
+            self._set_phase("head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None)
+
+        def _set_phase(self, phase: str | None) -> None:
+            if phase == self._phase:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._phase, self._since, self._body_bytes = phase, self.loop.time(), 0
+            if phase is not None:
+                seconds = config.header_timeout_s if phase == "head" else config.body_timeout_s
+                self._timer = self.loop.call_later(seconds, self._expired, phase)
+
+        def _expired(self, phase: str) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            type(self).timed_out += 1
+            self._close(phase, f"the request head was not complete within {config.header_timeout_s:g} s"
+                        if phase == "head" else f"the request body did not arrive within {config.body_timeout_s:g} s")
+
+        def _close(self, phase: str | None, why: str) -> None:
+            """Close now: 408 ``why`` unless the connection is idle or an answer is under way."""
+            self._set_phase(None)
+            answered = self.cycle is not None and self.cycle.response_started and phase == "body"
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True  # the app's receive() now says the client is gone
+                self.cycle.message_event.set()
+            if phase == "head" and not self._got_bytes:
+                pass  # an idle connection: closed without a word, like a keep-alive timeout
+            elif not answered:
+                self.transport.write(_raw_response(408, "timeout", why))
+            self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            """h11 refused the request: malformed HTTP, or a head over ``max_header_bytes``."""
+            too_large = len(self.conn.trailing_data[0]) > config.max_header_bytes
+            status, code = (431, "headers_too_large") if too_large else (400, "bad_request")
+            message = (f"the request head is over {config.max_header_bytes} bytes" if too_large
+                       else f"malformed HTTP request ({msg.rstrip('.')})")
+            body = error_body(status, code, message)
+            try:
+                for event in (h11.Response(status_code=status, reason=HTTPStatus(status).phrase.encode(), headers=[
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")]), h11.Data(data=body), h11.EndOfMessage()):
+                    self.transport.write(self.conn.send(event))
+            except h11.LocalProtocolError:  # an answer was already under way
+                pass
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def _ensure_file_descriptors(config: ServeConfig) -> None:
+    """Raise the soft open-files limit if ``max_connections`` needs it; ServeError if impossible."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    need = config.max_connections + 64 + 4 * decode_workers(config)  # sockets + model, pipes, logs...
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard == resource.RLIM_INFINITY or hard >= need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        else:
+            raise ServeError(f"--max-connections {config.max_connections} needs about {need} open files but "
+                             f"the limit is {hard} (ulimit -n); lower --max-connections")
+
+
 def serve(config: ServeConfig) -> None:
     """Run the service until SIGINT/SIGTERM; in-flight requests finish (graceful shutdown)."""
     import uvicorn
 
+    _ensure_file_descriptors(config)
     app = create_app(config)
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
                         access_log=config.access_log, timeout_graceful_shutdown=config.graceful_timeout_s,
-                        lifespan="on")
+                        lifespan="on", http=app.state.protocol, timeout_keep_alive=config.keep_alive_s,
+                        h11_max_incomplete_event_size=config.max_header_bytes)
     uvicorn.Server(uv).run()

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from skulens import SkulensError
+from skulens.internal import option
 
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
 
@@ -15,45 +16,40 @@ class GanConfigError(SkulensError, ValueError):
 
 @dataclass
 class GanConfig:
-    """Options of :func:`skulens.training.gan.train_gan`; each field is a ``skulens gan train`` flag.
+    """Options of :func:`skulens.training.gan.train_gan`; each field is a ``skulens gan train`` flag
+    with the help text below."""
 
-    data: a dataset folder (class folders or split lists, see ``skulens.load_dataset``) or an
-        ``.npz`` with arrays ``x`` [N, H, W(, C)] uint8 and ``y`` [N] (and optional ``labels``).
-    classes: comma-separated class names or ids to train on (default: all classes).
-    image_size / channels: output resolution (a multiple of 4, >= 8) and 3 (RGB) or 1 (gray).
-    g_width: generator channels at the lowest resolution (halved at every upsampling).
-    d_width: discriminator channels at full resolution (doubled at every downsampling).
-    steps_per_epoch: optimiser steps per epoch (0 = one pass over the real images).
-    diffaug: comma-separated DiffAugment policies applied to real and fake ("" = none).
-    grid_classes: comma-separated classes for the per-epoch sample grid (default: the first 10).
-    """
-
-    data: str
-    out: str = "runs/gan"
-    classes: str | None = None
-    image_size: int = 64
-    channels: int = 3
-    z_dim: int = 128
-    embed_dim: int = 64
-    g_width: int = 256
-    d_width: int = 64
-    epochs: int = 100
-    steps_per_epoch: int = 0
-    batch_size: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 4e-4                # two time-scale updates (D learns faster; n_dis = 1)
-    beta1: float = 0.0
-    beta2: float = 0.999
-    ema_decay: float = 0.999
-    mode_seeking: float = 1.0         # MSGAN weight against intra-class mode collapse (0 = off)
-    diffaug: str = "color,translation,cutout"
-    hflip: bool = True
-    seed: int = 0
-    threads: int = 0
-    resume: bool = False
-    grid_classes: str | None = None
-    grid_per_class: int = 8
-    classifier: str | None = None     # a classifier checkpoint of the same classes (export gate, eval)
+    data: str = option(help="dataset folder (class folders or split lists) or an .npz with x [N,H,W(,C)] "
+                       "uint8 and y [N] (optional labels)")
+    out: str = option("runs/gan", "run folder: last.pt, history, per-epoch sample grids")
+    classes: str | None = option(None, "comma-separated class names or ids to train on; unset: all classes")
+    image_size: int = option(64, "output resolution in pixels (a multiple of 4, >= 8)")
+    channels: int = option(3, "3 = RGB, 1 = gray", choices=(1, 3))
+    z_dim: int = option(128, "length of the random latent vector")
+    embed_dim: int = option(64, "length of the class embedding fed to the generator")
+    g_width: int = option(256, "generator channels at the lowest resolution (halved at every upsampling)")
+    d_width: int = option(64, "discriminator channels at full resolution (doubled at every downsampling)")
+    epochs: int = option(100, "training epochs")
+    steps_per_epoch: int = option(0, "optimiser steps per epoch (0 = one pass over the real images)")
+    batch_size: int = option(64, "images per optimiser step (real and generated each)")
+    lr_g: float = option(2e-4, "generator Adam learning rate")
+    lr_d: float = option(4e-4, "discriminator Adam learning rate (two time-scale updates: D learns "
+                         "faster, one D step per G step)")
+    beta1: float = option(0.0, "Adam beta1 of both optimisers")
+    beta2: float = option(0.999, "Adam beta2 of both optimisers")
+    ema_decay: float = option(0.999, "decay of the generator's moving average (the exported generator), in [0, 1)")
+    mode_seeking: float = option(1.0, "MSGAN mode-seeking weight against intra-class mode collapse (0 = off)")
+    diffaug: str = option("color,translation,cutout", "comma-separated DiffAugment policies applied to real "
+                          f"and generated images, from {', '.join(DIFFAUG_POLICIES)} (\"\" = none)")
+    hflip: bool = option(True, "random horizontal flips of the real images")
+    seed: int = option(0, "random seed (weights, latents, batches)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    resume: bool = option(False, "continue from OUT/last.pt when it exists (same classes and architecture)")
+    grid_classes: str | None = option(None, "comma-separated classes of the per-epoch sample grid; "
+                                      "unset: the first 10")
+    grid_per_class: int = option(8, "samples per class in the per-epoch grid")
+    classifier: str | None = option(None, "a classifier checkpoint of the same classes, kept in the "
+                                    "checkpoint: export uses it to check INT8 images, gan eval as feature space")
 
     def __post_init__(self):
         problems = []
@@ -86,34 +82,29 @@ class GanConfig:
 
 @dataclass
 class GanEvalConfig:
-    """Options of :func:`skulens.training.gan.evaluate_gan` (``skulens gan eval`` flags).
+    """Options of :func:`skulens.training.gan.evaluate_gan`; each field is a ``skulens gan eval``
+    flag with the help text below (``--no-fid --no-cas`` for latency only)."""
 
-    generator: the fp32 generator .onnx; data: the dataset it was trained on (its train and test
-    splits are the real sets); classifier: a classifier checkpoint trained on ``data`` (feature
-    space for FID, and the recipe reused for CAS and the low-data arms).
-    int8: the INT8 generator to time (default: <generator>.int8.onnx or .int8.rejected.onnx).
-    lowdata_data / lowdata_generator: the low-data subset and a generator trained ONLY on it;
-    lowdata_epochs: epochs of the real-only arm; equal_steps: give the +GAN arm the same number
-    of optimiser steps (fewer epochs) instead of the same number of epochs.
-    fid / cas / latency: which measurements to run (``--no-fid --no-cas`` for latency only).
-    """
-
-    generator: str
-    data: str
-    classifier: str
-    out: str = "runs/gan_eval"
-    int8: str | None = None
-    lowdata_data: str | None = None
-    lowdata_generator: str | None = None
-    seeds: int = 3
-    lowdata_epochs: int = 60
-    gan_ratio: float = 1.0
-    equal_steps: bool = True
-    fid: bool = True
-    cas: bool = True
-    latency: bool = True
-    threads: int = 1
-    seed: int = 0
+    generator: str = option(help="the fp32 generator .onnx (skulens export GAN_CHECKPOINT)")
+    data: str = option(help="the dataset the generator was trained on: its train and test splits are the real sets")
+    classifier: str = option(help="a classifier checkpoint trained on --data: feature space for FID and the "
+                             "training recipe reused for CAS and the low-data arms")
+    out: str = option("runs/gan_eval", "folder for gan_eval.json, gan_eval.png and the runs it trains")
+    int8: str | None = option(None, "the INT8 generator to time; unset: <generator>.int8.onnx or "
+                              ".int8.rejected.onnx beside it")
+    lowdata_data: str | None = option(None, "a low-data subset of --data for the augmentation experiment "
+                                      "(needs --lowdata-generator)")
+    lowdata_generator: str | None = option(None, "a generator .onnx trained ONLY on --lowdata-data")
+    seeds: int = option(3, "training seeds per low-data arm (real only, real + GAN)")
+    lowdata_epochs: int = option(60, "epochs of the real-only low-data arm")
+    gan_ratio: float = option(1.0, "generated images per real image in the real + GAN arm")
+    equal_steps: bool = option(True, "give the real + GAN arm the same number of optimiser steps as the "
+                               "real-only arm (fewer epochs) instead of the same number of epochs")
+    fid: bool = option(True, "measure FID in the classifier's feature space (and its top-1 on generated images)")
+    cas: bool = option(True, "measure CAS: a classifier trained on generated images only, tested on real ones")
+    latency: bool = option(True, "time the fp32 and INT8 generators (1 thread)")
+    threads: int = option(1, "CPU threads for generation and the training runs (0 = all)")
+    seed: int = option(0, "first random seed (generation and the training runs)")
 
     def __post_init__(self):
         if self.seeds < 1 or self.lowdata_epochs < 1 or self.gan_ratio <= 0 or self.threads < 0:
