@@ -48,7 +48,8 @@ def run_quickstart(data=None, out="runs/quickstart", model=None, epochs=None,
     dataset = load_dataset(data)
     _say(f"      {dataset.summary()}")
 
-    cfg = resolve(TrainConfig(data=str(data), out=str(out / "train"), model=model, seed=seed, **recipe))
+    cfg = resolve(TrainConfig(data=str(data), out=str(out / "train"), model=model, seed=seed,
+                              exist_ok=True, **recipe))  # a re-run of the quickstart replaces its own run
     metrics = train(cfg)
     ev = metrics.get("eval", {})
     how = f"fine-tuned from ImageNet {metrics['pretrained']} weights" if metrics.get("pretrained") else "trained from scratch"

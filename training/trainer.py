@@ -203,9 +203,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.teacher and cfg.mix_prob > 0:
         raise TrainConfigError("distillation (--teacher) and CutMix/MixUp (--mix-prob) do not combine")
     if cfg.patience and cfg.select == "last":
-        log.warning("--patience %d with --select last: an early-stopped run keeps its last epoch, which "
-                    "by then has not improved for %d epochs; --select val keeps the best one",
-                    cfg.patience, cfg.patience)
+        log.warning("--patience with --select last: an early-stopped run keeps its last epoch, which by then "
+                    "has not improved for %d epochs; --select val keeps the best one", cfg.patience)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -337,8 +336,7 @@ def train(cfg: TrainConfig) -> dict:
                 ema.update_parameters(model)
             with torch.no_grad():  # logged without label smoothing or distillation: comparable with val_loss
                 ce = nn.functional.cross_entropy
-                plain = lam * ce(logits, y) + (1 - lam) * ce(logits, y_b)
-            loss_sum += plain.item() * len(y)
+                loss_sum += (lam * ce(logits, y) + (1 - lam) * ce(logits, y_b)).item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
