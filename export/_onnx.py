@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import torch
 
-from skulens.internal import ModelMetadata, encode_metadata
-from skulens.internal import atomic_write, sha256_file
+from skulens.internal import ModelMetadata, atomic_write, encode_metadata, sha256_file
+
+from .config import DEFAULT_OPSET
 
 log = logging.getLogger(__name__)
-DEFAULT_OPSET = 18
 
 
 def torch_to_onnx(model: torch.nn.Module, example_inputs: tuple, path, *, input_names=("input",),

@@ -19,8 +19,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quant_pre_process, quantize_static)
 
-from skulens.internal import time_models
-from skulens.internal import atomic_write
+from skulens.internal import atomic_write, time_models
 
 from ._onnx import drop_unused_initializers
 

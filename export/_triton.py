@@ -24,8 +24,7 @@ from pathlib import Path
 import onnx
 
 from skulens import ModelError
-from skulens.internal import decode_metadata
-from skulens.internal import atomic_write
+from skulens.internal import atomic_write, decode_metadata
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from skulens import DatasetError, ModelError, PreprocessConfig, decode_image, load_dataset
-from skulens.internal import coarse_index, label_mapping
-from skulens.internal import sha256_file
-from skulens.internal import ModelMetadata
+from skulens.internal import ModelMetadata, coarse_index, label_mapping, sha256_file
 
 from . import _procs
 from .config import ORT_INT8_PEERS, OPENVINO_PEERS, BenchConfig

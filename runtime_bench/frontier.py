@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from skulens import ClassifierOptions, ImageClassifier, load_dataset
-from skulens.internal import Dataset
-from skulens.internal import evaluate
-from skulens.internal import atomic_write
+from skulens.internal import Dataset, atomic_write, evaluate
 
 from ._files import write_result_files
 from ._timing import interleaved_samples, ort_runner, summarize

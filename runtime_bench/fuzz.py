@@ -38,7 +38,8 @@ def seed_images(data: str | None, n: int = 6) -> list[np.ndarray]:
     if data:
         from skulens import load_dataset
 
-        for s in load_dataset(data).split("train")[:: max(1, 2640 // n)][:n]:
+        train = load_dataset(data).split("train")
+        for s in train[:: max(1, len(train) // n)][:n]:
             img = decode_image(s.path)
             images.append(cv2.resize(img, (96, 64 + 16 * (len(images) % 3)), interpolation=cv2.INTER_AREA))
     while len(images) < n:

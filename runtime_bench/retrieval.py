@@ -24,12 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skulens import ClassifierOptions, ImageClassifier, load_dataset
-from skulens.internal import subset, write_split_lists
-from skulens.internal import softmax
-from skulens import ProductGallery
-from skulens.internal import atomic_write
-from skulens.internal import auroc, selective_report
+from skulens import ClassifierOptions, ImageClassifier, ProductGallery, load_dataset
+from skulens.internal import atomic_write, auroc, selective_report, softmax, subset, write_split_lists
 
 from ._files import write_result_files
 

@@ -32,9 +32,7 @@ import cv2
 import numpy as np
 
 from skulens import ClassifierOptions, ImageClassifier, decode_image, load_dataset
-from skulens.internal import Dataset
-from skulens.internal import label_mapping
-from skulens.internal import atomic_write
+from skulens.internal import Dataset, atomic_write, label_mapping
 
 from ._files import write_result_files
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import cached_property
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
@@ -203,7 +204,7 @@ class ImageClassifier(OnnxTask):
         img = decode_image(image, max_pixels=self.options.max_pixels, preprocess=self.decode_contract)
         return self.preprocess_config.apply(img)
 
-    @property
+    @cached_property
     def decode_contract(self):
         """The contract JPEGs are decoded for: the model's, with ``options.reduced_decode`` if set."""
         if self.options.reduced_decode is None:

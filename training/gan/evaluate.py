@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from skulens import decode_image, load_dataset
-from skulens.internal import Dataset, Sample, write_split_lists
-from skulens import GeneratorOptions, ImageGenerator
-from skulens.internal import make_grid, write_png
+from skulens import GeneratorOptions, ImageGenerator, decode_image, load_dataset
+from skulens.internal import Dataset, Sample, atomic_write, make_grid, write_png, write_split_lists
 
 from ..augment import AugmentConfig
-from ..checkpoint import atomic_write, load_checkpoint
+
+from ..checkpoint import load_checkpoint
 from ..config import TrainConfig
 from .config import GanConfigError, GanEvalConfig
 from .metrics import FeatureExtractor, frechet_distance

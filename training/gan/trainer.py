@@ -23,9 +23,10 @@ from tqdm.auto import tqdm as _tqdm
 
 import skulens
 from skulens import DatasetError
-from skulens.internal import make_grid, write_png
+from skulens.internal import atomic_write, make_grid, write_png
 
-from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+
+from ..checkpoint import load_checkpoint, save_checkpoint
 from .config import GanConfig
 from .data import RealImages, load_real, parse_classes, select_classes
 from .diffaug import diff_augment
