@@ -96,11 +96,11 @@ def _calibrated(gallery, target) -> None:
                     "and a threshold reaching %.0f %% precision", 100 * target)
 
 
-def _readable(images, max_pixels) -> tuple[list[str], int]:
+def _readable(images, clf) -> tuple[list[str], int]:
     """The photos that decode (folders and patterns expanded); the others are reported."""
     import sys
 
-    from skulens import ImageError, decode_image
+    from skulens import ImageError
     from skulens.internal import IMAGE_SUFFIXES
 
     from ._main import expand_images
@@ -110,7 +110,7 @@ def _readable(images, max_pixels) -> tuple[list[str], int]:
         try:
             if problem:
                 raise ImageError(f"{image}: {problem}")
-            decode_image(image, max_pixels=max_pixels)
+            clf.decode(image)
             good.append(image)
         except ImageError as exc:
             bad += 1
@@ -123,7 +123,7 @@ def _add(args) -> int:
 
     gallery = ProductGallery.load(args.gallery)
     with _classifier(args.model, args.threads) as clf:
-        images, failed = _readable(args.images, clf.options.max_pixels)
+        images, failed = _readable(args.images, clf)
         if not images:
             raise GalleryError(f"{args.label}: none of the {failed} given photos could be read; nothing enrolled")
         t0 = time.perf_counter()

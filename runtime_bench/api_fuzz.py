@@ -42,11 +42,17 @@ from skulens.bench.load_test import HOST, server_process
 RAW_MEDIA = ("image/jpeg", "image/png", "application/octet-stream")
 
 
-def bomb_gif(width: int = 20000, height: int = 20000) -> bytes:
-    """A 35-byte GIF whose header declares ``width`` x ``height`` pixels (gigabytes to decode)."""
+def bomb_gif(width: int = 20000, height: int = 20000, padded: bool = False) -> bytes:
+    """A 35-byte GIF whose header declares ``width`` x ``height`` pixels (gigabytes to decode).
+    ``padded``: with a comment block long enough that the size is plausible for the file's length
+    (the SDK refuses a GIF declaring more pixels than its bytes can encode), so the decoder runs."""
     screen = struct.pack("<HHBBB", width, height, 0, 0, 0)
     image = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
-    return b"GIF89a" + screen + image + b"\x02\x02\x44\x01\x00" + b"\x3b" + b"\x00" * 6
+    comment = b""
+    if padded:
+        blocks = -(-width * height // (4096 * 8 // 3) // 255) + 1
+        comment = b"\x21\xfe" + (b"\xff" + b"c" * 255) * blocks + b"\x00"
+    return b"GIF89a" + screen + comment + image + b"\x02\x02\x44\x01\x00" + b"\x3b" + b"\x00" * 6
 
 
 def photo_variants(photo: bytes | None, seed: int = 0) -> list[bytes]:

@@ -48,8 +48,13 @@ HD = (1920, 1080)
 
 # -- inputs ----------------------------------------------------------------------------------------
 def grocery_photos(root: Path) -> list[str]:
-    """The dataset's photos (train/val/test, not the iconic catalogue images), sorted."""
-    return sorted(str(p) for split in ("train", "val", "test") for p in (root / split).rglob("*.jpg"))
+    """The dataset's photos (train/val/test, not the iconic catalogue images), sorted, as absolute
+    paths (a manifest's relative paths are read relative to the manifest's own folder)."""
+    root = root.resolve()
+    photos = sorted(str(p) for split in ("train", "val", "test") for p in (root / split).rglob("*.jpg"))
+    if not photos:
+        raise FileNotFoundError(f"no Grocery photos under {root}/{{train,val,test}}")
+    return photos
 
 
 def make_hd_copies(photos: list[str], folder: Path, n: int) -> list[str]:
@@ -155,6 +160,9 @@ def run_config(cmd: list[str], log_file: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd)} (see {log_file})")
     summary = json.loads(stdout)
+    if summary["errors"]:  # a throughput of error rows measures nothing
+        raise RuntimeError(f"{summary['errors']} of {summary['processed']} images failed in {' '.join(cmd)}; "
+                           f"the benchmark's inputs are all valid photos (see {log_file} and the output's error column)")
     cpu = sum(c for _, c in seen.values())
     worker_cpu = sum(c for pid, (name, c) in seen.items()
                      if name.startswith("ray::MapWorker") or (pid == proc.pid and "--ray" not in cmd))

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._config import option
 from ._errors import ModelError
-from ._image import DEFAULT_MAX_PIXELS, decode_image
+from ._image import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, decode_image
 from ._io import sha256_file
 from ._metadata import ModelMetadata
 from ._session import BACKENDS, OnnxTask, check_backend, open_model
@@ -28,6 +28,8 @@ class ClassifierOptions:
     score_threshold: drop categories scoring below this probability.
     providers: onnxruntime execution providers, in order of preference.
     max_pixels: images larger than this are refused before decoding.
+    max_aspect_ratio: images more elongated than this (longer / shorter side) are refused
+        before decoding.
     max_batch: the largest batch sent to the model at once by ``classify_batch``.
     gallery: a product gallery file (``skulens gallery create``): classify by retrieval among
         its products (scores are cosine similarities) instead of by the model's own labels.
@@ -49,6 +51,8 @@ class ClassifierOptions:
                                         "order of preference")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "images larger than this (width x height) are refused "
                              "before decoding")
+    max_aspect_ratio: float = option(DEFAULT_MAX_ASPECT_RATIO, "images more elongated than this (longer side "
+                                     "/ shorter side) are refused before decoding")
     max_batch: int = option(32, "the largest batch sent to the model at once")
     gallery: str | None = option(None, "a product gallery file (skulens gallery create): classify by "
                                  "retrieval among its products (cosine similarity) instead of the model's labels")
@@ -66,8 +70,8 @@ class ClassifierOptions:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
-        if self.max_batch < 1 or self.max_pixels < 1 or self.num_threads < 0:
-            raise ValueError("max_batch and max_pixels must be >= 1 and num_threads >= 0")
+        if self.max_batch < 1 or self.max_pixels < 1 or self.num_threads < 0 or not self.max_aspect_ratio >= 1:
+            raise ValueError("max_batch, max_pixels and max_aspect_ratio must be >= 1 and num_threads >= 0")
         check_backend(self.backend)
         if self.backend != "onnxruntime" and tuple(self.providers) != ("CPUExecutionProvider",):
             raise ValueError(f"providers are onnxruntime's; backend {self.backend!r} does not take them")
@@ -199,10 +203,15 @@ class ImageClassifier(OnnxTask):
         return cls(session, meta, options, path=str(path))
 
     # -- the pipeline --------------------------------------------------------------------------
+    def decode(self, image, *, reduced: bool = True) -> np.ndarray:
+        """Decode one image (path, bytes or array) under this classifier's size limits; JPEGs at
+        the reduced scale its contract allows, or in full with ``reduced=False``."""
+        return decode_image(image, max_pixels=self.options.max_pixels, max_aspect_ratio=self.options.max_aspect_ratio,
+                            preprocess=self.decode_contract if reduced else None)
+
     def preprocess(self, image) -> np.ndarray:
         """Decode (if needed) and preprocess one image -> the contract's tensor, no batch axis."""
-        img = decode_image(image, max_pixels=self.options.max_pixels, preprocess=self.decode_contract)
-        return self.preprocess_config.apply(img)
+        return self.preprocess_config.apply(self.decode(image))
 
     @cached_property
     def decode_contract(self):

@@ -9,6 +9,10 @@ class ImageError(SkulensError, ValueError):
     """An input image cannot be used: missing, unreadable, corrupt, truncated, unsupported or too large."""
 
 
+class ImageTooLargeError(ImageError):
+    """An input image is over a size limit (pixels or aspect ratio), refused before decoding."""
+
+
 class ModelError(SkulensError, ValueError):
     """A model file cannot be used: not ONNX, truncated, no skulens metadata, inconsistent metadata."""
 

@@ -217,8 +217,7 @@ class ProductGallery:
         sources = [os.fspath(im) if isinstance(im, (str, os.PathLike)) else f"<image {i}>"
                    for i, im in enumerate(images)]
         # decoded once, as classify decodes them (reduced-scale JPEGs where the contract allows)
-        pixels = [decode_image(im, max_pixels=classifier.options.max_pixels, preprocess=classifier.decode_contract)
-                  for im in images]
+        pixels = [classifier.decode(im) for im in images]
         return self.add_embeddings(label, classifier.embed_batch(pixels), [image_sha256(p) for p in pixels], sources)
 
     def add_embeddings(self, label: str, vectors: np.ndarray, shas: Sequence[str],

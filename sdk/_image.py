@@ -1,8 +1,11 @@
 """Decoding images from paths, bytes or arrays into validated uint8 OpenCV arrays.
 
-Failures raise :class:`ImageError` naming the source and the problem. The pixel limit is
-checked from the file header *before* decoding for JPEG, PNG, BMP and WebP so a hostile
-"decompression bomb" never allocates; other formats are checked after decoding.
+Failures raise :class:`ImageError` naming the source and the problem. The cost of any input is
+bounded before anything is allocated: the format and size are read from the header
+(:mod:`._headers`; an unrecognised or non-8-bit format is refused) and checked against two
+limits, options of every caller: ``max_pixels`` (width x height, default 40 M) and
+``max_aspect_ratio`` (longer side / shorter side, default 100). A "decompression bomb" or a
+1 x 200000 strip is refused in microseconds with :class:`ImageTooLargeError`.
 
 JPEGs are turned upright by their EXIF orientation (as ``cv2.imread`` does), and, given a
 preprocessing contract that allows it, decoded at a reduced scale (1/2, 1/4 or 1/8, in the
@@ -13,17 +16,17 @@ decodes PNG and WebP in full even when asked for a reduced size, so nothing woul
 from __future__ import annotations
 
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ._errors import ImageError
+from ._errors import ImageError, ImageTooLargeError
+from ._headers import ImageHeader, JpegHeader, png_end, read_header
 from ._preprocess import PreprocessConfig, check_image_array
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 40 MP photo; configurable per call / per classifier
+DEFAULT_MAX_ASPECT_RATIO = 100.0  # a shelf panorama passes; a 1 x 200000 strip does not
 
 
 def _describe(source) -> str:
@@ -36,99 +39,13 @@ def _describe(source) -> str:
     return f"<{type(source).__name__}>"
 
 
-@dataclass(frozen=True)
-class JpegHeader:
-    """What decoding needs from a JPEG's header: its stored size, its number of colour
-    components and its EXIF orientation (1 = upright, 2-8 as in the EXIF standard)."""
-
-    width: int
-    height: int
-    components: int
-    orientation: int = 1
-    scan_offset: int | None = None  # where the first scan header (SOS) is; None: none found
-
-    @property
-    def upright_size(self) -> tuple[int, int]:
-        """(width, height) once turned by the orientation (5-8 swap the sides)."""
-        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
-
-
-_EXIF_ORIENTATION_TAG = 0x0112
-_SHORT = 3  # TIFF field type of the orientation value
-
-
-def exif_orientation(tiff: bytes) -> int:
-    """The orientation (1-8) in an EXIF block (a TIFF header and its first IFD), else 1."""
-    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(tiff[:4])
-    if order is None or len(tiff) < 8:
-        return 1
-    ifd = struct.unpack(order + "I", tiff[4:8])[0]
-    if ifd + 2 > len(tiff):
-        return 1
-    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
-    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
-        tag, kind = struct.unpack(order + "HH", tiff[entry:entry + 4])
-        if tag == _EXIF_ORIENTATION_TAG and kind == _SHORT:
-            (value,) = struct.unpack(order + "H", tiff[entry + 8:entry + 10])
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
-def jpeg_header(data: bytes) -> JpegHeader | None:
-    """Walk a JPEG's marker segments up to its first scan: the frame header (SOF), the EXIF
-    orientation and where the scan starts; None when there is no frame header before it."""
-    orientation, frame = 1, None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        if marker == 0xDA:
-            return None if frame is None else JpegHeader(*frame, orientation=orientation, scan_offset=i)
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
-        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
-            orientation = exif_orientation(data[i + 10:i + 2 + length])
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and frame is None:
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            frame = (w, h, data[i + 9])
-        i += 2 + length
-    return None if frame is None else JpegHeader(*frame, orientation=orientation)
-
-
-def _jpeg_size(data: bytes):
-    """(width, height) as stored (before EXIF orientation), or None when not found."""
-    header = jpeg_header(data)
-    return None if header is None else (header.width, header.height)
-
-
 def header_size(data: bytes):
-    """(width, height) read from the header of a JPEG/PNG/BMP/WebP, else None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return _jpeg_size(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] == b"BM" and len(data) >= 26:
-        w, h = struct.unpack("<ii", data[18:26])
-        return abs(w), abs(h)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        chunk = data[12:16]
-        if chunk == b"VP8X":
-            w = 1 + int.from_bytes(data[24:27], "little")
-            h = 1 + int.from_bytes(data[27:30], "little")
-            return w, h
-        if chunk == b"VP8 ":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        if chunk == b"VP8L" and len(data) >= 25:
-            b = data[21:25]
-            w = 1 + (((b[1] & 0x3F) << 8) | b[0])
-            h = 1 + (((b[3] & 0xF) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
-            return w, h
-    return None
+    """(width, height) declared by an encoded image's header, or None when it cannot be read."""
+    try:
+        header = read_header(data, "")
+    except ImageError:
+        return None
+    return header.width, header.height
 
 
 def _check_complete(data: bytes, name: str, jpeg: JpegHeader | None = None) -> None:
@@ -140,12 +57,13 @@ def _check_complete(data: bytes, name: str, jpeg: JpegHeader | None = None) -> N
         sos = jpeg.scan_offset if jpeg is not None and jpeg.scan_offset is not None else data.rfind(b"\xff\xda")
         if sos < 0 or data.rfind(b"\xff\xd9", sos) < 0:
             raise ImageError(f"{name}: truncated JPEG (no end-of-image marker after the scan data)")
-    elif data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and png_end(data) is None:
         raise ImageError(f"{name}: truncated PNG (no IEND chunk)")
 
 
 def decode_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, *,
-                 preprocess: PreprocessConfig | None = None) -> np.ndarray:
+                 preprocess: PreprocessConfig | None = None,
+                 max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
     """Return a uint8 image (HxW gray, HxWx3 BGR or HxWx4 BGRA) from a path, bytes or array.
 
     JPEGs come out upright (EXIF orientation applied). ``preprocess``: the contract the image
@@ -153,18 +71,28 @@ def decode_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, *,
     (a contract with ``reduced_decode`` 0, and any other format, decode in full).
 
     Raises ImageError for a missing/unreadable file, empty, corrupt, truncated or non-image
-    bytes, 16-bit or float data, unsupported channel counts and images over ``max_pixels``.
+    bytes, an unrecognised format, 16-bit or float data and unsupported channel counts, and
+    ImageTooLargeError (an ImageError) for images over ``max_pixels`` or ``max_aspect_ratio``,
+    checked from the header before decoding.
     """
     name = _describe(source)
     if isinstance(source, np.ndarray):
         check_image_array(source)
-        _check_pixels(source.shape[1], source.shape[0], max_pixels, name)
+        check_size(source.shape[1], source.shape[0], name, max_pixels, max_aspect_ratio)
         return source
     data = _read_bytes(source, name)
-    jpeg = jpeg_header(data) if data[:3] == b"\xff\xd8\xff" else None
-    size = (jpeg.width, jpeg.height) if jpeg is not None else header_size(data)
-    if size is not None:
-        _check_pixels(size[0], size[1], max_pixels, name)
+    header: ImageHeader = read_header(data, name)
+    jpeg = header.jpeg
+    try:
+        check_size(header.width, header.height, name, max_pixels // header.pixel_cost, max_aspect_ratio)
+    except ImageTooLargeError as exc:
+        if header.pixel_cost == 1:
+            raise
+        raise ImageTooLargeError(f"{exc}; {header.format} counts {header.pixel_cost} pixels per pixel: its "
+                                 "decoder needs that much more memory") from None
+    if header.implausible(len(data)):
+        raise ImageError(f"{name}: {header.format} header declares {header.width}x{header.height} pixels, more "
+                         f"than {len(data)} bytes can hold (a truncated or forged file)")
     _check_complete(data, name, jpeg)
     scale = 1
     if jpeg is not None and preprocess is not None:
@@ -179,7 +107,7 @@ def decode_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, *,
         check_image_array(image)
     except ImageError as exc:
         raise ImageError(f"{name}: {exc}") from None
-    _check_pixels(image.shape[1], image.shape[0], max_pixels, name)
+    check_size(image.shape[1], image.shape[0], name, max_pixels, max_aspect_ratio)
     return image
 
 
@@ -187,9 +115,9 @@ def _read_bytes(source, name: str) -> bytes:
     """The encoded bytes of a path or bytes-like source (ImageError for anything else)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{name}: no such image file")
         try:
+            if not path.is_file():
+                raise ImageError(f"{name}: no such image file")
             data = path.read_bytes()
         except OSError as exc:
             raise ImageError(f"{name}: cannot read file ({exc.strerror or exc})") from exc
@@ -243,9 +171,15 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
     return image
 
 
-def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
-    if width * height > max_pixels:
-        raise ImageError(f"{name}: image is {width}x{height} = {width * height} pixels, over the "
-                         f"limit of {max_pixels} (raise max_pixels to allow it)")
+def check_size(width: int, height: int, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> None:
+    """ImageTooLargeError unless a ``width`` x ``height`` image is within the limits (and has
+    pixels at all: ImageError)."""
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"{name}: image is {width}x{height} = {width * height} pixels, over the "
+                                 f"limit of {max_pixels} (raise max_pixels to allow it)")
+    if max(width, height) > max_aspect_ratio * min(width, height):
+        raise ImageTooLargeError(f"{name}: image is {width}x{height}, an aspect ratio over the limit of "
+                                 f"{max_aspect_ratio:g}:1 (raise max_aspect_ratio to allow it)")

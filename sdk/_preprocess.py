@@ -43,6 +43,26 @@ def check_image_array(image) -> None:
         raise ImageError(f"image has no pixels (shape {image.shape})")
 
 
+# A shorter-side resize of a very elongated image would allocate the whole resized strip (a
+# 1 x 100000 image at 224 px: 15 GB) to keep a 224 x 224 crop of it. Past this many times the
+# crop's area, only the source rows/columns under the crop (and a margin) are resized: cost
+# bounded by the output for any shape; ordinary photos (up to ~12:1) take the plain path.
+_CROP_FIRST = 16
+
+
+def _source_span(n: int, resized: int, start: int, keep: int):
+    """One axis of the crop-first path: the source range [a, b) under the output window
+    [start, start + keep) of an axis of ``n`` pixels resized to ``resized``, two source pixels of
+    margin each side; returns ((a, b), (size to resize [a, b) to, the window's start in it))."""
+    if resized <= keep:  # nothing cropped on this axis
+        return (0, n), (resized, start)
+    scale = resized / n
+    a = max(0, int(start / scale) - 2)
+    b = min(n, int(-(-(start + keep) // scale)) + 2)
+    size = max(keep, round((b - a) * scale))
+    return (a, b), (size, min(max(0, round(start - a * scale)), size - keep))
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Everything needed to turn a decoded image into the model's input tensor.
@@ -207,8 +227,13 @@ class PreprocessConfig:
             raise ImageError(f"image has no pixels (shape {image.shape})")
         th, tw = self.input_size
         rh, rw = self.resized_size(h, w)
-        out = image if (rh, rw) == (h, w) else cv2.resize(image, (rw, rh), interpolation=_INTERP[self.interpolation])
         y0, x0 = (rh - th) // 2, (rw - tw) // 2
+        if rh * rw > _CROP_FIRST * th * tw:  # an extreme aspect ratio: resize only what the crop keeps
+            (a, b), (rh, y0) = _source_span(h, rh, y0, th)
+            (c, d), (rw, x0) = _source_span(w, rw, x0, tw)
+            image = image[a:b, c:d]
+        out = image if (rh, rw) == image.shape[:2] else cv2.resize(
+            image, (rw, rh), interpolation=_INTERP[self.interpolation])
         out = out[y0:y0 + th, x0:x0 + tw]
         return out.reshape(th, tw, -1)
 

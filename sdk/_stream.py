@@ -27,7 +27,6 @@ from ._capture import LatestFrameGrabber, StreamError, StreamStats, describe_sou
 from ._classifier import Category, ClassificationResult, ClassifierOptions, ImageClassifier, _source_name, softmax
 from ._config import option
 from ._errors import SkulensError
-from ._image import decode_image
 
 log = logging.getLogger(__name__)
 SMOOTHING = ("none", "majority", "mean")
@@ -225,7 +224,7 @@ class FrameClassifier:
         return image[y0:y1, x0:x1]
 
     def _classify_frame(self, frame, index: int, ts: float, source) -> FrameResult:
-        image = decode_image(frame, max_pixels=self._clf.options.max_pixels)
+        image = self._clf.decode(frame, reduced=False)  # in full: the ROI crop is in the frame's pixels
         output = self._clf.run(self._clf.preprocess(self._crop(image))[None])
         votes = raw = None
         if self._smoother is not None and self._clf.gallery is not None:  # smooth the embedding

@@ -14,6 +14,7 @@ runtime through ``skulens`` (the public names) and this module only, never throu
   ``holdout``, ``duplicates_across_splits``, ``MIN_PHOTOS_PER_CLASS``, ``evaluate``,
   ``evaluate_samples``, ``accuracy_report``, ``label_mapping``, ``coarse_index``, ``softmax``,
   ``confusion_matrix``, ``eval_summary_line``, ``write_eval_report`` (eval's CSV/Markdown/PNG);
+- images: ``read_header`` (an encoded image's format and declared size, before decoding);
 - models: ``ModelMetadata``, ``encode_metadata``, ``decode_metadata``, ``open_model``,
   ``session_options``, ``OpenVinoSession``, ``openvino_config`` (the optional OpenVINO backend);
   generators: ``GenerationError``, ``make_grid``, ``write_png``;
@@ -30,6 +31,7 @@ from ._errors import lazy_exports, require_extra
 from ._evaluate import (accuracy_report, coarse_index, confusion_matrix, eval_summary_line, evaluate,
                         evaluate_samples, label_mapping, write_eval_report)
 from ._generator import GenerationError, make_grid, write_png
+from ._headers import read_header
 from ._io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
 from ._metadata import ModelMetadata, decode_metadata, encode_metadata
 from ._search import ExactIndex, HnswIndex, hnsw_available
@@ -47,6 +49,7 @@ __all__ = [
     "accuracy_report", "coarse_index", "confusion_matrix", "eval_summary_line", "evaluate", "evaluate_samples",
     "label_mapping", "write_eval_report",
     "GenerationError", "make_grid", "write_png",
+    "read_header",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "sha256_file",
     "ModelMetadata", "decode_metadata", "encode_metadata",
     "ExactIndex", "HnswIndex", "hnsw_available",

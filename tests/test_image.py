@@ -43,14 +43,17 @@ def test_truncated_png_and_non_image_bytes(grocery_image):
     ok, png = cv2.imencode(".png", decode_image(grocery_image))
     with pytest.raises(ImageError, match="truncated PNG"):
         decode_image(png.tobytes()[:-200])
-    with pytest.raises(ImageError, match="not a decodable image"):
+    with pytest.raises(ImageError, match="not a recognised image format"):
         decode_image(b"hello, this is not an image at all" * 10)
 
 
 def test_sixteen_bit_images_are_refused():
     ok, png16 = cv2.imencode(".png", np.full((8, 8), 40000, np.uint16))
-    with pytest.raises(ImageError, match="uint16 images are not supported"):
+    with pytest.raises(ImageError, match="16-bit PNG images are not supported"):  # from the header
         decode_image(png16.tobytes())
+    ok, tiff16 = cv2.imencode(".tiff", np.full((8, 8), 40000, np.uint16))
+    with pytest.raises(ImageError, match="16-bit TIFF images are not supported"):
+        decode_image(tiff16.tobytes())
 
 
 def test_pixel_limit_is_checked_from_the_header_before_decoding(grocery_image):

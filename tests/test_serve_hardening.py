@@ -197,7 +197,7 @@ def test_decode_bombs_get_413_and_slow_decodes_are_stopped_while_the_service_ans
             return r, time.monotonic() - t0
 
         with ThreadPoolExecutor(2) as pool:
-            bombs = list(pool.map(post, [bomb_gif(), bomb_gif()]))
+            bombs = list(pool.map(post, [bomb_gif(padded=True), bomb_gif(padded=True)]))
         for r, seconds in bombs:
             assert (r.status_code, r.json()["error"]["code"]) == (413, "image_too_large"), r.text
             assert "memory" in r.json()["error"]["message"] and seconds < 5
@@ -205,7 +205,7 @@ def test_decode_bombs_get_413_and_slow_decodes_are_stopped_while_the_service_ans
         workers = _children(proc.pid)
         assert len(workers) == 2
         with ThreadPoolExecutor(3) as pool:
-            slow = pool.submit(post, bomb_gif(10000, 10000))  # 0.4 GB, ~0.45 s to decode here
+            slow = pool.submit(post, bomb_gif(10000, 10000, padded=True))  # 0.4 GB, ~0.45 s to decode here
             time.sleep(0.2)
             t0 = time.monotonic()
             health = httpx.get(url + "/healthz", timeout=5)

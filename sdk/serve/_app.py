@@ -40,7 +40,9 @@ from starlette.requests import Request as StarletteRequest
 
 from .._classifier import ClassifierOptions, ImageClassifier
 from .._errors import GalleryError
-from .._image import header_size
+from .._errors import ImageError, ImageTooLargeError
+from .._headers import read_header
+from .._image import check_size
 from .._version import __version__
 from ._batcher import DecodeError, DecodePool, DecodeSetup, MicroBatcher, Overloaded
 from .config import ServeConfig, ServeError
@@ -148,13 +150,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     except ValueError as exc:
         raise ServeError(str(exc)) from None
     clf = ImageClassifier.from_path(config.model, ClassifierOptions(
-        num_threads=config.num_threads, max_pixels=config.max_pixels, gallery=config.gallery))
+        num_threads=config.num_threads, max_pixels=config.max_pixels, max_aspect_ratio=config.max_aspect_ratio,
+        gallery=config.gallery))
     n_labels = len(clf.labels) if clf.gallery is None else MAX_GALLERY_TOP_K
     clf.options = dataclasses.replace(clf.options, top_k=n_labels)  # each request slices its top_k
     gallery_lock = asyncio.Lock()  # one enrolment/removal (and its file write) at a time
     batcher = MicroBatcher(clf.run, max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000,
                            max_queue=config.max_queue)
-    decoders = DecodePool(DecodeSetup(config.max_pixels, clf.decode_contract, clf.preprocess_config),
+    decoders = DecodePool(DecodeSetup(config.max_pixels, config.max_aspect_ratio, clf.decode_contract,
+                                      clf.preprocess_config),
                           workers=decode_workers(config), memory_mb=config.decode_memory_mb,
                           max_waiting=config.max_queue)
     meta = clf.metadata
@@ -260,6 +264,17 @@ def create_app(config: ServeConfig) -> FastAPI:
                                "more than once")
         return Depends(check)
 
+    def check_header(data: bytes) -> None:
+        """413 at once for an image whose header declares it over the limits (no worker needed);
+        anything else about the bytes is the decode worker's to find."""
+        try:
+            header = read_header(data, "image")
+            check_size(header.width, header.height, "image", config.max_pixels, config.max_aspect_ratio)
+        except ImageTooLargeError as exc:
+            raise ApiError(413, "image_too_large", str(exc)) from None
+        except ImageError:
+            pass
+
     async def decode(kind: str, data: bytes, deadline: float):
         """The model's input from encoded bytes, in a decode worker, before ``deadline``."""
         try:
@@ -332,10 +347,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def _classify(request: Request, top_k: int, t0: float, deadline: float) -> dict:
         with batcher.announce():  # a forming batch may wait for this request
             data = await _image_bytes(request, config.max_body_bytes)
-            size = header_size(data)
-            if size is not None and size[0] * size[1] > config.max_pixels:
-                raise ApiError(413, "image_too_large", f"image is {size[0]}x{size[1]} pixels, over the "
-                               f"limit of {config.max_pixels}")
+            check_header(data)
             x = await decode("classify", data, deadline)
             try:
                 future = batcher.submit(x)

@@ -150,7 +150,7 @@ class MicroBatcher:
 
 class DecodeError(Exception):
     """A decode in a worker did not give a tensor. ``kind``: ``"image"`` (not a usable image),
-    ``"too_large"`` (over ``max_pixels``), ``"memory"`` (needs more than the worker's memory
+    ``"too_large"`` (over ``max_pixels`` or ``max_aspect_ratio``), ``"memory"`` (needs more than the worker's memory
     limit), ``"timeout"`` (stopped at the deadline), ``"crashed"`` (the worker died),
     ``"error"`` (an unexpected exception in the worker)."""
 
@@ -164,6 +164,7 @@ class DecodeSetup:
     """What a worker needs to turn encoded bytes into the model's input (picklable)."""
 
     max_pixels: int
+    max_aspect_ratio: float
     decode_contract: object  # PreprocessConfig a JPEG is decoded for (its reduced scale)
     preprocess: object       # PreprocessConfig giving the model's tensor
 
@@ -181,11 +182,12 @@ def _run_job(setup: DecodeSetup, kind: str, data: bytes):
     from .._image import decode_image
 
     if kind == "classify":
-        return setup.preprocess.apply(decode_image(data, setup.max_pixels, preprocess=setup.decode_contract))
+        return setup.preprocess.apply(decode_image(data, setup.max_pixels, preprocess=setup.decode_contract,
+                                                   max_aspect_ratio=setup.max_aspect_ratio))
     if kind == "enrol":  # full decode: the photo's identity is the hash of its pixels
         from .._gallery import image_sha256
 
-        pixels = decode_image(data, setup.max_pixels)
+        pixels = decode_image(data, setup.max_pixels, max_aspect_ratio=setup.max_aspect_ratio)
         return setup.preprocess.apply(pixels), image_sha256(pixels)
     raise ValueError(f"unknown decode job {kind!r}")
 
@@ -240,7 +242,7 @@ def _worker_main(conn, setup: DecodeSetup, memory_mb: int) -> None:
     """A decode worker: answers ``(kind, bytes)`` jobs on ``conn`` until ``None`` or EOF."""
     import cv2
 
-    from .._errors import ImageError
+    from .._errors import ImageError, ImageTooLargeError
 
     cv2.setNumThreads(1)  # one decode at a time per worker; no thread pools reserving memory
     for ext in (".png", ".jpg"):  # load the codecs before the memory cap is measured
@@ -263,7 +265,7 @@ def _worker_main(conn, setup: DecodeSetup, memory_mb: int) -> None:
             if is_allocation_failure(text):
                 reply = ("memory", text)
             elif isinstance(exc, ImageError):
-                reply = ("too_large" if "over the limit" in text else "image", text)
+                reply = ("too_large" if isinstance(exc, ImageTooLargeError) else "image", text)
             else:
                 reply = ("error", f"{type(exc).__name__}: {text}")
         try:

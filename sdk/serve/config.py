@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .._config import option
 from .._errors import SkulensError
-from .._image import DEFAULT_MAX_PIXELS
+from .._image import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 
 TOKEN_ENV = "SKULENS_API_TOKEN"
 
@@ -48,6 +48,8 @@ class ServeConfig:
     max_body_bytes: int = option(10 * 1024 * 1024, "larger uploads get 413 'payload_too_large'")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "larger images (width x height) get 413 'image_too_large', "
                              "checked before decoding")
+    max_aspect_ratio: float = option(DEFAULT_MAX_ASPECT_RATIO, "more elongated images (longer side / shorter "
+                                     "side) get 413 'image_too_large', checked before decoding")
     request_timeout_s: float = option(10.0, "a request not answered within this many seconds gets 504 "
                                       "'timeout' (a decode still running then is stopped)")
     token: str | None = option(None, "require 'Authorization: Bearer TOKEN' on /v1/*; unset: the "
@@ -79,8 +81,8 @@ class ServeConfig:
     def __post_init__(self):
         problems = []
         for name in ("max_batch", "max_queue", "top_k", "max_body_bytes", "max_pixels", "max_connections",
-                     "max_header_bytes"):
-            if getattr(self, name) < 1:
+                     "max_header_bytes", "max_aspect_ratio"):
+            if not getattr(self, name) >= 1:
                 problems.append(f"{name} must be >= 1")
         for name in ("max_delay_ms", "num_threads", "decode_workers", "decode_memory_mb"):
             if getattr(self, name) < 0:
