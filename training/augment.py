@@ -2,7 +2,9 @@
 
 Aimed at the three real-world problems of shop photos:
 - angle: rotation + perspective jitter, optional horizontal flip;
-- scale: random resized crop (all geometry is one cv2.warpPerspective, so it is cheap);
+- scale: random resized crop, zooming in and, some of the time, out (the product small in the
+  frame, the rest of the frame the photo's own surroundings, mirrored or smeared); all geometry is
+  one cv2.warpPerspective, so it is cheap;
 - lighting: brightness / contrast / gamma (one LUT), white-balance gain, saturation;
 plus sensor problems: Gaussian blur, Gaussian noise, JPEG re-compression.
 Hue is never shifted: colour is what tells a Granny Smith from a Golden Delicious.
@@ -25,6 +27,10 @@ class AugmentConfig:
     scale: tuple[float, float] = option((0.30, 1.0), "random resized crop: area range as a fraction of the image")
     ratio: tuple[float, float] = option((0.75, 1.333), "random resized crop: aspect-ratio range (width / height, "
                                                        "log-uniform)")
+    zoom_out_p: float = option(0.2, "probability of zooming out instead: the crop is larger than the photo "
+                                    "(a product far from the camera), the border mirrored or smeared")
+    zoom_out: tuple[float, float] = option((1.2, 3.0), "zoom-out crop area as a multiple of the photo's (3 = "
+                                                       "the product at 0.58 of the frame's side)")
     rotation: float = option(20.0, "rotation in degrees, uniform in [-rotation, rotation]")
     perspective: float = option(0.08, "corner jitter of the crop as a fraction of its size (camera angle)")
     hflip: bool = option(True, "mirror left-right half the time (off for products whose text must read)")
@@ -43,7 +49,7 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Only the resize to the output size: for evaluation-like training or debugging."""
-        return cls(scale=(1.0, 1.0), ratio=(1.0, 1.0), rotation=0.0, perspective=0.0,
+        return cls(scale=(1.0, 1.0), ratio=(1.0, 1.0), zoom_out_p=0.0, rotation=0.0, perspective=0.0,
                    hflip=False, brightness=0.0, contrast=0.0, gamma=(1.0, 1.0), saturation=0.0,
                    white_balance=0.0, blur_p=0.0, noise_p=0.0, jpeg_p=0.0)
 
@@ -51,6 +57,12 @@ class AugmentConfig:
 def _crop_quad(h, w, cfg: AugmentConfig, rng) -> np.ndarray:
     """Four source points (tl, tr, br, bl) of a random rotated, perspective-jittered crop."""
     area = h * w
+    if cfg.zoom_out_p > 0 and rng.random() < cfg.zoom_out_p:  # the photo inside a larger frame
+        side = math.sqrt(area * rng.uniform(*cfg.zoom_out))
+        cw = ch = side
+        cx = rng.uniform(min(w - cw / 2, cw / 2), max(w - cw / 2, cw / 2))
+        cy = rng.uniform(min(h - ch / 2, ch / 2), max(h - ch / 2, ch / 2))
+        return _jitter(cw, ch, cx, cy, cfg, rng)
     for _ in range(10):
         target = area * rng.uniform(*cfg.scale)
         ratio = math.exp(rng.uniform(math.log(cfg.ratio[0]), math.log(cfg.ratio[1])))
@@ -61,6 +73,11 @@ def _crop_quad(h, w, cfg: AugmentConfig, rng) -> np.ndarray:
         cw = ch = min(h, w)
     cx = rng.uniform(cw / 2, w - cw / 2)
     cy = rng.uniform(ch / 2, h - ch / 2)
+    return _jitter(cw, ch, cx, cy, cfg, rng)
+
+
+def _jitter(cw, ch, cx, cy, cfg: AugmentConfig, rng) -> np.ndarray:
+    """The cw x ch crop centred on (cx, cy), perspective-jittered and rotated: four points."""
     quad = np.array([[-cw / 2, -ch / 2], [cw / 2, -ch / 2], [cw / 2, ch / 2], [-cw / 2, ch / 2]])
     if cfg.perspective > 0:
         quad += rng.uniform(-cfg.perspective, cfg.perspective, size=(4, 2)) * [cw, ch]
@@ -89,7 +106,10 @@ def geometric(image: np.ndarray, out_size: tuple[int, int], cfg: AugmentConfig, 
         small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
         m = m @ np.diag([1 / f, 1 / f, 1.0])
         image = small
-    out = cv2.warpPerspective(image, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    border = cv2.BORDER_REFLECT_101
+    if cfg.zoom_out_p > 0 and rng.random() < 0.5:  # drawn only where zoom-out exists: older runs replay exactly
+        border = cv2.BORDER_REPLICATE
+    out = cv2.warpPerspective(image, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=border)
     return out.reshape(oh, ow, -1) if image.ndim == 3 else out
 
 
