@@ -39,15 +39,6 @@ def _describe(source) -> str:
     return f"<{type(source).__name__}>"
 
 
-def header_size(data: bytes):
-    """(width, height) declared by an encoded image's header, or None when it cannot be read."""
-    try:
-        header = read_header(data, "")
-    except ImageError:
-        return None
-    return header.width, header.height
-
-
 def _check_complete(data: bytes, name: str, jpeg: JpegHeader | None = None) -> None:
     """Reject truncated JPEG/PNG streams that OpenCV would otherwise decode as partial garbage."""
     if data[:3] == b"\xff\xd8\xff":

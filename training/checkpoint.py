@@ -7,14 +7,24 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 A run folder (``--out``) holds: ``args.json`` (the resolved config, written before the first
 epoch), ``results.csv`` (one row per epoch), ``last.pt`` (every epoch, for ``--resume``),
 ``best.pt`` (the checkpoint to export), ``metrics.json``, ``curves.png`` and ``confusion.png``.
+
+``--resume`` is exact: a run killed at any moment and resumed from its last.pt ends with the
+weights of the uninterrupted run, bit for bit (on the same machine, torch and thread count).
+Besides weights, EMA, optimizer and schedule, a checkpoint holds every random-number state a
+training step draws from (:func:`rng_states`); augmentation needs none, being a pure function of
+(seed, epoch, image index) (``data.TrainSet``), nor do the teacher's views and the GAN pools,
+computed before training from the seed.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from skulens import ModelError, PreprocessConfig
@@ -23,9 +33,12 @@ from skulens.internal import atomic_write, atomic_write_text, config_to_dict
 from .config import TrainConfigError
 
 RUN_FILES = ("args.json", "results.csv", "last.pt", "best.pt", "metrics.json")
+WRITTEN_FILES = (*RUN_FILES, "curves.png", "confusion.png")
 RESULT_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds")
 
 FORMAT = "skulens-checkpoint-1"
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -71,6 +84,81 @@ def check_run_folder(out, resume: bool = False, exist_ok: bool = False) -> None:
     if found and not (resume or exist_ok):
         raise TrainConfigError(f"{out} already holds a training run ({', '.join(found)}): pass --resume to "
                                "continue it, --exist-ok to overwrite it, or choose another --out folder")
+
+
+def rng_states(device: torch.device, **generators: torch.Generator) -> dict:
+    """The random-number states of a training run, as tensors and primitives (so checkpoints
+    still load with ``weights_only=True``): torch's global CPU generator (dropout, stochastic
+    depth; under torchrun also the loader's worker seeds), the CUDA generators when training on
+    a GPU, numpy's and Python's global generators (skulens draws from neither, a custom model
+    or hook may), and the run's own ``generators`` (CutMix/MixUp, ...) by name."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": random.getstate(),
+            "generators": {name: g.get_state() for name, g in generators.items()}}
+
+
+def restore_rng_states(states: dict | None, device: torch.device, **generators: torch.Generator) -> bool:
+    """Set the states :func:`rng_states` saved; returns whether all were there (a checkpoint
+    written before they were saved, or on another device, resumes with fresh ones: the run
+    continues, but not as the uninterrupted run would have). Under torchrun every process
+    restores rank 0's states: all start from the same seed and draw alike (same-sized shares)."""
+    missing = [] if states else ["all"]
+    states = states or {}
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if device.type == "cuda":
+        if len(states.get("cuda") or []) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        else:
+            missing.append("cuda")
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "python" in states:
+        random.setstate(states["python"])
+    for name, g in generators.items():
+        if name in states.get("generators", {}):
+            g.set_state(states["generators"][name])
+        elif states:
+            missing.append(name)
+    return not missing
+
+
+def resume_training(path, model_name: str, labels: list[str], model, ema, optimizer, scheduler,
+                    device: torch.device, loader_gen: torch.Generator, **generators: torch.Generator) -> dict:
+    """Load ``path`` (a last.pt) into the run's model, EMA, optimizer, schedule and random-number
+    generators (the loader's, ``generators`` and the global ones); returns the checkpoint."""
+    ckpt = load_checkpoint(path)
+    if ckpt["model_name"] != model_name or ckpt["labels"] != labels:
+        raise TrainConfigError(f"{path} was trained with another model or class set; use a new --out folder")
+    model.load_state_dict(ckpt["raw_model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    loader_gen.set_state(ckpt["loader_rng"])
+    if not restore_rng_states(ckpt.get("rng"), device, **generators):
+        log.warning("%s holds no (or not all) random-number states (written by an older skulens, or on another "
+                    "device): the resume is not exact; the run continues but will not end with the weights "
+                    "an uninterrupted run would have", path)
+    return ckpt
+
+
+def remove_partial_writes(out) -> list[Path]:
+    """Delete the temp files (atomic_write's ``.NAME.*.tmp``) of run-file writes that a killed
+    run cut short: the run taking over the folder (new, --resume or --exist-ok) is its one writer."""
+    out = Path(out)
+    stale = sorted(p for name in WRITTEN_FILES for p in out.glob(f".{name}.*.tmp")) if out.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp file(s) of writes an earlier run did not finish: %s", len(stale),
+                 ", ".join(p.name for p in stale))
+    return stale
 
 
 def write_args(cfg, path) -> Path:

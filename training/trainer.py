@@ -36,7 +36,8 @@ from skulens import DatasetError, load_dataset
 from skulens.internal import accuracy_report, atomic_write_text, config_to_dict
 
 from . import _distributed as _ddp
-from .checkpoint import check_run_folder, load_checkpoint, save_checkpoint, write_args, write_results
+from .checkpoint import (check_run_folder, load_checkpoint, remove_partial_writes, resume_training, rng_states,
+                         save_checkpoint, write_args, write_results)
 from .config import TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch
 from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
 from .distill import Teacher, distill_loss
@@ -197,6 +198,7 @@ def train(cfg: TrainConfig) -> dict:
     dctx = _ddp.context()  # under torchrun: each process loads a 1/N share of every global batch
     if dctx.is_main:  # the one writer (torchrun stops the other processes when it fails)
         check_run_folder(out, resume=cfg.resume, exist_ok=cfg.exist_ok)  # before any image is decoded
+        remove_partial_writes(out)  # a killed run's temp files
     device = _device(cfg, dctx)
     if cfg.balance and (dctx.enabled or cfg.gan_augment):
         raise TrainConfigError("--balance does not combine with torchrun or --gan-augment")
@@ -274,19 +276,12 @@ def train(cfg: TrainConfig) -> dict:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
 
-    if cfg.resume and (out / "last.pt").is_file():
-        ckpt = load_checkpoint(out / "last.pt")
-        if ckpt["model_name"] != cfg.model or ckpt["labels"] != labels:
-            raise TrainConfigError(f"{out / 'last.pt'} was trained with another model or class set; "
-                                   "use a new --out folder")
-        model.load_state_dict(ckpt["raw_model"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)  # CutMix/MixUp
+    if cfg.resume and (out / "last.pt").is_file():  # every state, random-number ones included: exact
+        ckpt = resume_training(out / "last.pt", cfg.model, labels, model, ema, optimizer, scheduler, device, gen,
+                               mix=mix_gen)
         history, best_top1 = ckpt["history"], ckpt["best_top1"]
         start_epoch, elapsed_before = ckpt["epoch"] + 1, ckpt.get("train_seconds", 0.0)
-        gen.set_state(ckpt["loader_rng"])
         log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
 
     def state(epoch: int, train_seconds: float) -> dict:
@@ -296,12 +291,12 @@ def train(cfg: TrainConfig) -> dict:
                 "preprocess": pre.to_dict(), "train_config": cfg.to_dict(), "epoch": epoch,
                 "history": history, "best_top1": best_top1, "train_seconds": train_seconds,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "loader_rng": gen.get_state(), "skulens_version": skulens.__version__,
+                "loader_rng": gen.get_state(), "rng": rng_states(device, mix=mix_gen),
+                "skulens_version": skulens.__version__,
                 "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve()),
                 "pretrained": pretrained_info, "teacher": teacher.info if teacher else None,
                 "precision": "bf16" if use_bf16 else "fp32"}
 
-    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
     head = model.card.classifier + "."
 
     # -- epochs ----------------------------------------------------------------------------------
