@@ -207,3 +207,15 @@ def test_camera_benchmark_writes_its_tables(tiny_models, grocery_subset, tmp_pat
     scales = result["models"][str(tiny_models[1])]["decode_scales"]["r=2"]
     assert scales == {"native": "1/4", "1080p": "1/8", "12mp": "1/8"}  # 32 px input: 348 / 4 >= 2 x 32
     assert "| full |" in (out / "camera.md").read_text()
+
+
+def test_new_models_carry_the_reduced_decode_rule(tiny_models, tiny_run):
+    """#14: training writes the recommended rule into the contract (and decodes its photos by
+    it); export carries it into the model, so camera frames decode at reduced scale by default."""
+    from skulens.internal import open_model
+    from skulens.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_run[0] / "best.pt")
+    assert ckpt["preprocess"]["reduced_decode"] == PreprocessConfig.RECOMMENDED_REDUCED_DECODE
+    _, meta = open_model(tiny_models[1], expect_kind="classifier")
+    assert meta.preprocess.reduced_decode == PreprocessConfig.RECOMMENDED_REDUCED_DECODE

@@ -61,13 +61,13 @@ def model(tiny_models):
 
 def scanner(model, mode, **kw):
     return FrameClassifier.from_path(model, FrameClassifierOptions(
-        running_mode=mode, classifier=ClassifierOptions(num_threads=1, top_k=3), **kw))
+        running_mode=mode, classifier=ClassifierOptions(num_threads=1, top_k=3, reject_unknown=False), **kw))
 
 
 def test_video_mode_matches_image_classifier_on_every_decoded_frame(model, video):
     frames = decoded_frames(video)
     assert len(frames) == 3 * PER_IMAGE
-    with ImageClassifier.from_path(model, ClassifierOptions(num_threads=1, top_k=3)) as clf:
+    with ImageClassifier.from_path(model, ClassifierOptions(num_threads=1, top_k=3, reject_unknown=False)) as clf:
         expected = [clf.classify(f) for f in frames]
     with scanner(model, "video") as sc:
         assert sc.running_mode is RunningMode.VIDEO

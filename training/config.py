@@ -143,6 +143,11 @@ class TrainConfig:
                                            "listing the choices for nested ones)")
     balance: bool = option(False, "class-balanced sampling: every class drawn equally often (with "
                                   "replacement), for imbalanced datasets")
+    reduced_decode: float = option(PreprocessConfig.RECOMMENDED_REDUCED_DECODE,
+                                   "the contract's JPEG decoding rule, applied to the training photos too: "
+                                   "r >= 1 decodes a large JPEG at 1/2, 1/4 or 1/8 scale while it keeps r x the "
+                                   "pixels the resize needs (camera frames decode several times faster); 0 = "
+                                   "always in full")
     cache_size: int | None = option(None, "shorter side of the decoded training images kept in memory "
                                           "(None = 2 x the input size)")
     gan_augment: str | None = option(None, "generator .onnx whose images are mixed into training (off by default)")
@@ -162,6 +167,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise TrainConfigError(f"{name} must be >= {low}, got {value}")
+        if not (self.reduced_decode == 0 or self.reduced_decode >= 1):
+            raise TrainConfigError(f"reduced_decode must be 0 (decode in full) or >= 1, got {self.reduced_decode}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise TrainConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 
@@ -247,4 +254,4 @@ def make_preprocess(cfg: TrainConfig, facts: dict | None = None) -> PreprocessCo
         mean, std = facts["mean"], facts["std"]
     return PreprocessConfig(input_size=(cfg.input_size, cfg.input_size), color_order=color,
                             resize="shorter_side_crop", crop_fraction=1.0, interpolation="area",
-                            mean=mean, std=std, layout="NCHW")
+                            mean=mean, std=std, layout="NCHW", reduced_decode=cfg.reduced_decode)

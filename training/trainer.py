@@ -226,7 +226,7 @@ def train(cfg: TrainConfig) -> dict:
     log.info("dataset %s; model %s (%s recipe) on %s", dataset.summary(), cfg.model, cfg.recipe, device)
     with tqdm(total=len(train_samples) + len(val_samples), desc="decode", unit="img", leave=False) as bar:
         cache = cfg.cache_size or 2 * max(cfg.input_size, teacher.input_size if teacher else 0)
-        images = load_images(train_samples, cache, progress=bar.update)
+        images = load_images(train_samples, cache, progress=bar.update, preprocess=pre)  # decoded as the SDK will
         x_val = eval_tensors(val_samples, pre, progress=bar.update) if val_samples else torch.empty(0)
     y_val = torch.tensor([s.label for s in val_samples], dtype=torch.long)
     extra = None

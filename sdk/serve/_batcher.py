@@ -184,10 +184,11 @@ def _run_job(setup: DecodeSetup, kind: str, data: bytes):
     if kind == "classify":
         return setup.preprocess.apply(decode_image(data, setup.max_pixels, preprocess=setup.decode_contract,
                                                    max_aspect_ratio=setup.max_aspect_ratio))
-    if kind == "enrol":  # full decode: the photo's identity is the hash of its pixels
+    if kind == "enrol":  # decoded as ProductGallery.add decodes it: the photo's identity is the hash of its pixels
         from .._gallery import image_sha256
 
-        pixels = decode_image(data, setup.max_pixels, max_aspect_ratio=setup.max_aspect_ratio)
+        pixels = decode_image(data, setup.max_pixels, preprocess=setup.decode_contract,
+                              max_aspect_ratio=setup.max_aspect_ratio)
         return setup.preprocess.apply(pixels), image_sha256(pixels)
     raise ValueError(f"unknown decode job {kind!r}")
 
