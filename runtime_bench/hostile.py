@@ -8,7 +8,8 @@ generated one), encoded in every format the bundled OpenCV decodes and then tamp
 
 - header bombs: each format declaring 20000 x 20000 pixels, a 1 x 30000 strip, no pixels, and
   6000 x 6000 (inside the default limits, so the decoder really starts, on data for 32 x 24);
-- truncations at three points, seeded byte corruptions, trailing bytes after a valid image;
+- truncations at three points (and JPEGs cut short but closed with an end marker), seeded byte
+  corruptions, trailing bytes after a valid image;
 - formats that are not 8-bit or not images at all; odd numpy arrays; bad paths;
 - and every valid encoding, which must classify.
 
@@ -208,6 +209,9 @@ def cases(photo: np.ndarray, tmp: Path) -> list[Case]:
             out.append(Case(f"{fmt} 4 bit flips #{k}", bytes(flipped), ANY))
     for fmt in ("jpeg", "png", "gif", "webp", "bmp", "tiff", "avif"):
         out.append(Case(f"{fmt} with 200 trailing bytes", enc[fmt] + bytes(range(200)), OK))
+    for cut in (0.4, 0.7):  # cut short, then closed with an end marker: libjpeg fills in grey, silently
+        out.append(Case(f"jpeg truncated at {int(cut * 100)} % + EOI", enc["jpeg"][:int(len(enc["jpeg"]) * cut)]
+                        + b"\xff\xd9", ERROR))
     out += [Case("16-bit PNG", cv2.imencode(".png", photo.astype(np.uint16) * 257)[1].tobytes(), ERROR),
             Case("16-bit TIFF", cv2.imencode(".tiff", photo.astype(np.uint16) * 257)[1].tobytes(), ERROR),
             Case("PFM (float)", cv2.imencode(".pfm", photo.astype(np.float32) / 255)[1].tobytes()[:MAX_INPUT_BYTES],

@@ -115,3 +115,18 @@ def test_a_png_crc_is_checked_after_the_size(photo):
     png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
     with pytest.raises(ImageTooLargeError):
         decode_image(bytes(png))
+
+
+def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_refused(grocery_image):
+    """Issue #12 item 9: libjpeg fills the missing blocks with flat grey and reports nothing."""
+    data = grocery_image.read_bytes()
+    gray = cv2.imencode(".jpg", cv2.cvtColor(cv2.imread(str(grocery_image)), cv2.COLOR_BGR2GRAY))[1].tobytes()
+    for source in (data, gray):
+        for cut in (0.3, 0.6, 0.9):
+            forged = source[:int(len(source) * cut)] + b"\xff\xd9"
+            with pytest.raises(ImageError, match="truncated or corrupt JPEG"):
+                decode_image(forged)
+            with pytest.raises(ImageError, match="truncated or corrupt JPEG"):  # at a reduced scale too
+                decode_image(forged, preprocess=PreprocessConfig(input_size=(32, 32), reduced_decode=1))
+    flat = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    assert decode_image(flat).shape == (64, 64, 3)  # an image that is all grey is just grey

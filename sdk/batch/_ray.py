@@ -78,9 +78,11 @@ def run_on_ray(config, spec: dict, pending, plan, bar, work: dict) -> tuple[int,
         rows = [{"shard": s, "start": a, "stop": b, "paths": plan.paths[a:b] if plan.paths is not None else None}
                 for s, a, b in pending]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one shard a block: a task each
+        # two shards in flight per actor: the next one is queued at the actor when one finishes, so a
+        # worker does not sit idle for a scheduling round trip between shards (a dead actor's are retried)
         ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"spec": WorkerSpec(threads=threads, **spec)},
                             batch_size=1, batch_format="pyarrow", num_cpus=threads,
-                            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1))
+                            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2))
         log.info("classifying %d shards on Ray (%d CPUs): %d worker(s) x %d thread(s)", len(pending), cpus,
                  workers, threads)
         bar.restart_clock()
