@@ -7,6 +7,7 @@ itself runs its PyTorch peer in a separate process.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -58,20 +59,29 @@ def _register_robustness(sub) -> None:
 
 
 def _register_bench_table(sub) -> None:
-    p = sub.add_parser("bench-table", help="accuracy, model-only and end-to-end latency and size of several "
-                       "exported models side by side, in one table (skulens.bench.frontier)")
+    p = sub.add_parser("bench-table", help="accuracy, model-only and end-to-end latency (p50/p99), throughput, "
+                       "memory and size of several exported models on each backend and thread count, side "
+                       "by side in one table with the Pareto-optimal rows marked (skulens.bench.frontier)")
     p.add_argument("models", nargs="+", metavar="MODEL", help="skulens ONNX models to compare (fp32 or INT8)")
     p.add_argument("--data", help="dataset folder for accuracy and real JPEGs (default: none: no accuracy, "
                    "synthetic JPEGs)")
     p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images of the split (default: all)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all models "
+    p.add_argument("--threads", default="1", help="comma-separated intra-op thread counts; each gives its own "
+                   "rows, timed in its own interleaved loop (default: 1)")
+    p.add_argument("--backends", default="onnxruntime", help="comma-separated backends: onnxruntime, openvino "
+                   "(pip install 'skulens[openvino]'; a backend not installed is skipped with a note) "
+                   "(default: onnxruntime)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all rows "
                    "(default: 5)")
     p.add_argument("--e2e-images", type=int, default=8, help="JPEGs cycled by the end-to-end timing "
                    "(default: 8)")
-    p.add_argument("--reuse-metadata-eval", action="store_true", help="take top-1 from the eval stored in "
-                   "the model file when it covers the same whole split (default: measure)")
+    p.add_argument("--throughput-batch", default="8,32", help="comma-separated batch sizes of the model-only "
+                   "throughput in images/s (default: 8,32; empty string: none)")
+    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True, help="peak RSS of each row, "
+                   "measured in a fresh child process per row (default: --rss)")
+    p.add_argument("--reuse-metadata-eval", action="store_true", help="take the onnxruntime rows' top-1 from "
+                   "the eval stored in the model file when it covers the same whole split (default: measure)")
     p.add_argument("--out", default="frontier", help="folder for frontier.json/.md/.png (default: frontier/)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the Markdown table")
     p.set_defaults(func=_bench_table)
@@ -97,7 +107,8 @@ def _bench_table(args) -> int:
 
     return _report(args, lambda: frontier_table(
         args.models, data=args.data, split=args.split, limit=args.limit, threads=args.threads,
-        rounds=args.rounds, e2e_images=args.e2e_images, reuse_metadata_eval=args.reuse_metadata_eval),
+        backends=args.backends, rounds=args.rounds, e2e_images=args.e2e_images,
+        throughput_batch=args.throughput_batch, rss=args.rss, reuse_metadata_eval=args.reuse_metadata_eval),
         write_table, markdown)
 
 
