@@ -39,8 +39,9 @@ def _embed_all(model_path, samples, threads) -> tuple[np.ndarray, np.ndarray]:
         emb, logits = [], []
         for start in range(0, len(paths), 32):
             batch = np.stack([clf.preprocess(p) for p in paths[start:start + 32]])
-            logits.append(clf.run_logits(batch))
-            emb.append(clf.run_embedding(batch))
+            lg, em = clf.run_logits_and_embedding(batch)
+            logits.append(lg)
+            emb.append(em)
         return np.concatenate(emb), np.concatenate(logits)
 
 

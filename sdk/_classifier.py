@@ -233,11 +233,20 @@ class ImageClassifier(OnnxTask):
 
     def run_embedding(self, batch: np.ndarray) -> np.ndarray:
         """A preprocessed batch -> L2-normalised embeddings [N, D] (ModelError without one)."""
+        session = self._require_open()
+        return session.run([self._embedding_output()], {self._input_name: batch})[0]
+
+    def run_logits_and_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A preprocessed batch -> (logits [N, K], embeddings [N, D]) from one model call."""
+        session = self._require_open()
+        logits, emb = session.run([self._output_name, self._embedding_output()], {self._input_name: batch})
+        return logits, emb
+
+    def _embedding_output(self) -> str:
         if self.embedding_spec is None:
             raise ModelError(f"{self.path}: this model has no embedding output; re-export it with a "
                              "current skulens (`skulens export`)")
-        session = self._require_open()
-        return session.run([self.embedding_spec["output"]], {self._input_name: batch})[0]
+        return self.embedding_spec["output"]
 
     def postprocess(self, outputs: np.ndarray, sources: Sequence = ()) -> list[ClassificationResult]:
         """The output of :meth:`run` -> one result per image."""

@@ -46,6 +46,10 @@ def test_models_export_a_unit_embedding_declared_in_the_metadata(tiny_models, gr
     assert report["parity_max_abs_embedding_diff"] < 1e-4
     with ImageClassifier.from_path(fp32) as a, ImageClassifier.from_path(int8) as b:
         assert float(a.embed(grocery_image) @ b.embed(grocery_image)) > 0.95  # INT8 keeps the direction
+        x = b.preprocess(grocery_image)[None]
+        logits, emb = b.run_logits_and_embedding(x)  # both outputs from one model call
+        np.testing.assert_array_equal(logits, b.run_logits(x))
+        np.testing.assert_array_equal(emb, b.run_embedding(x))
 
 
 def test_enrol_search_remove_round_trip(gallery_file, tiny_models, photos):

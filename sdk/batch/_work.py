@@ -182,8 +182,4 @@ class ShardWorker:
         if clf.gallery is not None:  # retrieval runs on the embeddings already
             emb = clf.run_embedding(batch)
             return emb, emb
-        # logits and embedding from one session call (run_logits + run_embedding would run the
-        # model twice); the names are the ones ImageClassifier validated against the metadata
-        logits, emb = clf._require_open().run([clf._output_name, clf.embedding_spec["output"]],
-                                              {clf._input_name: batch})
-        return logits, emb
+        return clf.run_logits_and_embedding(batch)  # one model call, not two
