@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,7 +40,7 @@ from .._io import atomic_write_text, sha256_file
 from .._version import __version__
 from ._inputs import InputPlan, plan_input
 from ._progress import Progress
-from ._work import PART_PREFIX, PART_SUFFIX, ShardWorker, WorkerSpec, part_name, result_schema
+from ._work import PART_PREFIX, PART_SUFFIX, ShardWorker, WorkerSpec, one_opencv_thread, part_name, result_schema
 from .config import BatchConfig, BatchError, cpu_count, split_cores
 
 log = logging.getLogger("skulens.batch")
@@ -241,6 +242,7 @@ def _run_in_process(spec: WorkerSpec, pending, plan: InputPlan, workers: int, ba
     bar.restart_clock()
     t = time.perf_counter()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="skulens-batch")
+    cv_threads = one_opencv_thread()
     try:
         futures = [pool.submit(do, s) for s in pending]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -251,6 +253,7 @@ def _run_in_process(spec: WorkerSpec, pending, plan: InputPlan, workers: int, ba
         pool.shutdown(wait=True, cancel_futures=True)
         for worker in made:
             worker.close()
+        cv2.setNumThreads(cv_threads)
     work["seconds"] = time.perf_counter() - t
 
 

@@ -17,7 +17,7 @@ import ray
 import ray.data
 
 from .config import BatchError, split_cores
-from ._work import ShardWorker, WorkerSpec
+from ._work import ShardWorker, WorkerSpec, one_opencv_thread
 
 log = logging.getLogger("skulens.batch")
 STATS = ("shard", "n", "errors", "seconds", "pid")
@@ -27,6 +27,7 @@ class ShardActor:
     """A Ray Data UDF class: one model instance per actor, one shard per call."""
 
     def __init__(self, spec: WorkerSpec):
+        one_opencv_thread()  # the actor's process is its own: its lanes are the parallelism
         self.worker = ShardWorker(spec)
 
     def __call__(self, batch):

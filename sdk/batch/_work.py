@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,6 +64,16 @@ class WorkerSpec:
 
 class Cancelled(Exception):
     """The job is stopping (Ctrl-C, another shard failed): this shard's part is not written."""
+
+
+def one_opencv_thread() -> int:
+    """Make OpenCV's own operations single-threaded, returning its former thread count: the
+    lanes and workers already fill the cores, and OpenCV's parallel resize and colour conversion
+    inside each of them only add contention (measured on 1080p JPEGs: 16 CPU-ms per image in
+    this process against 11.5 in a Ray actor, where Ray limits threads to the actor's CPUs)."""
+    former = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    return former
 
 
 class ShardWorker:
