@@ -72,18 +72,7 @@ def decode_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, *,
         check_size(source.shape[1], source.shape[0], name, max_pixels, max_aspect_ratio)
         return source
     data = _read_bytes(source, name)
-    header: ImageHeader = read_header(data, name)
-    jpeg = header.jpeg
-    try:
-        check_size(header.width, header.height, name, max_pixels // header.pixel_cost, max_aspect_ratio)
-    except ImageTooLargeError as exc:
-        if header.pixel_cost == 1:
-            raise
-        raise ImageTooLargeError(f"{exc}; {header.format} counts {header.pixel_cost} pixels per pixel: its "
-                                 "decoder needs that much more memory") from None
-    if header.implausible(len(data)):
-        raise ImageError(f"{name}: {header.format} header declares {header.width}x{header.height} pixels, more "
-                         f"than {len(data)} bytes can hold (a truncated or forged file)")
+    jpeg = check_encoded(data, name, max_pixels, max_aspect_ratio).jpeg
     _check_complete(data, name, jpeg)
     scale = 1
     if jpeg is not None and preprocess is not None:
@@ -105,12 +94,27 @@ def decode_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, *,
     return image
 
 
+def check_encoded(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> ImageHeader:
+    """What is checked of encoded bytes before any decoding: a recognised 8-bit format
+    (ImageError), the declared size within the limits, a pixel of JPEG 2000 or AVIF counting as
+    several (ImageTooLargeError), and a size the bytes can really encode (ImageError)."""
+    header = read_header(data, name)
+    cost = header.pixel_cost
+    note = f"; {header.format} counts {cost} pixels per pixel: its decoder needs that much more memory"
+    check_size(header.width, header.height, name, max_pixels // cost, max_aspect_ratio, note if cost > 1 else "")
+    if header.implausible(len(data)):
+        raise ImageError(f"{name}: {header.format} header declares {header.width}x{header.height} pixels, more "
+                         f"than {len(data)} bytes can hold (a truncated or forged file)")
+    return header
+
+
 def _grey_tail(image: np.ndarray, scale: int) -> bool:
-    """True when a decoded JPEG (as stored, before its orientation) ends in a block of exactly 128
-    in every channel (its bottom-right 4 x 4 pixels at full scale) and is not grey all over: what libjpeg decodes where the scan data ran out (a
-    file cut short and closed with an end marker), as it zeroes every block after that point and
-    the last block in the scan is the bottom-right one. None of the 5502 Grocery photos (train,
-    val, test and catalogue images) ends in such a corner."""
+    """True when a decoded JPEG (as stored, before its orientation) ends in exactly 128 in every
+    channel (its bottom-right 4 x 4 pixels at full scale) and is not grey all over: what libjpeg
+    decodes where the scan data ran out (a file cut short and closed with an end marker), as it
+    zeroes every block after that point and the last block in the scan is the bottom-right one.
+    None of the 5502 Grocery photos (train, val, test and catalogue images) ends so."""
     side = max(1, 4 // scale)  # half a block: chroma upsampling blends the grey block's first rows
     if min(image.shape[:2]) <= side or not np.all(image[-1, -1] == 128):
         return False  # the cheap test first: one pixel
@@ -178,14 +182,14 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def check_size(width: int, height: int, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> None:
+               max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO, note: str = "") -> None:
     """ImageTooLargeError unless a ``width`` x ``height`` image is within the limits (and has
-    pixels at all: ImageError)."""
+    pixels at all: ImageError); ``note`` is added to the pixel-limit message."""
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLargeError(f"{name}: image is {width}x{height} = {width * height} pixels, over the "
-                                 f"limit of {max_pixels} (raise max_pixels to allow it)")
+                                 f"limit of {max_pixels} (raise max_pixels to allow it){note}")
     if max(width, height) > max_aspect_ratio * min(width, height):
         raise ImageTooLargeError(f"{name}: image is {width}x{height}, an aspect ratio over the limit of "
                                  f"{max_aspect_ratio:g}:1 (raise max_aspect_ratio to allow it)")

@@ -41,8 +41,7 @@ from starlette.requests import Request as StarletteRequest
 from .._classifier import ClassifierOptions, ImageClassifier
 from .._errors import GalleryError
 from .._errors import ImageError, ImageTooLargeError
-from .._headers import read_header
-from .._image import check_size
+from .._image import check_encoded
 from .._version import __version__
 from ._batcher import DecodeError, DecodePool, DecodeSetup, MicroBatcher, Overloaded
 from .config import ServeConfig, ServeError
@@ -265,11 +264,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         return Depends(check)
 
     def check_header(data: bytes) -> None:
-        """413 at once for an image whose header declares it over the limits (no worker needed);
-        anything else about the bytes is the decode worker's to find."""
+        """413 at once for an image whose header declares it over the limits (the checks decoding
+        starts with, without a worker); any other problem is the decode worker's to report."""
         try:
-            header = read_header(data, "image")
-            check_size(header.width, header.height, "image", config.max_pixels, config.max_aspect_ratio)
+            check_encoded(data, "image", config.max_pixels, config.max_aspect_ratio)
         except ImageTooLargeError as exc:
             raise ApiError(413, "image_too_large", str(exc)) from None
         except ImageError:
