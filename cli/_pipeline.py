@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--input-size", type=int, default=None, help="default: 64 on the demo, the train default on --data")
     p.add_argument("--per-class", type=int, default=50, help="demo images per class (default: 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo images and of training (default: 0)")
+    p.add_argument("--gan-seconds", type=float, default=60.0,
+                   help="training time of the conditional GAN step (default: 60; 0 = skip the GAN)")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser("train", help="train a classifier (flags = skulens.training.TrainConfig fields)")
@@ -170,4 +172,5 @@ def _quickstart(args) -> int:
     from skulens.cli.quickstart import run_quickstart
 
     return run_quickstart(data=args.data, out=args.out, model=args.model, epochs=args.epochs,
-                          input_size=args.input_size, per_class=args.per_class, seed=args.seed)
+                          input_size=args.input_size, per_class=args.per_class, seed=args.seed,
+                          gan_seconds=args.gan_seconds)

@@ -111,7 +111,7 @@ def tiny_float_models(tiny_run, grocery_subset, tmp_path_factory):
 
 
 TINY_GAN = dict(image_size=16, z_dim=16, embed_dim=8, g_width=32, d_width=16, batch_size=8,
-                steps_per_epoch=3, threads=1)
+                steps_per_epoch=3, threads=1, discriminator="dcgan")
 
 
 @pytest.fixture(scope="session")

@@ -108,11 +108,15 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
         GanEvalConfig(generator=str(gen_path), data="d", classifier="c", lowdata_data=str(low))
     cfg = GanEvalConfig(generator=str(gen_path), data=str(grocery_subset), classifier=str(tiny_run[0] / "best.pt"),
                         out=str(tmp_path / "eval"), lowdata_data=str(low), lowdata_generator=str(gen_path),
-                        seeds=2, lowdata_epochs=1, cas=True)
+                        seeds=2, lowdata_epochs=1, cas=True, sample_classes="Lime,0")
     r = evaluate_gan(cfg)
     saved = json.loads((tmp_path / "eval" / "gan_eval.json").read_text())
-    assert saved["fid"]["n_generated"] == saved["fid"]["n_real_train"] == 48
+    n_test = len(ds.split("test"))
+    assert saved["fid"]["n_per_set"] == min(48, n_test) and saved["fid"]["feature_space"] == "imagenet"
     assert saved["fid"]["generated_vs_real_test"] > 0 and saved["fid"]["real_train_vs_real_test"] > 0
+    kid = saved["kid"]
+    assert kid["generated_vs_real_test"]["mean"] > kid["real_train_vs_real_test"]["mean"]  # an untrained GAN
+    assert "classifier_on_generated_top1" in saved
     assert 0 <= saved["cas"]["top1_generated_only"] <= 1 and saved["cas"]["n_generated_train"] == 48
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]

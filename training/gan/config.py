@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from skulens import SkulensError
 from skulens.internal import option
@@ -27,6 +28,15 @@ class GanConfig:
     channels: int = option(3, "3 = RGB, 1 = gray", choices=(1, 3))
     z_dim: int = option(128, "length of the random latent vector")
     embed_dim: int = option(64, "length of the class embedding fed to the generator")
+    discriminator: Literal["auto", "projected", "dcgan"] = option(
+        "auto", "auto = projected for RGB where the pretrained extra is installed, else dcgan; projected: trained heads over a frozen ImageNet EfficientNet-Lite0 seen through fixed random "
+        "projections (needs the pretrained extra, RGB); dcgan: a small discriminator learnt from scratch (baseline)")
+    feature_size: int = option(128, "projected: side the images are resized to before the ImageNet network "
+                               "(a multiple of 32, >= 128; larger is slower)")
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "projected: bfloat16 autocast of the discriminator (auto = where the CPU/GPU has native bf16)")
+    max_minutes: float = option(0.0, "stop after the first epoch that ends past this much training time "
+                                "(0 = no limit; for equal-time comparisons)")
     g_width: int = option(256, "generator channels at the lowest resolution (halved at every upsampling)")
     d_width: int = option(64, "discriminator channels at full resolution (doubled at every downsampling)")
     epochs: int = option(100, "training epochs")
@@ -60,6 +70,12 @@ class GanConfig:
         for name in ("z_dim", "embed_dim", "g_width", "d_width", "epochs", "batch_size", "grid_per_class"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.discriminator == "projected" and self.channels != 3:
+            problems.append("the projected discriminator needs RGB images (channels 3); use --discriminator dcgan")
+        if self.discriminator == "projected" and (self.feature_size < 128 or self.feature_size % 32):
+            problems.append(f"feature_size must be a multiple of 32 and >= 128, got {self.feature_size}")
+        if self.max_minutes < 0:
+            problems.append(f"max_minutes must be >= 0, got {self.max_minutes}")
         if self.steps_per_epoch < 0:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         if self.mode_seeking < 0:
@@ -71,6 +87,14 @@ class GanConfig:
             problems.append(f"unknown diffaug policies {unknown} (choose from {DIFFAUG_POLICIES})")
         if problems:
             raise GanConfigError("invalid GanConfig: " + "; ".join(problems))
+
+    def resolved_discriminator(self) -> str:
+        """"projected" or "dcgan" (``auto`` resolved: projected needs RGB and the pretrained extra)."""
+        if self.discriminator != "auto":
+            return self.discriminator
+        from ..pretrained import pretrained_installed
+
+        return "projected" if self.channels == 3 and pretrained_installed("efficientnet_lite0") else "dcgan"
 
     @property
     def policies(self) -> list[str]:
@@ -87,8 +111,13 @@ class GanEvalConfig:
 
     generator: str = option(help="the fp32 generator .onnx (skulens export GAN_CHECKPOINT)")
     data: str = option(help="the dataset the generator was trained on: its train and test splits are the real sets")
-    classifier: str = option(help="a classifier checkpoint trained on --data: feature space for FID and the "
-                             "training recipe reused for CAS and the low-data arms")
+    classifier: str | None = option(None, "a classifier checkpoint trained on --data: the training recipe "
+                                    "reused for CAS and the low-data arms (and the FID space with "
+                                    "--feature-space classifier); needed for those")
+    feature_space: Literal["imagenet", "classifier"] = option(
+        "imagenet", "FID/KID features: the fixed ImageNet EfficientNet-Lite0 (pretrained extra) or --classifier's")
+    sample_classes: str | None = option(None, "comma-separated classes of the real-vs-generated sample grid "
+                                        "(unset: the first 10)")
     out: str = option("runs/gan_eval", "folder for gan_eval.json, gan_eval.png and the runs it trains")
     int8: str | None = option(None, "the INT8 generator to time; unset: <generator>.int8.onnx or "
                               ".int8.rejected.onnx beside it")
@@ -109,6 +138,9 @@ class GanEvalConfig:
     def __post_init__(self):
         if self.seeds < 1 or self.lowdata_epochs < 1 or self.gan_ratio <= 0 or self.threads < 0:
             raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio > 0, threads >= 0")
+        if not self.classifier and (self.cas or self.lowdata_data or self.feature_space == "classifier"):
+            raise GanConfigError("--classifier is needed for CAS, the low-data arms and --feature-space classifier "
+                                 "(or pass --no-cas)")
         if bool(self.lowdata_data) != bool(self.lowdata_generator):
             raise GanConfigError("give both --lowdata-data and --lowdata-generator (a generator "
                                  "trained only on that low-data subset), or neither")

@@ -1,10 +1,10 @@
-"""Image-quality measures for generators, in the feature space of the project's own classifier.
+"""Image-quality measures for generators in a fixed feature space.
 
-No Inception weights can be downloaded, so "FID" here is the Fréchet distance between Gaussian
-fits of a trained skulens classifier's penultimate-layer features (``model.features(x)``: the
-global-average-pooled activations before dropout and the linear head). Both image sets go
-through exactly the same path: uint8 OpenCV image -> the classifier's preprocessing contract
-(``PreprocessConfig.apply``) -> ``features`` in float64.
+No Inception weights can be downloaded, so FID and KID here use the pooled 1280-d features of the
+ImageNet EfficientNet-Lite0 (:class:`ImageNetFeatures`: the same weights for every run, so
+numbers stay comparable across retrains), or, on request, a trained skulens classifier's
+penultimate-layer features (:class:`FeatureExtractor`; that space moves with every retrain).
+Every image, real or generated, goes through the same path in float64.
 """
 from __future__ import annotations
 
@@ -37,6 +37,59 @@ class FeatureExtractor:
             feats.append(f.double().numpy())
             logits.append(self.model.head(f).numpy())
         return np.concatenate(feats), np.concatenate(logits)
+
+
+class ImageNetFeatures:
+    """Pooled features of the ImageNet EfficientNet-Lite0 (needs the pretrained extra) on uint8
+    OpenCV images: centre crop + area resize to ``image_size`` (the generator's resolution, so
+    real photos lose the same detail generated images never had), then bilinear resize to
+    ``input_size``, RGB ``(p - 127) / 128``, the network up to its global average pool."""
+
+    def __init__(self, image_size: int, input_size: int = 224):
+        from ..efficientnet import EfficientNetLite
+        from ..pretrained import load_pretrained
+        from .data import crop_contract
+
+        self.model = EfficientNetLite(num_classes=1, variant="lite0", drop_path=0.0)
+        self.weights = load_pretrained(self.model, "efficientnet_lite0")
+        self.model.eval()
+        self.image_size, self.input_size = image_size, input_size
+        self.contract = crop_contract(image_size, 3)
+        self.description = (f"ImageNet EfficientNet-Lite0 pooled features (1280-d, weights sha256 "
+                             f"{self.weights['sha256'][:16]}...): centre crop + area resize to {image_size} px, "
+                             f"bilinear to {input_size} px, RGB (p - 127) / 128")
+
+    @torch.no_grad()
+    def __call__(self, images, batch_size: int = 64) -> np.ndarray:
+        """images (uint8 OpenCV arrays, BGR or gray) -> features [N, 1280] float64."""
+        images, out = list(images), []
+        for i in range(0, len(images), batch_size):
+            rgb = np.stack([self.contract.to_model_colors(self.contract.resize_and_crop(im))
+                            for im in images[i:i + batch_size]])         # [b, S, S, 3] uint8 RGB
+            x = (torch.from_numpy(rgb).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+            x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2, mode="bilinear",
+                                                align_corners=False)
+            out.append(self.model.features(x).double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1280))
+
+
+def kernel_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000,
+                    seed: int = 0) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3,
+    averaged over ``subsets`` random subsets of ``min(subset_size, n1, n2)`` per side; returns
+    (mean, std over subsets). Unbiased, so small sets do not inflate it (unlike FID)."""
+    d, m = f1.shape[1], min(subset_size, len(f1), len(f2))
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples per set")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(subsets):
+        x = f1[rng.choice(len(f1), m, replace=False)]
+        y = f2[rng.choice(len(f2), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        off = m * (m - 1)
+        vals.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    return float(np.mean(vals)), float(np.std(vals))
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:

@@ -114,8 +114,26 @@ def gen_kwargs(cfg, num_classes: int) -> dict:
 
 
 def disc_kwargs(cfg, num_classes: int) -> dict:
-    return {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels,
-            "width": cfg.d_width}
+    """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`)."""
+    base = {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels}
+    if cfg.resolved_discriminator() == "projected":
+        return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed}
+    return {"arch": "dcgan", **base, "width": cfg.d_width}
+
+
+def build_discriminator(kwargs: dict, pretrained: bool = True) -> nn.Module:
+    """The discriminator of ``disc_kwargs``: "dcgan" (trained from scratch, :class:`Discriminator`)
+    or "projected" (frozen ImageNet Lite0 features, :mod:`.projected`; ``pretrained=False`` only
+    in tests without the weights package)."""
+    kw = dict(kwargs)
+    arch = kw.pop("arch", "dcgan")
+    if arch == "projected":
+        from .projected import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(**kw, pretrained=pretrained)
+    if arch != "dcgan":
+        raise ValueError(f"unknown discriminator {arch!r} (dcgan, projected)")
+    return Discriminator(**kw)
 
 
 class EMA:

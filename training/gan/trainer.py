@@ -27,13 +27,14 @@ from skulens.internal import atomic_write, make_grid, write_png
 
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..trainer import _bf16
 from .config import GanConfig
 from .data import RealImages, load_real, parse_classes, select_classes
 from .diffaug import diff_augment
-from .models import EMA, Discriminator, Generator, disc_kwargs, gen_kwargs, standing_stats
+from .models import EMA, Generator, build_discriminator, disc_kwargs, gen_kwargs, standing_stats
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "cdcgan"
+MODEL_NAMES = {"dcgan": "cdcgan", "projected": "projected_cgan"}  # discriminator arch -> model name
 
 
 def tqdm(*args, **kwargs):
@@ -111,10 +112,21 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
 
     k = len(real.classes)
     gk, dk = gen_kwargs(cfg, k), disc_kwargs(cfg, k)
-    G, D = Generator(**gk), Discriminator(**dk)
+    model_name = MODEL_NAMES[dk["arch"]]
+    G, D = Generator(**gk), build_discriminator(dk)
+    d_params = [p for p in D.parameters() if p.requires_grad]  # the projected D's ImageNet network stays frozen
+    use_bf16 = dk["arch"] == "projected" and _bf16(cfg.precision)
+    if dk["arch"] == "projected":
+        D = D.to(memory_format=torch.channels_last)
+    log.info("GAN: %s, discriminator %s (%d trainable parameters%s)", model_name, dk["arch"],
+             sum(p.numel() for p in d_params), ", bf16 autocast" if use_bf16 else "")
     ema = EMA(G, cfg.ema_decay)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+
+    def disc(x, y):  # D scores in float32, [B] (dcgan) or [B, n_scores] (projected)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            return D(x, y).float()
     rng = torch.Generator().manual_seed(cfg.seed)
     grid_ids = parse_classes(cfg.grid_classes, real.classes)[:64] if cfg.grid_classes else list(range(min(k, 10)))
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -123,7 +135,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     last = out / "last.pt"
     if cfg.resume and last.is_file():
         ckpt = load_checkpoint(last)
-        if ckpt.get("kind") != "generator" or ckpt["labels"] != real.classes or ckpt["gen_kwargs"] != gk:
+        if (ckpt.get("kind") != "generator" or ckpt["labels"] != real.classes or ckpt["gen_kwargs"] != gk
+                or ckpt.get("disc_kwargs", {}).get("arch", "dcgan") != dk["arch"]):
             raise DatasetError(f"{last} was trained with another class set or architecture; use a new --out")
         G.load_state_dict(ckpt["generator"])
         D.load_state_dict(ckpt["discriminator"])
@@ -137,7 +150,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     def state(epoch: int, seconds: float) -> dict:
-        return {"kind": "generator", "model_name": MODEL_NAME, "gen_kwargs": gk, "disc_kwargs": dk,
+        return {"kind": "generator", "model_name": model_name, "gen_kwargs": gk, "disc_kwargs": dk,
                 "generator_ema": ema.model.state_dict(), "generator": G.state_dict(),
                 "discriminator": D.state_dict(), "ema_updates": ema.updates,
                 "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(), "rng": rng.get_state(),
@@ -169,9 +182,9 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             fake = G(z, y_fake)  # with mode seeking: pairs (i, i + half) share a class, differ in z
 
             # discriminator: hinge loss on augmented real and fake (one forward pass)
-            for p in D.parameters():
+            for p in d_params:
                 p.requires_grad_(True)
-            scores = D(torch.cat([diff_augment(x_real, policies, rng),
+            scores = disc(torch.cat([diff_augment(x_real, policies, rng),
                                   diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
             d_real, d_fake = scores[:cfg.batch_size], scores[cfg.batch_size:]
             loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
@@ -180,9 +193,9 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             opt_d.step()
 
             # generator: non-saturating hinge generator loss through the same augmentation
-            for p in D.parameters():
+            for p in d_params:
                 p.requires_grad_(False)
-            loss_g = -D(diff_augment(fake, policies, rng), y_fake).mean()
+            loss_g = -disc(diff_augment(fake, policies, rng), y_fake).mean()
             loss_ms = torch.zeros(())
             if cfg.mode_seeking > 0:  # MSGAN (Mao et al. 2019): penalise G(z1, c) ~= G(z2, c)
                 d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))
@@ -221,13 +234,18 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                             row_labels=[real.classes[i] for i in grid_ids]))
         save_checkpoint(last, state(epoch, seconds))
         _save_losses(history, out / "losses.png")
+        if cfg.max_minutes and seconds >= 60 * cfg.max_minutes and epoch + 1 < cfg.epochs:
+            log.info("time budget of %.1f min reached after epoch %d: stopping", cfg.max_minutes, epoch + 1)
+            break
 
     if not history:
         raise DatasetError(f"{out}: nothing to train (epochs={cfg.epochs}, already at epoch {start_epoch})")
-    metrics = {"model": MODEL_NAME, "num_classes": k, "n_train": len(real), "class_counts": counts,
+    metrics = {"model": model_name, "discriminator": dk["arch"], "num_classes": k, "n_train": len(real), "class_counts": counts,
                "epochs": cfg.epochs, "steps": step, "image_size": cfg.image_size, "channels": cfg.channels,
                "g_params": sum(p.numel() for p in G.parameters()),
-               "d_params": sum(p.numel() for p in D.parameters()),
+               "d_params": sum(p.numel() for p in d_params),
+               "d_frozen_params": sum(p.numel() for p in D.parameters() if not p.requires_grad),
+               "epochs_done": history[-1]["epoch"],
                "train_seconds": history[-1]["seconds"], "total_seconds": round(time.perf_counter() - t_start, 1),
                "final": history[-1], "checkpoint": str(last)}
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(

