@@ -25,7 +25,7 @@ def test_only_the_heads_train_and_gradients_reach_the_images(disc):
     x = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
     y = torch.tensor([0, 1, 2, 4])
     disc.train()
-    scores = disc(x, y)
+    (scores,) = disc(x, y)
     assert scores.shape == (4, 4 * 16)  # 4 scales x a 4x4 score map each
     scores.mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # the generator is trained through the frozen network
@@ -43,8 +43,15 @@ def test_the_label_changes_the_score(disc):
     with torch.no_grad():
         for h in disc.heads:  # a trained class embedding is non-zero; make it so
             h.embed.weight.normal_()
-        a, b = disc(x, torch.tensor([0, 0])), disc(x, torch.tensor([3, 3]))
+        (a,), (b,) = disc(x, torch.tensor([0, 0])), disc(x, torch.tensor([3, 3]))
     assert not torch.allclose(a, b)
+
+
+def test_the_pixel_discriminator_is_a_second_branch():
+    d = ProjectedDiscriminator(num_classes=3, image_size=32, feature_size=128, pixel_width=8, pretrained=False)
+    proj, pixel = d(torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([0, 2]))
+    assert proj.shape == (2, 64) and pixel.shape == (2,)
+    assert all(p.requires_grad for p in d.pixel.parameters())
 
 
 def test_random_projections_are_fixed_by_the_seed():

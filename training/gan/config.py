@@ -33,6 +33,8 @@ class GanConfig:
         "projections (needs the pretrained extra, RGB); dcgan: a small discriminator learnt from scratch (baseline)")
     feature_size: int = option(128, "projected: side the images are resized to before the ImageNet network "
                                "(a multiple of 32, >= 128; larger is slower)")
+    pixel_d_width: int = option(32, "projected: width of a small discriminator learnt on the pixels beside the "
+                                "frozen-feature heads, losses summed (0 = projected heads only)")
     precision: Literal["auto", "fp32", "bf16"] = option(
         "auto", "projected: bfloat16 autocast of the discriminator (auto = where the CPU/GPU has native bf16)")
     max_minutes: float = option(0.0, "stop after the first epoch that ends past this much training time "
@@ -74,6 +76,8 @@ class GanConfig:
             problems.append("the projected discriminator needs RGB images (channels 3); use --discriminator dcgan")
         if self.discriminator == "projected" and (self.feature_size < 128 or self.feature_size % 32):
             problems.append(f"feature_size must be a multiple of 32 and >= 128, got {self.feature_size}")
+        if self.pixel_d_width < 0:
+            problems.append(f"pixel_d_width must be >= 0, got {self.pixel_d_width}")
         if self.max_minutes < 0:
             problems.append(f"max_minutes must be >= 0, got {self.max_minutes}")
         if self.steps_per_epoch < 0:

@@ -117,7 +117,8 @@ def disc_kwargs(cfg, num_classes: int) -> dict:
     """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`)."""
     base = {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.resolved_discriminator() == "projected":
-        return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed}
+        return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed,
+                "pixel_width": cfg.pixel_d_width}
     return {"arch": "dcgan", **base, "width": cfg.d_width}
 
 

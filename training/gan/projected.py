@@ -10,6 +10,11 @@ projections of its features, and only small per-scale heads are trained.
       -> per scale a trained head: spectral-norm 4x4 stride-2 convs down to 4x4, then a score map
          score = w . h + <embed(label), h> / sqrt(dim) (projection conditioning)  [B, 16] per scale
     -> all score maps concatenated: [B, n_scores] (the hinge loss averages over them).
+  + optionally (``pixel_width`` > 0) a small discriminator learnt from scratch on the pixels
+    (:class:`~.models.Discriminator`), as in Vision-aided GANs (Kumari et al., CVPR 2022): the two
+    hinge losses are summed. Measured here: alone, the frozen network's gradient w.r.t. the image
+    is ~90 % above a 4-pixel scale, and the generator answered with class-independent dot
+    textures the heads could not reject; the pixel discriminator sees and rejects them.
 
 The pretrained features make real and fake differ in ways ImageNet networks care about (object
 parts, textures) from the first step, which is why these GANs train in a fraction of the steps of
@@ -119,7 +124,7 @@ class ProjectedDiscriminator(nn.Module):
     """(images [B, 3, S, S] in [-1, 1], label [B]) -> scores [B, n_scores] (hinge loss)."""
 
     def __init__(self, num_classes: int, image_size: int = 64, channels: int = 3, feature_size: int = 128,
-                 projection_seed: int = 0, pretrained: bool = True):
+                 projection_seed: int = 0, pixel_width: int = 0, pretrained: bool = True):
         super().__init__()
         if channels != 3:
             raise ValueError("the projected discriminator looks through an RGB ImageNet network: channels must be 3")
@@ -130,12 +135,19 @@ class ProjectedDiscriminator(nn.Module):
         self.project = RandomProjection(projection_seed)
         sides = [feature_size // s for s in (4, 8, 16, 32)]
         self.heads = nn.ModuleList([ScaleHead(c, s, num_classes) for c, s in zip(MIXED_CHANNELS, sides)])
+        self.pixel = None
+        if pixel_width:
+            from .models import Discriminator
 
-    def forward(self, x, label):
+            self.pixel = Discriminator(num_classes, image_size, channels, width=pixel_width)
+
+    def forward(self, x, label) -> tuple[torch.Tensor, ...]:
+        """-> (projected scores [B, 4 * 16],) or, with the pixel discriminator, (..., pixel scores [B])."""
+        pixel = (self.pixel(x, label),) if self.pixel is not None else ()
         if x.shape[-1] != self.feature_size:
             x = F.interpolate(x, size=(self.feature_size, self.feature_size), mode="bilinear", align_corners=False)
         maps = self.project(self.features(x))
-        return torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1)
+        return (torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1),) + pixel
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

@@ -124,9 +124,10 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
 
-    def disc(x, y):  # D scores in float32, [B] (dcgan) or [B, n_scores] (projected)
+    def disc(x, y) -> list[torch.Tensor]:  # float32 scores per discriminator branch: [B] or [B, n_scores]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            return D(x, y).float()
+            scores = D(x, y)
+        return [s.float() for s in (scores if isinstance(scores, tuple) else (scores,))]
     rng = torch.Generator().manual_seed(cfg.seed)
     grid_ids = parse_classes(cfg.grid_classes, real.classes)[:64] if cfg.grid_classes else list(range(min(k, 10)))
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -186,8 +187,10 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 p.requires_grad_(True)
             scores = disc(torch.cat([diff_augment(x_real, policies, rng),
                                   diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
-            d_real, d_fake = scores[:cfg.batch_size], scores[cfg.batch_size:]
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            # hinge per branch, summed over branches (projected heads and the pixel discriminator)
+            loss_d = sum(F.relu(1 - s[:cfg.batch_size]).mean() + F.relu(1 + s[cfg.batch_size:]).mean() for s in scores)
+            d_real = torch.stack([s[:cfg.batch_size].mean() for s in scores])
+            d_fake = torch.stack([s[cfg.batch_size:].mean() for s in scores])
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
@@ -195,7 +198,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in d_params:
                 p.requires_grad_(False)
-            loss_g = -disc(diff_augment(fake, policies, rng), y_fake).mean()
+            loss_g = -sum(s.mean() for s in disc(diff_augment(fake, policies, rng), y_fake))
             loss_ms = torch.zeros(())
             if cfg.mode_seeking > 0:  # MSGAN (Mao et al. 2019): penalise G(z1, c) ~= G(z2, c)
                 d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))
