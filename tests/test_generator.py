@@ -1,4 +1,5 @@
 """sdk.ImageGenerator, `skulens generate`, the --gan-augment hook and `skulens gan eval`."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -127,3 +128,11 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     for png in ("gan_eval.png", "samples_real_vs_generated.png"):
         assert (tmp_path / "eval" / png).stat().st_size > 1000
     assert r["fid"] == saved["fid"]
+    # an evaluation killed after the CAS classifier's last epoch (no metrics.json yet) resumes it,
+    # and the finished low-data runs are read back, not retrained
+    (tmp_path / "eval" / "cas" / "run" / "metrics.json").unlink()
+    low_mtime = (tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns
+    again = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False))
+    assert again["cas"]["top1_generated_only"] == saved["cas"]["top1_generated_only"]
+    assert again["lowdata"]["arms"] == saved["lowdata"]["arms"]
+    assert (tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns == low_mtime

@@ -177,6 +177,22 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
     return result
 
 
+def _train_once(rcfg: TrainConfig, train) -> dict:
+    """``train(rcfg)``, where an interrupted evaluation left it: a finished run (its metrics.json
+    has the test figures) is read back, a run with a last.pt is resumed, else trained afresh."""
+    folder = Path(rcfg.out)
+    done = folder / "metrics.json"
+    if done.is_file():
+        m = json.loads(done.read_text())
+        if "eval" in m and m.get("config", {}).get("data") == rcfg.data:
+            log.info("%s: finished earlier, its figures are reused", folder)
+            return m
+    if (folder / "last.pt").is_file():
+        log.info("%s: resuming the interrupted run", folder)
+        rcfg = dataclasses.replace(rcfg, resume=True)
+    return train(rcfg)
+
+
 def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1) -> dict:
     folder = out / "cas"
     splits = {"train": _write_generated(gen_train, y_gen, folder / "generated", "train"),
@@ -184,7 +200,7 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
               "test": list(ds.split("test"))}
     data = write_split_lists(Dataset(ds.root, list(ds.classes), splits, layout="split_lists"), folder / "data")
     rcfg = recipe(clf_ckpt, data=str(data), out=str(folder / "run"), seed=cfg.seed, **base)
-    m = train(rcfg)
+    m = _train_once(rcfg, train)
     cas = {"top1_generated_only": m["eval"]["top1"], "top1_real_recipe": real_top1,
            "n_generated_train": len(y_gen), "n_generated_val": len(y_gen_val), "n_real_test": m["eval"]["n"],
            "recipe": {k: v for k, v in rcfg.to_dict().items() if k not in ("augment",)},
@@ -216,7 +232,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
         for name, extra in arms.items():
             rcfg = recipe(clf_ckpt, data=cfg.lowdata_data, out=str(out / "lowdata" / f"{name}_seed{seed}"),
                           seed=seed, **{**base, **extra})
-            m = train(rcfg)
+            m = _train_once(rcfg, train)
             runs[name].append({"seed": seed, "test_top1": m["eval"]["top1"], "epochs": rcfg.epochs,
                                "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
             log.info("low-data %s seed %d: test top-1 %.3f", name, seed, m["eval"]["top1"])
