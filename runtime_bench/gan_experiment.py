@@ -21,21 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import time
 from pathlib import Path
 
 from skulens import load_dataset
 
-from skulens.internal import atomic_write, subset, write_split_lists
+from skulens.internal import atomic_write, cpu_seconds, subset, write_split_lists
 
 GRID_CLASSES = ("Granny-Smith,Banana,Kiwi,Lemon,Orange,Pomegranate,Watermelon,Pineapple,Tropicana-Apple-Juice,"
                 "Arla-Standard-Milk,Oatly-Oat-Milk,Aubergine,Carrots,Cucumber,Red-Bell-Pepper,Vine-Tomato")
-
-
-def _cpu_seconds() -> float:
-    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
 def main(argv=None) -> int:
@@ -69,12 +63,12 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     steps: dict = {}
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
 
     def timed(name, fn):
-        t, c = time.perf_counter(), _cpu_seconds()
+        t, c = time.perf_counter(), cpu_seconds()
         res = fn()
-        steps[name] = {"wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(_cpu_seconds() - c, 1)}
+        steps[name] = {"wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(cpu_seconds() - c, 1)}
         logging.info("step %s: %s", name, steps[name])
         return res
 
@@ -123,7 +117,7 @@ def main(argv=None) -> int:
             lowdata_epochs=args.lowdata_epochs, threads=args.threads,
             **(dict(lowdata_data=str(low), lowdata_generator=str(out / "projected_low.onnx")) if full else {}))))
     summary = {"args": vars(args), "steps": steps, "total_wall_s": round(time.perf_counter() - t0, 1),
-               "total_cpu_s_this_invocation": round(_cpu_seconds() - c0, 1),
+               "total_cpu_s_this_invocation": round(cpu_seconds() - c0, 1),
                "gan_training": {n: _training(out / n) for n in gans},
                "fid": {n: {k: v for k, v in e["fid"].items() if k not in ("definition", "features")}
                        for n, e in evals.items()},

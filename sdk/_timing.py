@@ -5,10 +5,18 @@ all contenders alike; each reports the median of per-round means.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Sequence
 
 import numpy as np
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished child processes (loader
+    workers): on a shared machine, cpu_seconds / cores bounds what a job would take alone."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def interleaved_samples(fns: Sequence[Callable[[], object]], *, rounds: int = 5, iters: int = 20,

@@ -9,7 +9,7 @@ runtime through ``skulens`` (the public names) and this module only, never throu
 - extras: ``require_extra``, ``lazy_exports`` (a package ``__getattr__`` naming the extra);
 - configs: ``option`` (a field with its help text), ``add_dataclass_flags``, ``dataclass_from_args``,
   ``config_to_dict``, ``config_from_dict``;
-- timing: ``interleaved_samples``, ``time_callables``, ``ort_runner``, ``time_models``;
+- timing: ``cpu_seconds``, ``interleaved_samples``, ``time_callables``, ``ort_runner``, ``time_models``;
 - data and evaluation: ``IMAGE_SUFFIXES``, ``Dataset``, ``Sample``, ``subset``, ``write_split_lists``,
   ``holdout``, ``duplicates_across_splits``, ``MIN_PHOTOS_PER_CLASS``, ``evaluate``,
   ``evaluate_samples``, ``accuracy_report``, ``label_mapping``, ``coarse_index``, ``softmax``,
@@ -36,7 +36,7 @@ from ._io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_fil
 from ._metadata import ModelMetadata, decode_metadata, encode_metadata
 from ._search import ExactIndex, HnswIndex, hnsw_available
 from ._session import open_model, session_options
-from ._timing import interleaved_samples, ort_runner, time_callables, time_models
+from ._timing import cpu_seconds, interleaved_samples, ort_runner, time_callables, time_models
 from ._unknown import auroc, selective_report, threshold_for_precision
 
 __all__ = [
@@ -54,6 +54,6 @@ __all__ = [
     "ModelMetadata", "decode_metadata", "encode_metadata",
     "ExactIndex", "HnswIndex", "hnsw_available",
     "open_model", "session_options", "OpenVinoSession", "openvino_config",
-    "interleaved_samples", "ort_runner", "time_callables", "time_models",
+    "cpu_seconds", "interleaved_samples", "ort_runner", "time_callables", "time_models",
     "auroc", "selective_report", "threshold_for_precision",
 ]

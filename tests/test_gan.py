@@ -57,6 +57,7 @@ def test_training_writes_weights_only_checkpoint_grids_and_curves(tiny_gan):
     assert ckpt["kind"] == "generator" and ckpt["epoch"] == 1 and ckpt["step"] == 6
     assert len(ckpt["labels"]) == 6 and ckpt["n_train"] == 48
     assert metrics["steps"] == 6 and len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    assert metrics["cpu_seconds"] > 0 and metrics["train_seconds"] > 0
     import cv2
 
     grids = sorted((out / "samples").glob("epoch_*.png"))
@@ -75,6 +76,8 @@ def test_resume_continues_exactly(grocery_subset, tiny_gan, tmp_path):
     train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=2, resume=True, **TINY_GAN))
     a = torch.load(tmp_path / "last.pt", weights_only=True)
     b = torch.load(tiny_gan[0] / "last.pt", weights_only=True)
+    cpu = [h["cpu_seconds"] for h in a["history"]]  # CPU time carries over the resume
+    assert 0 < cpu[0] < cpu[1] and a["cpu_seconds"] == cpu[1]
     for key in ("generator_ema", "discriminator"):
         for name, t in a[key].items():
             assert torch.allclose(t.float(), b[key][name].float(), atol=1e-6), (key, name)

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import resource
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm as _tqdm
 
 import skulens
 from skulens import DatasetError, load_dataset
-from skulens.internal import accuracy_report, atomic_write_text, config_to_dict
+from skulens.internal import accuracy_report, atomic_write_text, config_to_dict, cpu_seconds
 
 from . import _distributed as _ddp
 from .checkpoint import (check_run_folder, load_checkpoint, remove_partial_writes, resume_training, rng_states,
@@ -180,16 +179,9 @@ def _log_derived(recipe_cfg: TrainConfig, cfg: TrainConfig, n_train: int) -> dic
     return changed
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (loader workers): on a shared
-    machine, cpu_seconds / cores bounds what the run would take with the cores to itself."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also written to ``out/metrics.json``)."""
-    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
+    t_start, cpu_start = time.perf_counter(), cpu_seconds()
     asked = cfg
     cfg = resolve(cfg)  # model, pretrained and the recipe's values (refined below by the run's size)
     if cfg.model not in list_models():
@@ -376,7 +368,7 @@ def train(cfg: TrainConfig) -> dict:
                "best_val_top1": best_top1, "epochs_run": len(history), "stopped_early": stopped_early,
                "derived_from_run_size": derived, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.perf_counter() - t_start, 1),
-               "cpu_seconds": round(_cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
+               "cpu_seconds": round(cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
                "n_train": len(train_samples), "n_val": len(val_samples)}
     eval_split = "test" if dataset.splits.get("test") else "val"
     eval_samples = dataset.splits["test"] if eval_split == "test" else val_samples

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm as _tqdm
 
 import skulens
 from skulens import DatasetError
-from skulens.internal import atomic_write, make_grid, write_png
+from skulens.internal import atomic_write, cpu_seconds, make_grid, write_png
 
 
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -131,7 +131,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     rng = torch.Generator().manual_seed(cfg.seed)
     grid_ids = parse_classes(cfg.grid_classes, real.classes)[:64] if cfg.grid_classes else list(range(min(k, 10)))
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    history, start_epoch, step, elapsed_before = [], 0, 0, 0.0
+    history, start_epoch, step, elapsed_before, cpu_before = [], 0, 0, 0.0, 0.0
 
     last = out / "last.pt"
     if cfg.resume and last.is_file():
@@ -147,7 +147,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         opt_d.load_state_dict(ckpt["optimizer_d"])
         rng.set_state(ckpt["rng"])
         history, start_epoch, step = ckpt["history"], ckpt["epoch"] + 1, ckpt["step"]
-        elapsed_before = ckpt.get("train_seconds", 0.0)
+        elapsed_before, cpu_before = ckpt.get("train_seconds", 0.0), ckpt.get("cpu_seconds", 0.0)
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     def state(epoch: int, seconds: float) -> dict:
@@ -159,13 +159,14 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 "output": {"channel_order": "GRAY" if cfg.channels == 1 else "RGB", "value_range": [-1.0, 1.0],
                            "layout": "NCHW"},
                 "train_config": cfg.to_dict(), "epoch": epoch, "step": step, "history": history,
-                "train_seconds": seconds, "dataset": str(real.source), "classifier": cfg.classifier,
+                "train_seconds": seconds, "cpu_seconds": history[-1]["cpu_seconds"] if history else 0.0,
+                "dataset": str(real.source), "classifier": cfg.classifier,
                 "skulens_version": skulens.__version__, "torch_version": str(torch.__version__)}
 
     steps = cfg.steps_per_epoch or max(1, len(real) // cfg.batch_size)
     policies = cfg.policies
     labels_all = torch.arange(k)
-    t_train = time.perf_counter()
+    t_train, c_train = time.perf_counter(), cpu_seconds()
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
         sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_ms": 0.0, "d_real": 0.0, "d_fake": 0.0}
@@ -217,7 +218,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         standing_stats(ema.model, labels_all, seed=cfg.seed)
         seconds = elapsed_before + time.perf_counter() - t_train
         record = {"epoch": epoch + 1, "step": step, **{key: v / steps for key, v in sums.items()},
-                  "seconds": round(seconds, 1)}
+                  "seconds": round(seconds, 1), "cpu_seconds": round(cpu_before + cpu_seconds() - c_train, 1)}
         history.append(record)
         with torch.no_grad():
             zs = fixed_z.repeat(len(grid_ids), 1)
@@ -249,7 +250,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                "d_params": sum(p.numel() for p in d_params),
                "d_frozen_params": sum(p.numel() for p in D.parameters() if not p.requires_grad),
                "epochs_done": history[-1]["epoch"],
-               "train_seconds": history[-1]["seconds"], "total_seconds": round(time.perf_counter() - t_start, 1),
+               "train_seconds": history[-1]["seconds"], "cpu_seconds": history[-1]["cpu_seconds"],
+               "torch_threads": torch.get_num_threads(), "total_seconds": round(time.perf_counter() - t_start, 1),
                "final": history[-1], "checkpoint": str(last)}
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(
         {**metrics, "history": history, "config": cfg.to_dict()}, indent=2)))
