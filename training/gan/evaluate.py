@@ -178,13 +178,16 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
 
 
 def _train_once(rcfg: TrainConfig, train) -> dict:
-    """``train(rcfg)``, where an interrupted evaluation left it: a finished run (its metrics.json
-    has the test figures) is read back, a run with a last.pt is resumed, else trained afresh."""
+    """``train(rcfg)``, where an interrupted evaluation left it: a finished run of the same
+    config (its metrics.json has the test figures) is read back, a run with a last.pt is resumed,
+    else trained afresh."""
     folder = Path(rcfg.out)
     done = folder / "metrics.json"
     if done.is_file():
         m = json.loads(done.read_text())
-        if "eval" in m and m.get("config", {}).get("data") == rcfg.data:
+        same = {k: v for k, v in m.get("config", {}).items() if k not in ("resume", "exist_ok")} == \
+            {k: v for k, v in json.loads(json.dumps(rcfg.to_dict())).items() if k not in ("resume", "exist_ok")}
+        if "eval" in m and same:
             log.info("%s: finished earlier, its figures are reused", folder)
             return m
     if (folder / "last.pt").is_file():
