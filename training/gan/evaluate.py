@@ -185,9 +185,11 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
     done = folder / "metrics.json"
     if done.is_file():
         m = json.loads(done.read_text())
-        same = {k: v for k, v in m.get("config", {}).items() if k not in ("resume", "exist_ok")} == \
-            {k: v for k, v in json.loads(json.dumps(rcfg.to_dict())).items() if k not in ("resume", "exist_ok")}
-        if "eval" in m and same:
+
+        def settings(config: dict) -> dict:  # what decides the result, not how the run was started
+            return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("resume", "exist_ok")}
+
+        if "eval" in m and settings(m.get("config", {})) == settings(rcfg.to_dict()):
             log.info("%s: finished earlier, its figures are reused", folder)
             return m
     if (folder / "last.pt").is_file():
