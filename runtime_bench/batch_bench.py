@@ -166,7 +166,8 @@ def run_config(cmd: list[str], log_file: Path) -> dict:
     cpu = sum(c for _, c in seen.values())
     worker_cpu = sum(c for pid, (name, c) in seen.items()
                      if name.startswith("ray::MapWorker") or (pid == proc.pid and "--ray" not in cmd))
-    return {"images_per_s": summary["images_per_s"], "wall_images_per_s": round(summary["processed"] / wall, 2),
+    return {"images_per_s": summary["images_per_s"], "steady_images_per_s": summary["steady_images_per_s"],
+            "startup_s": summary["startup_seconds"], "wall_images_per_s": round(summary["processed"] / wall, 2),
             "wall_s": round(wall, 2), "work_s": summary["work_seconds"], "workers": summary["workers"],
             "threads": summary["threads"], "processed": summary["processed"], "errors": summary["errors"],
             "cpu_s": round(cpu, 1), "worker_cpu_s": round(worker_cpu, 1),
@@ -270,6 +271,7 @@ def run(model: str, grocery: Path, n: int, out_dir: Path, sets=("original", "108
             entry["identical_across_runs"] = all(_read(outputs[c]) == first for c in configs[1:])
             entry["vs_classify"] = check_against_classify(first, model)
             entry["ratios"] = _ratios(entry["runs"])
+            entry["steady_ratios"] = _ratios(entry["runs"], "steady_images_per_s")
             result["sets"][name] = entry
             if kill and name == sets[0] and "ray2" in outputs:
                 parts = -(-count // shard_size)
@@ -296,9 +298,9 @@ def run(model: str, grocery: Path, n: int, out_dir: Path, sets=("original", "108
     return result
 
 
-def _ratios(runs: dict) -> dict:
+def _ratios(runs: dict, key: str = "images_per_s") -> dict:
     def r(a, b):
-        return round(runs[a]["images_per_s"] / runs[b]["images_per_s"], 3) if a in runs and b in runs else None
+        return round(runs[a][key] / runs[b][key], 3) if a in runs and b in runs and runs[b][key] else None
 
     return {"ray2_over_ray1": r("ray2", "ray1"), "ray2_over_ray1t1": r("ray2", "ray1t1"),
             "inproc_over_ray1": r("inproc", "ray1")}
@@ -308,22 +310,26 @@ def markdown(result: dict) -> str:
     lines = [f"# classify-batch throughput: {Path(result['model']).name}", "",
              f"{result['affinity']} cores; shards of {result['shard_size']}, batches of {result['batch_size']}; "
              "one run per configuration, each a fresh process. img/s (work) excludes interpreter and cluster "
-             "start-up; img/s (wall) includes them. CPU s: all of the job's processes (Ray's own included), in "
-             "brackets the classifying ones (the driver in-process, the actors on Ray).", ""]
+             "start-up, not the workers' (start-up s: until the first shard starts); img/s (steady): once every "
+             "worker is busy; img/s (wall) includes everything. CPU s: all of the job's processes (Ray's own "
+             "included), in brackets the classifying ones (the driver in-process, the actors on Ray).", ""]
     for name, entry in result["sets"].items():
         lines += [f"## {name}: {entry['images']} images ({entry['distinct_files']} distinct files)", "",
-                  "| config | workers x threads | img/s (work) | img/s (wall) | wall s | CPU s (workers) | "
-                  "img per CPU s | load before/after |",
-                  "|---|---|---:|---:|---:|---:|---:|---|"]
+                  "| config | workers x threads | img/s (work) | start-up s | img/s (steady) | img/s (wall) | wall s | "
+                  "CPU s (workers) | img per CPU s | load before/after |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for config, run_ in entry["runs"].items():
             lines.append(f"| {config} | {run_['workers']} x {run_['threads']} | {run_['images_per_s']:.1f} | "
+                         f"{run_.get('startup_s', 0.0):.2f} | {run_.get('steady_images_per_s', 0.0):.1f} | "
                          f"{run_['wall_images_per_s']:.1f} | {run_['wall_s']:.1f} | {run_['cpu_s']} "
                          f"({run_['worker_cpu_s']}) | {run_['images_per_cpu_s']} | {run_['load_before']} / "
                          f"{run_['load_after']} |")
-        ratios = entry["ratios"]
-        lines += ["", f"ray2 / ray1 (same cores): {ratios['ray2_over_ray1']}; ray2 / ray1t1 (scale-out): "
-                  f"{ratios['ray2_over_ray1t1']}; inproc / ray1: {ratios['inproc_over_ray1']}",
-                  f"Rows identical across runs: {entry['identical_across_runs']}; vs classify: "
+        lines.append("")
+        for what, ratios in (("work", entry["ratios"]), ("steady", entry.get("steady_ratios"))):
+            if ratios:
+                lines.append(f"{what}: ray2 / ray1 (same cores): {ratios['ray2_over_ray1']}; ray2 / ray1t1 (scale-out): "
+                             f"{ratios['ray2_over_ray1t1']}; inproc / ray1: {ratios['inproc_over_ray1']}  ")
+        lines += [f"Rows identical across runs: {entry['identical_across_runs']}; vs classify: "
                   f"{entry['vs_classify']['mismatches']} mismatches in {entry['vs_classify']['rows']} rows "
                   f"({entry['vs_classify']['distinct_files']} distinct files classified).", ""]
     if result.get("kill"):

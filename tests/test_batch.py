@@ -123,6 +123,7 @@ def test_in_process_rows_equal_classify_and_bad_images_are_error_rows(in_process
     assert summary["total"] == summary["processed"] == n and summary["skipped"] == 0
     assert summary["errors"] == len(BAD) and len(summary["error_examples"]) == len(BAD)
     assert sum(summary["labels"].values()) == n - len(BAD)
+    assert summary["startup_seconds"] >= 0 and summary["steady_images_per_s"] > 0
     assert json.loads((out / "_summary.json").read_text())["total"] == n
     assert json.loads((out / "_job.json").read_text())["input"]["count"] == n
 
@@ -211,9 +212,25 @@ def test_ray_rows_equal_in_process_and_classify(ray_cluster, tiny_models, manife
     summary = run_batch(BatchConfig(model=str(tiny_models[1]), input=str(manifest[0]), output=str(out), ray="auto",
                                     workers=2, shard_size=25, batch_size=8, progress=False))
     assert (summary.mode, summary.workers, summary.threads) == ("ray", 2, 1)
+    assert summary.startup_seconds > 0 and summary.steady_images_per_s > 0  # actors start before their first shard
     rows = _rows(out)
     assert rows == _rows(in_process_out[0])  # row for row, error messages included
     _check_against_classify(rows, reference, manifest[1])
+
+
+def test_steady_state_counts_from_the_last_worker_starting():
+    """Start-up ends at the first shard; the steady rate counts only shards started once every
+    worker has begun (a slow-starting worker's lead-in is not averaged in)."""
+    from skulens.batch._job import steady_state
+
+    shards = [{"n": 100, "worker": "a", "started": 11.0, "finished": 12.0},   # before b is up: left out
+              {"n": 100, "worker": "a", "started": 12.0, "finished": 13.0},   # running when b starts: left out
+              {"n": 100, "worker": "b", "started": 12.5, "finished": 14.0},
+              {"n": 100, "worker": "a", "started": 13.0, "finished": 14.5}]
+    startup, rate = steady_state(shards, clock=10.0)
+    assert startup == 1.0
+    assert rate == pytest.approx(200 / (14.5 - 12.5))
+    assert steady_state([], clock=10.0) == (0.0, 0.0)
 
 
 def _part_count(out: Path) -> int:

@@ -57,7 +57,9 @@ class BatchSummary:
     """The outcome of :func:`run_batch`, over all of the output's parts (``skipped``: images an
     earlier run had done). ``images_per_s`` = ``processed`` / ``work_seconds`` (from the first
     worker starting, model loading included, to the last part; a Ray cluster's start-up is not
-    in it, but is in ``seconds``)."""
+    in it, but is in ``seconds``). ``startup_seconds``: from then to the first shard starting
+    (workers starting, models opening); ``steady_images_per_s``: the rate once every worker is
+    busy (:func:`steady_state`), what a catalogue of millions runs at."""
 
     output: str
     mode: str
@@ -74,6 +76,8 @@ class BatchSummary:
     seconds: float = 0.0
     work_seconds: float = 0.0
     images_per_s: float = 0.0
+    startup_seconds: float = 0.0
+    steady_images_per_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +86,8 @@ class BatchSummary:
         lines = [f"{self.total} images in {self.shards} parts -> {self.output}",
                  f"  this run: {self.processed} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s, "
                  f"{self.mode}, {self.workers} worker(s) x {self.threads} thread(s)); {self.skipped} done before",
+                 f"  start-up {self.startup_seconds:.1f} s, then {self.steady_images_per_s:.1f} img/s with every "
+                 "worker busy",
                  f"  errors: {self.errors}   unknown: {self.unknown}"]
         for ex in self.error_examples:
             name = ex["path"] if ex["path"] is not None else f"#{ex['index']}"
@@ -124,7 +130,7 @@ def run_batch(config: BatchConfig, *, progress: Progress | None = None) -> Batch
                     gallery=str(Path(config.gallery).resolve()) if config.gallery else None,
                     embeddings=with_embedding,
                     parquet=plan.source if plan.kind == "parquet-bytes" else None, bytes_column=plan.bytes_column)
-        work = {"seconds": 0.0}
+        work = {"seconds": 0.0, "clock": None, "shards": []}
         try:
             if not pending:  # nothing to do: no cluster to start
                 mode, workers, threads = ("ray" if config.ray else "in-process"), config.workers, config.threads
@@ -139,7 +145,8 @@ def run_batch(config: BatchConfig, *, progress: Progress | None = None) -> Batch
         finally:
             bar.close()
         summary = summarize(out, shards, mode=mode, workers=workers, threads=threads, skipped=skipped,
-                            seconds=time.perf_counter() - t0, work_seconds=work["seconds"])
+                            seconds=time.perf_counter() - t0, work_seconds=work["seconds"],
+                            timing=steady_state(work["shards"], work["clock"]))
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
         _remove_stale_temps(out)
     log.info("%s: %d images, %d errors, %.1f img/s", out, summary.total, summary.errors, summary.images_per_s)
@@ -149,6 +156,26 @@ def run_batch(config: BatchConfig, *, progress: Progress | None = None) -> Batch
 def make_shards(count: int, shard_size: int) -> list[tuple[int, int, int]]:
     """(shard, start, stop) covering ``range(count)`` in order."""
     return [(s, a, min(count, a + shard_size)) for s, a in enumerate(range(0, count, shard_size))]
+
+
+def steady_state(shards: list[dict], clock: float | None) -> tuple[float, float]:
+    """(start-up seconds, steady images/s) from the shards' stats ({"n", "worker", "started",
+    "finished"}, ``time.time()`` values) of a run whose clock started at ``clock``.
+
+    Start-up is the clock start to the first shard starting. The steady state begins when the
+    last worker starts its first shard; it counts the images of the shards started from then on
+    over the time to the last shard's end. Shards already running at that moment are left out
+    (their images and their time before it), so the rate is, if anything, an underestimate."""
+    if not shards or clock is None:
+        return 0.0, 0.0
+    first = {}
+    for s in shards:
+        first[s["worker"]] = min(first.get(s["worker"], s["started"]), s["started"])
+    ready = max(first.values())
+    end = max(s["finished"] for s in shards)
+    images = sum(s["n"] for s in shards if s["started"] >= ready)
+    startup = max(0.0, min(first.values()) - clock)
+    return round(startup, 3), round(images / (end - ready), 2) if end > ready else 0.0
 
 
 def _probe_model(config: BatchConfig):
@@ -235,12 +262,14 @@ def _run_in_process(spec: WorkerSpec, pending, plan: InputPlan, workers: int, ba
             with made_lock:
                 made.append(worker)
         s, a, b = shard
-        return worker.process(s, a, b, plan.paths[a:b] if plan.paths is not None else None, on_batch=bar.update,
+        stats = worker.process(s, a, b, plan.paths[a:b] if plan.paths is not None else None, on_batch=bar.update,
                               cancelled=stop.is_set)
+        work["shards"].append({k: stats[k] for k in ("n", "worker", "started", "finished")})  # list.append: atomic
+        return stats
 
     log.info("classifying %d shards in this process: %d worker(s) x %d thread(s)", len(pending), workers, spec.threads)
     bar.restart_clock()
-    t = time.perf_counter()
+    t, work["clock"] = time.perf_counter(), time.time()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="skulens-batch")
     cv_threads = one_opencv_thread()
     try:
@@ -258,8 +287,9 @@ def _run_in_process(spec: WorkerSpec, pending, plan: InputPlan, workers: int, ba
 
 
 def summarize(out, shards, *, mode: str = "", workers: int = 0, threads: int = 0, skipped: int = 0,
-              seconds: float = 0.0, work_seconds: float = 0.0) -> BatchSummary:
-    """Counts over every part, checking that part ``s`` holds exactly items ``[start, stop)``."""
+              seconds: float = 0.0, work_seconds: float = 0.0, timing=(0.0, 0.0)) -> BatchSummary:
+    """Counts over every part, checking that part ``s`` holds exactly items ``[start, stop)``;
+    ``timing`` is this run's (start-up seconds, steady images/s) from :func:`steady_state`."""
     out = Path(out)
     total = errors = unknown = 0
     labels, examples = Counter(), []
@@ -291,7 +321,8 @@ def summarize(out, shards, *, mode: str = "", workers: int = 0, threads: int = 0
                         shards=len(shards), skipped=skipped, processed=processed, errors=errors, unknown=unknown,
                         labels=dict(sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))),
                         error_examples=examples, seconds=round(seconds, 3), work_seconds=round(work_seconds, 3),
-                        images_per_s=round(processed / work_seconds, 2) if work_seconds > 0 else 0.0)
+                        images_per_s=round(processed / work_seconds, 2) if work_seconds > 0 else 0.0,
+                        startup_seconds=timing[0], steady_images_per_s=timing[1])
 
 
 def _remove_stale_temps(out: Path) -> None:

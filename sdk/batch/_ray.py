@@ -20,7 +20,7 @@ from .config import BatchError, split_cores
 from ._work import ShardWorker, WorkerSpec, one_opencv_thread
 
 log = logging.getLogger("skulens.batch")
-STATS = ("shard", "n", "errors", "seconds", "pid")
+STATS = ("shard", "n", "errors", "seconds", "pid", "worker", "started", "finished")
 
 
 class ShardActor:
@@ -87,10 +87,12 @@ def run_on_ray(config, spec: dict, pending, plan, bar, work: dict) -> tuple[int,
         log.info("classifying %d shards on Ray (%d CPUs): %d worker(s) x %d thread(s)", len(pending), cpus,
                  workers, threads)
         bar.restart_clock()
-        t = time.perf_counter()
+        t, work["clock"] = time.perf_counter(), time.time()
         try:
             for row in ds.iter_rows():
                 bar.update(int(row["n"]), int(row["errors"]))
+                work["shards"].append({"n": int(row["n"]), "worker": str(row["worker"]),
+                                       "started": float(row["started"]), "finished": float(row["finished"])})
         except Exception as exc:  # Ray wraps a worker's exception in its own types
             first = str(exc).strip().splitlines()
             raise BatchError(f"the Ray job failed ({type(exc).__name__}: {first[-1] if first else ''}); the parts "

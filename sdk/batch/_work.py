@@ -105,8 +105,9 @@ class ShardWorker:
         """Classify items ``[start, stop)`` (their ``paths``, or rows of the bytes input) and write
         part ``shard``. ``on_batch(images, errors)`` is called after every model batch;
         ``cancelled()`` true makes it stop (raising :class:`Cancelled`) before the next batch.
-        Returns {"shard", "n", "errors", "seconds", "pid"}."""
-        t0 = time.perf_counter()
+        Returns {"shard", "n", "errors", "seconds", "pid", "worker", "started", "finished"}
+        (``worker`` names this instance; the last two are ``time.time()``: comparable across the processes of one machine)."""
+        started, t0 = time.time(), time.perf_counter()
         n = stop - start
         if paths is not None and len(paths) != n:
             raise ValueError(f"shard {shard}: {len(paths)} paths for {n} items")
@@ -154,7 +155,8 @@ class ShardWorker:
                                          type=pa.list_(pa.float32()))
         table = pa.table({name: cols[name] for name in self.schema.names}, schema=self.schema)
         atomic_write(Path(self.spec.output) / part_name(shard), lambda tmp: pq.write_table(table, tmp))
-        return {"shard": shard, "n": n, "errors": errors, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+        return {"shard": shard, "n": n, "errors": errors, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
+                "worker": f"{os.getpid()}.{id(self):x}", "started": started, "finished": time.time()}
 
     def _sources(self, start: int, stop: int, paths) -> list:
         if self.spec.parquet is None:
