@@ -160,6 +160,10 @@ def _describe(path, meta: dict, src: _Source, cfg: ExportConfig, entry: dict, **
     meta = dict(meta, io=io_spec(path), **extra)
     write_metadata(path, ModelMetadata(metrics={"training": src.train_metrics}, **meta))
     unknown = _calibrate_unknown(path, meta["labels"], src.dataset, cfg.threads, cfg.unknown_precision)
+    if unknown and (src.ckpt.get("train_config") or {}).get("train_on_val"):
+        unknown["held_out"] = False  # the checkpoint trained on these photos: the threshold is optimistic
+        log.warning("%s: the 'unknown' threshold is calibrated on val photos the model trained on "
+                    "(--train-on-val); it accepts more wrong answers than it reports", Path(path).name)
     metrics, logits = {"training": src.train_metrics}, None
     if src.eval_samples:
         logits, ev = _evaluate(path, src.eval_samples, src.dataset, cfg.threads)

@@ -185,3 +185,18 @@ def test_data_checks_warn_and_balanced_sampling_evens_out_classes(grocery_subset
     drawn = list(balanced_sampler(labels, 4000, torch.Generator().manual_seed(0)))
     share = sum(labels[i] for i in drawn) / len(drawn)
     assert 0.45 < share < 0.55  # 5 photos of class 1 among 45, drawn half the time
+
+
+def test_train_on_val_adds_the_val_photos_and_export_flags_the_threshold(tiny_run, grocery_subset, tmp_path, caplog):
+    """--train-on-val trains on train + val (val still reported); export then marks the "unknown"
+    threshold calibrated on those photos as not held out."""
+    from skulens.export import ExportConfig, export
+
+    _, plain = tiny_run
+    m = train(_cfg(grocery_subset, tmp_path / "tv", epochs=1, train_on_val=True))
+    assert m["n_val"] == plain["n_val"] > 0 and m["n_train"] == plain["n_train"] + plain["n_val"]
+    assert load_checkpoint(tmp_path / "tv" / "best.pt")["train_config"]["train_on_val"] is True
+    report = export(ExportConfig(checkpoint=str(tmp_path / "tv" / "best.pt"), out=str(tmp_path / "tv.onnx"),
+                                 data=str(grocery_subset), unknown_precision=0.01))
+    assert report["fp32"]["unknown"]["held_out"] is False  # a 1 % precision target: always reachable
+    assert "trained on" in caplog.text

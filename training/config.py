@@ -143,6 +143,10 @@ class TrainConfig:
                                            "listing the choices for nested ones)")
     balance: bool = option(False, "class-balanced sampling: every class drawn equally often (with "
                                   "replacement), for imbalanced datasets")
+    train_on_val: bool = option(False, "train on the val photos too, for a final model once the recipe is "
+                                       "chosen: val is still evaluated each epoch but no longer held out (its "
+                                       "figures are optimistic, and so is the 'unknown' threshold export "
+                                       "calibrates on it)")
     reduced_decode: float = option(PreprocessConfig.RECOMMENDED_REDUCED_DECODE,
                                    "the contract's JPEG decoding rule, applied to the training photos too: "
                                    "r >= 1 decodes a large JPEG at 1/2, 1/4 or 1/8 scale while it keeps r x the "

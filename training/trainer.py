@@ -207,6 +207,10 @@ def train(cfg: TrainConfig) -> dict:
     dataset = load_dataset(cfg.data, class_depth=cfg.class_depth)
     labels = dataset.classes
     train_samples, val_samples = training_split(dataset)
+    if cfg.train_on_val:  # the final model of a chosen recipe: every labelled photo but the test split
+        log.warning("--train-on-val: the %d val photos are trained on; their figures are no longer held out",
+                    len(val_samples))
+        train_samples = train_samples + val_samples
     if not train_samples:
         raise DatasetError(f"{cfg.data}: no training images")
     if dctx.is_main:
