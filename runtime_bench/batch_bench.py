@@ -6,7 +6,8 @@ that make the numbers mean something (issue #17).
 Inputs (made in a temp folder, deleted after): the Grocery photos as they are, listed in a
 manifest that repeats them up to ``--n`` lines, and ``--hd-copies`` of them re-encoded as
 1920x1080 JPEGs (cover-resized, centre-cropped, quality 90), repeated the same way. Every
-configuration runs once per input set, each in a fresh ``skulens classify-batch`` process:
+configuration runs ``--repeats`` times per input set (configurations interleaved round by round,
+the median run reported), each in a fresh ``skulens classify-batch`` process:
 
   inproc   in this process: 1 worker x all cores threads (the SDK's batching, decode threads)
   ray1     --ray local --workers 1: one actor x all cores threads
@@ -239,13 +240,14 @@ def kill_worker(cmd: list[str], out: Path, log_file: Path, fraction: float, part
 
 def run(model: str, grocery: Path, n: int, out_dir: Path, sets=("original", "1080p"), configs=tuple(CONFIGS),
         hd_copies: int = 1000, hd_n: int | None = None, shard_size: int = 250, batch_size: int = 32,
-        kill: bool = True, keep: bool = False, save=None) -> dict:
+        kill: bool = True, keep: bool = False, save=None, repeats: int = 1) -> dict:
     """The benchmark (see the module docstring); ``save(result)`` is called after each set, so an
     interrupted run keeps what it measured."""
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="batch_bench_"))
     log_file = out_dir / "batch_bench.log"
-    result = {"model": model, "n": n, "shard_size": shard_size, "batch_size": batch_size, "cores": os.cpu_count(),
+    result = {"model": model, "n": n, "shard_size": shard_size, "batch_size": batch_size, "repeats": repeats,
+              "cores": os.cpu_count(),
               "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
               "sets": {}, "kill": None}
     try:
@@ -259,16 +261,23 @@ def run(model: str, grocery: Path, n: int, out_dir: Path, sets=("original", "108
             manifest = write_manifest(files, count, work / f"{name}.txt")
             entry = {"images": count, "distinct_files": len(set(files[:count])), "runs": {},
                      "prepare_s": round(time.perf_counter() - t, 1)}
-            outputs = {}
-            for config in configs:
-                out = work / f"{name}-{config}"
-                log.info("%s / %s: %d images", name, config, count)
-                entry["runs"][config] = run_config(_command(model, manifest, out, config, shard_size, batch_size),
-                                                   log_file)
-                outputs[config] = out
-                log.info("  %s", entry["runs"][config])
-            first = _read(outputs[configs[0]])
-            entry["identical_across_runs"] = all(_read(outputs[c]) == first for c in configs[1:])
+            outputs, runs, first, identical = {}, {c: [] for c in configs}, None, True
+            for r in range(repeats):  # configurations interleaved round by round: drift hits them all alike
+                for config in configs:
+                    out = work / f"{name}-{config}-{r}"
+                    log.info("%s / %s (round %d of %d): %d images", name, config, r + 1, repeats, count)
+                    runs[config].append(run_config(_command(model, manifest, out, config, shard_size, batch_size),
+                                                   log_file))
+                    log.info("  %s", runs[config][-1])
+                    rows = _read(out)
+                    first = rows if first is None else first
+                    identical = identical and rows == first
+                    if r == 0:
+                        outputs[config] = out
+                    elif not keep:
+                        shutil.rmtree(out, ignore_errors=True)
+            entry["runs"] = {c: _median_run(runs[c]) for c in configs}
+            entry["identical_across_runs"] = identical
             entry["vs_classify"] = check_against_classify(first, model)
             entry["ratios"] = _ratios(entry["runs"])
             entry["steady_ratios"] = _ratios(entry["runs"], "steady_images_per_s")
@@ -298,6 +307,18 @@ def run(model: str, grocery: Path, n: int, out_dir: Path, sets=("original", "108
     return result
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median work img/s (the lower middle one for an even count), its steady
+    img/s replaced by the median of the runs' steady rates; every run's rates are kept."""
+    def median(values):
+        return sorted(values)[(len(values) - 1) // 2]
+
+    by_work = sorted(runs, key=lambda r: r["images_per_s"])
+    return {**by_work[(len(runs) - 1) // 2], "steady_images_per_s": median([r["steady_images_per_s"] for r in runs]),
+            "repeats": len(runs), "all_images_per_s": [r["images_per_s"] for r in runs],
+            "all_steady_images_per_s": [r["steady_images_per_s"] for r in runs]}
+
+
 def _ratios(runs: dict, key: str = "images_per_s") -> dict:
     def r(a, b):
         return round(runs[a][key] / runs[b][key], 3) if a in runs and b in runs and runs[b][key] else None
@@ -309,7 +330,8 @@ def _ratios(runs: dict, key: str = "images_per_s") -> dict:
 def markdown(result: dict) -> str:
     lines = [f"# classify-batch throughput: {Path(result['model']).name}", "",
              f"{result['affinity']} cores; shards of {result['shard_size']}, batches of {result['batch_size']}; "
-             "one run per configuration, each a fresh process. img/s (work) excludes interpreter and cluster "
+             f"{result.get('repeats', 1)} run(s) per configuration, interleaved round by round, each a fresh "
+             "process; the median run is shown (all runs' rates in the JSON). img/s (work) excludes interpreter and cluster "
              "start-up, not the workers' (start-up s: until the first shard starts); img/s (steady): once every "
              "worker is busy; img/s (wall) includes everything. CPU s: all of the job's processes (Ray's own "
              "included), in brackets the classifying ones (the driver in-process, the actors on Ray).", ""]
@@ -357,6 +379,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated among {', '.join(CONFIGS)}")
     p.add_argument("--shard-size", type=int, default=250, help="images per part")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    p.add_argument("--repeats", type=int, default=1, help="runs per configuration, interleaved round by round; "
+                                                            "the tables show the median")
     p.add_argument("--no-kill", dest="kill", action="store_false", help="skip the SIGKILL tests")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (inputs and outputs)")
     p.add_argument("--out", default="runs/batch_bench", help="folder for batch_bench.json/.md and the log")
@@ -370,7 +394,8 @@ def main(argv=None) -> int:
         write_result_files(args.out, "batch_bench", result, markdown(result), lambda r, path: False)
 
     result = run(args.model, Path(args.grocery), args.n, Path(args.out), tuple(args.sets.split(",")), configs,
-                 args.hd_copies, args.hd_n, args.shard_size, args.batch_size, args.kill, args.keep, save)
+                 args.hd_copies, args.hd_n, args.shard_size, args.batch_size, args.kill, args.keep, save,
+                 repeats=max(1, args.repeats))
     save(result)
     print(markdown(result))
     ok = all(e["identical_across_runs"] and e["vs_classify"]["mismatches"] == 0 for e in result["sets"].values())
