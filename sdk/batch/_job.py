@@ -86,9 +86,10 @@ class BatchSummary:
         lines = [f"{self.total} images in {self.shards} parts -> {self.output}",
                  f"  this run: {self.processed} images in {self.seconds:.1f} s ({self.images_per_s:.1f} img/s, "
                  f"{self.mode}, {self.workers} worker(s) x {self.threads} thread(s)); {self.skipped} done before",
-                 f"  start-up {self.startup_seconds:.1f} s, then {self.steady_images_per_s:.1f} img/s with every "
-                 "worker busy",
                  f"  errors: {self.errors}   unknown: {self.unknown}"]
+        if self.processed:
+            lines.insert(2, f"  workers' start-up {self.startup_seconds:.1f} s, then {self.steady_images_per_s:.1f} img/s "
+                            "with every worker busy")
         for ex in self.error_examples:
             name = ex["path"] if ex["path"] is not None else f"#{ex['index']}"
             error = ex["error"] if ex["error"].startswith(str(ex["path"])) else f"{name}: {ex['error']}"
