@@ -207,15 +207,15 @@ def train(cfg: TrainConfig) -> dict:
     dataset = load_dataset(cfg.data, class_depth=cfg.class_depth)
     labels = dataset.classes
     train_samples, val_samples = training_split(dataset)
-    if cfg.train_on_val:  # the final model of a chosen recipe: every labelled photo but the test split
-        log.warning("--train-on-val: the %d val photos are trained on; their figures are no longer held out",
-                    len(val_samples))
-        train_samples = train_samples + val_samples
     if not train_samples:
         raise DatasetError(f"{cfg.data}: no training images")
     if dctx.is_main:
         for warning in check_training_data(dataset, train_samples, val_samples, cfg.balance):
             log.warning("%s", warning)
+    if cfg.train_on_val:  # the final model of a chosen recipe: every labelled photo but the test split
+        log.warning("--train-on-val: the %d val photos are trained on; their figures are no longer held out",
+                    len(val_samples))
+        train_samples = train_samples + val_samples  # after the checks: not a train/val leak to warn of
     pre = make_preprocess(cfg, preprocess_facts(cfg.model))  # the contract: evaluation and export
     train_pre = dataclasses.replace(pre, input_size=(cfg.train_size, cfg.train_size))
     teacher = Teacher.from_checkpoint(cfg.teacher, labels) if cfg.teacher else None
