@@ -79,6 +79,13 @@ class Uint8Input(nn.Module):
         return self.model(x.permute(0, 3, 1, 2).contiguous().float())
 
 
+def _rearranges_pixels(model: nn.Module) -> bool:
+    """True when the model moves pixels around before its first convolution (export._tta)."""
+    from ._tta import FlipTTA
+
+    return any(isinstance(m, FlipTTA) for m in model.modules())
+
+
 def _fold_width_into_channels(conv: nn.Conv2d, width: int) -> int:
     """Rewrite a conv whose stride equals its kernel width (no padding) to read the image
     reshaped to [N, k * C, H, W / k]; returns k (1: left as it is)."""
@@ -110,7 +117,9 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
     conv.bias = nn.Parameter(bias - (w * shift).sum(dim=(1, 2, 3)), requires_grad=False)
     if input_pad(model) is not None:  # pad raw pixels with the value that normalises to 0
         input_pad(model).value = zero_pixel(pre)
-    fold = _fold_width_into_channels(conv, pre.input_size[1])
+    # the fold regroups pixels by patch: only where they reach the convolution as they are (a
+    # mirror image for test-time augmentation must flip pixels, not patches)
+    fold = 1 if _rearranges_pixels(model) else _fold_width_into_channels(conv, pre.input_size[1])
     return Uint8Input(model, fold).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
 
 

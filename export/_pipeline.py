@@ -16,6 +16,7 @@ them: see ``_common.Staging``). A classifier export runs these stages, top to bo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ._embedding import EMBEDDING_OUTPUT, embedding_parity, with_embedding
 from ._input import onnx_input
 from ._onnx import file_size, io_spec, parity, sha256_file, torch_to_onnx, write_metadata
 from ._quantize import choose_activation_type, quantize_int8
+from ._tta import with_tta
 from .config import ExportConfig
 
 log = logging.getLogger(__name__)
@@ -83,11 +85,12 @@ def export_classifier(config: ExportConfig) -> dict:
     src = _load(cfg)
     with Staging(cfg.out) as stage:
         # 2. fp32 graph: the classifier, its embedding output and its input contract
-        exported, embedding_spec = src.model, None
+        model = with_tta(src.model, cfg.tta)
+        exported, embedding_spec = model, None
         if cfg.embedding:
             pca = (eval_tensors(_sample(src.dataset.split("train"), 1024, seed=3), src.train_pre)
                    if cfg.embedding_dim else None)
-            exported, embedding_spec = with_embedding(src.model, cfg.embedding_dim, pca)
+            exported, embedding_spec = with_embedding(model, cfg.embedding_dim, pca)
         onnx_model, pre = onnx_input(exported, src.train_pre, cfg.input_dtype)
         example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
         torch_to_onnx(onnx_model, (example,), stage.fp32, opset=cfg.opset,
@@ -97,12 +100,12 @@ def export_classifier(config: ExportConfig) -> dict:
                         "fp32": {"path": str(stage.final(stage.fp32))}}
 
         # 3. parity: same photos, training's tensors into torch, the SDK's into ONNX
-        report.update(_parity(src, exported, embedding_spec, pre, stage.fp32))
+        report.update(_parity(src, model, exported, embedding_spec, pre, stage.fp32))
 
         # 4. metadata, the "unknown" threshold and fp32 accuracy (through the SDK, so the model
         #    must carry its metadata before it is evaluated)
         base = dict(kind="classifier", labels=tuple(src.ckpt["labels"]), model_name=src.ckpt["model_name"],
-                    preprocess=pre, provenance=provenance(cfg.checkpoint, src.ckpt),
+                    preprocess=pre, provenance=_provenance(cfg, src),
                     coarse_labels=tuple(src.ckpt["coarse_labels"]) if src.ckpt.get("coarse_labels") else None,
                     embedding=embedding_spec)
         fp32_logits = _describe(stage.fp32, base, src, cfg, report["fp32"])
@@ -135,18 +138,49 @@ def _load(cfg: ExportConfig) -> _Source:
     if (ckpt.get("metrics") or {}).get("eval"):
         ev = ckpt["metrics"]["eval"]
         train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1") if k in ev}
-    return _Source(ckpt=ckpt, model=fold_batchnorm(model_from_checkpoint(ckpt)), train_pre=preprocess_of(ckpt),
-                   dataset=dataset, eval_samples=eval_samples, train_metrics=train_metrics)
+    model, pre = fold_batchnorm(model_from_checkpoint(ckpt)), preprocess_of(ckpt)
+    if cfg.input_size and (cfg.input_size, cfg.input_size) != pre.input_size:
+        pre = _resized_input(model, pre, cfg.input_size, cfg.checkpoint)
+    return _Source(ckpt=ckpt, model=model, train_pre=pre, dataset=dataset, eval_samples=eval_samples,
+                   train_metrics=train_metrics)
 
 
-def _parity(src: _Source, exported, embedding_spec, pre: PreprocessConfig, path) -> dict:
+def _resized_input(model, pre: PreprocessConfig, size: int, checkpoint) -> PreprocessConfig:
+    """The contract at another input size; ModelError for a model that cannot take it (a head
+    that reads a fixed number of features, not a pooled vector)."""
+    if size < 8:
+        raise ModelError(f"input_size must be >= 8, got {size}")
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, pre.channels, size, size))
+    except RuntimeError as exc:
+        raise ModelError(f"{checkpoint}: this {type(model).__name__} takes only its trained input size "
+                         f"{pre.input_size[0]}x{pre.input_size[1]}, not {size}x{size} "
+                         f"({str(exc).splitlines()[0][:120]})") from exc
+    return dataclasses.replace(pre, input_size=(size, size))
+
+
+def _provenance(cfg: ExportConfig, src: _Source) -> dict:
+    """provenance() plus how the export changed the model as trained: its input size, and the
+    test-time augmentation in the graph."""
+    out = provenance(cfg.checkpoint, src.ckpt)
+    trained = tuple(preprocess_of(src.ckpt).input_size)
+    if tuple(src.train_pre.input_size) != trained:
+        out["trained_input_size"] = list(trained)
+    if cfg.tta != "none":
+        out["tta"] = cfg.tta
+    return out
+
+
+def _parity(src: _Source, reference, exported, embedding_spec, pre: PreprocessConfig, path) -> dict:
+    """The torch ``reference`` (logits) and ``exported`` (with the embedding) vs the ONNX file."""
     if src.dataset is not None:
         images = [decode_image(s.path) for s in _sample(src.dataset.split("train"), 32, seed=1)]
     else:
         h, w = pre.input_size
         images = list(np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8))
     train_x, onnx_x = src.train_pre.apply_batch(images), pre.apply_batch(images)
-    out = {"parity_max_abs_logit_diff": parity(src.model, path, train_x, onnx_inputs=onnx_x)}
+    out = {"parity_max_abs_logit_diff": parity(reference, path, train_x, onnx_inputs=onnx_x)}
     if embedding_spec:
         out["parity_max_abs_embedding_diff"] = embedding_parity(exported, path, train_x, onnx_x)
         out["embedding"] = embedding_spec

@@ -5,7 +5,8 @@ preprocessed images. The activation type (U8 or S8) can be chosen by timing both
 The logits of a final Gemm stay float (see _float_gemm_outputs). A model with uint8 pixel
 input (see export._input) keeps it: with U8 activations the pixels
 are quantized with scale 1 and zero point 0, an identity, so the Cast and QuantizeLinear at
-the input are removed and the first integer convolution reads the pixels directly.
+the input are removed and the first integer convolution reads the pixels directly (also through
+the flip and concatenation of export._tta, which are kept exact on uint8).
 """
 from __future__ import annotations
 
@@ -76,9 +77,10 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
         prep = os.path.join(tmp, "prep.onnx")
         quant_pre_process(str(fp32_path), prep, skip_symbolic_shape=True)
         pixels = _pixel_cast(onnx.load(prep)) if activation_type == "u8" else None
-        if pixels is not None:  # the cast uint8 pixels: quantized as they are
-            extra["TensorQuantOverrides"] = {pixels.output[0]: [
-                {"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]}
+        if pixels is not None:  # the cast uint8 pixels, and copies of them: quantized as they are
+            identity = [{"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]
+            extra["TensorQuantOverrides"] = {name: identity for name in
+                                             [pixels.output[0], *_pixel_copies(onnx.load(prep), pixels.output[0])]}
 
         def write(dst):
             quantize_static(prep, dst, ArrayCalibrationReader(calibration_images, input_name),
@@ -126,6 +128,8 @@ def _pixel_cast(model: onnx.ModelProto):
         return None
     consumers: dict[str, list] = {}
     for node in graph.node:
+        if node.op_type == "Shape":  # reads the tensor's shape, not its pixels
+            continue
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     name = graph.input[0].name
@@ -138,6 +142,24 @@ def _pixel_cast(model: onnx.ModelProto):
             return None
         name = node.output[0]
     return None
+
+
+def _pixel_copies(model: onnx.ModelProto, pixels: str) -> list[str]:
+    """Tensors that only rearrange the tensor ``pixels`` (slices, mirror images, concatenations,
+    as in export._tta's flip): still integers 0..255, so quantizing them with scale 1 and zero
+    point 0 keeps them exact, and onnxruntime runs those nodes on uint8."""
+    copies, known = [], {pixels}
+    for node in model.graph.node:  # in topological order
+        if node.op_type == "Concat":
+            data = list(node.input)
+        elif node.op_type in ("Slice", "Transpose", "Reshape", "Identity"):
+            data = list(node.input[:1])
+        else:
+            continue
+        if all(name in known for name in data):
+            known.add(node.output[0])
+            copies.append(node.output[0])
+    return copies
 
 
 def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:

@@ -37,6 +37,12 @@ class ExportConfig:
     input_dtype: Literal["auto", "float32", "uint8"] = option(
         "auto", "model input: uint8 NHWC pixels with the normalisation folded into the first convolution, "
                 "float32 NCHW tensors, or auto (uint8 where the fold is exact)")
+    input_size: int = option(0, "side of the exported model's square input (0 = the size it was trained and "
+                                "evaluated at); a model trained on smaller random crops can be more accurate "
+                                "evaluated larger (README: chosen on val)")
+    tta: Literal["none", "flip"] = option("none", "test-time augmentation inside the graph: flip = the mean of the "
+                                                  "outputs for the image and its mirror image (about 2x the "
+                                                  "compute; for models trained with flips)")
     embedding: bool = option(True, "a second output, the L2-normalised embedding used by product galleries")
     embedding_dim: int = option(0, "0: the pooled features; N: projected to N principal directions of the "
                                    "training images")
