@@ -115,6 +115,9 @@ class TrainConfig:
                       "auto finetune, fp32 scratch"))
     channels_last: bool = option(True, "NHWC activations in training (faster convolutions on CPU)")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    coarse_smoothing: float = option(0.0, "share of the label smoothing given to the other classes of the "
+                                          "label's coarse group instead of all classes, so that mistakes stay "
+                                          "within the group (needs coarse labels; 0 = off)")
     ema_decay: float | None = option(None, _recipe(
         "per-step exponential moving average of the weights, which is what is evaluated and kept; 0 = off",
         "0.995 finetune, 0.998 scratch, lowered so that its horizon 1/(1-decay) is at most a quarter of the "
@@ -173,6 +176,8 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} must be >= {low}, got {value}")
         if not (self.reduced_decode == 0 or self.reduced_decode >= 1):
             raise TrainConfigError(f"reduced_decode must be 0 (decode in full) or >= 1, got {self.reduced_decode}")
+        if not 0 <= self.coarse_smoothing <= 1:
+            raise TrainConfigError(f"coarse_smoothing must be in [0, 1], got {self.coarse_smoothing}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise TrainConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

@@ -40,6 +40,7 @@ from .checkpoint import (check_run_folder, load_checkpoint, remove_partial_write
 from .config import TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch
 from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
 from .distill import Teacher, distill_loss
+from .losses import GroupSmoothedCrossEntropy
 from .models import create_model, list_models, preprocess_facts
 from .plots import confusion_matrix, save_confusion, save_curves
 
@@ -270,6 +271,11 @@ def train(cfg: TrainConfig) -> dict:
                     "will lag; use a smaller ema_decay (or leave it to the run) for short runs", cfg.ema_decay,
                     round(1 / (1 - cfg.ema_decay)), total_steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.coarse_smoothing:
+        if not dataset.fine_to_coarse:
+            raise TrainConfigError("coarse_smoothing needs coarse labels (a classes.csv with coarse class ids)")
+        group_of = [dataset.fine_to_coarse.get(i, -1) for i in range(len(labels))]
+        criterion = GroupSmoothedCrossEntropy(group_of, cfg.label_smoothing, cfg.coarse_smoothing).to(device)
     history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
 
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)  # CutMix/MixUp
