@@ -57,3 +57,10 @@ class ExportConfig:
                                           "(default: the one recorded in the GAN checkpoint)")
     triton_repo: str | None = option(None, "also write a Triton Inference Server model repository here "
                                            "(classifiers only; the INT8 model when shipped, else fp32)")
+
+    def __post_init__(self):
+        """Settings that cannot work are refused before the checkpoint is read."""
+        if self.tta not in ("none", "flip"):
+            raise ValueError(f"tta must be 'none' or 'flip', got {self.tta!r}")
+        if self.input_size and self.input_size < 8:
+            raise ValueError(f"input_size must be 0 (as trained) or >= 8, got {self.input_size}")

@@ -81,3 +81,12 @@ def test_a_model_that_reads_a_fixed_size_is_refused_at_another_size():
     assert _resized_input(create_model("efficientnet_lite0", num_classes=3).eval(), pre, 80, "ck.pt").input_size == (80, 80)
     with torch.no_grad():  # unchanged model at its own size
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_bad_export_settings_are_refused_before_the_checkpoint_is_read():
+    from skulens.export import ExportConfig
+
+    with pytest.raises(ValueError, match="tta must be"):
+        ExportConfig(checkpoint="missing.pt", tta="rotate")
+    with pytest.raises(ValueError, match="input_size must be"):
+        ExportConfig(checkpoint="missing.pt", input_size=-3)
