@@ -148,8 +148,6 @@ def _load(cfg: ExportConfig) -> _Source:
 def _resized_input(model, pre: PreprocessConfig, size: int, checkpoint) -> PreprocessConfig:
     """The contract at another input size; ModelError for a model that cannot take it (a head
     that reads a fixed number of features, not a pooled vector)."""
-    if size < 8:
-        raise ModelError(f"input_size must be >= 8, got {size}")
     try:
         with torch.no_grad():
             model(torch.zeros(1, pre.channels, size, size))

@@ -19,7 +19,7 @@ from torch import nn
 
 from skulens.training.models import within
 
-TTA_CHOICES = ("none", "flip")
+from .config import TTA_CHOICES
 
 
 class FlipTTA(nn.Module):

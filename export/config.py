@@ -11,6 +11,7 @@ from typing import Literal
 from skulens.internal import option
 
 DEFAULT_OPSET = 18
+TTA_CHOICES = ("none", "flip")  # the values of ExportConfig.tta
 
 
 @dataclass
@@ -60,7 +61,7 @@ class ExportConfig:
 
     def __post_init__(self):
         """Settings that cannot work are refused before the checkpoint is read."""
-        if self.tta not in ("none", "flip"):
-            raise ValueError(f"tta must be 'none' or 'flip', got {self.tta!r}")
+        if self.tta not in TTA_CHOICES:
+            raise ValueError(f"tta must be one of {TTA_CHOICES}, got {self.tta!r}")
         if self.input_size and self.input_size < 8:
             raise ValueError(f"input_size must be 0 (as trained) or >= 8, got {self.input_size}")

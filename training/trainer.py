@@ -207,6 +207,10 @@ def train(cfg: TrainConfig) -> dict:
     # -- data ------------------------------------------------------------------------------------
     dataset = load_dataset(cfg.data, class_depth=cfg.class_depth)
     labels = dataset.classes
+    # each class's coarse group (-1: none), or None for a dataset without coarse labels
+    coarse_of = [dataset.fine_to_coarse.get(i, -1) for i in range(len(labels))] if dataset.fine_to_coarse else None
+    if cfg.coarse_smoothing and coarse_of is None:  # refused before any image is decoded
+        raise TrainConfigError("coarse_smoothing needs coarse labels (a classes.csv with coarse class ids)")
     train_samples, val_samples = training_split(dataset)
     if not train_samples:
         raise DatasetError(f"{cfg.data}: no training images")
@@ -272,10 +276,7 @@ def train(cfg: TrainConfig) -> dict:
                     round(1 / (1 - cfg.ema_decay)), total_steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if cfg.coarse_smoothing:
-        if not dataset.fine_to_coarse:
-            raise TrainConfigError("coarse_smoothing needs coarse labels (a classes.csv with coarse class ids)")
-        group_of = [dataset.fine_to_coarse.get(i, -1) for i in range(len(labels))]
-        criterion = GroupSmoothedCrossEntropy(group_of, cfg.label_smoothing, cfg.coarse_smoothing).to(device)
+        criterion = GroupSmoothedCrossEntropy(coarse_of, cfg.label_smoothing, cfg.coarse_smoothing).to(device)
     history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
 
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)  # CutMix/MixUp
@@ -386,10 +387,7 @@ def train(cfg: TrainConfig) -> dict:
         x_eval = eval_tensors(eval_samples, pre)
         y_eval = np.array([s.label for s in eval_samples])
         logits = predict_logits(final, x_eval).numpy()
-        coarse = None
-        if dataset.fine_to_coarse:
-            coarse = np.array([dataset.fine_to_coarse.get(i, -1) for i in range(len(labels))])
-        report = accuracy_report(logits, y_eval, labels, coarse_of=coarse)
+        report = accuracy_report(logits, y_eval, labels, coarse_of=np.array(coarse_of) if coarse_of else None)
         metrics["eval"] = {"split": eval_split, **report}
         cm = confusion_matrix(logits.argmax(1), y_eval, len(labels))
         save_confusion(cm, labels, out / "confusion.png", split=eval_split)
