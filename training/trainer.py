@@ -377,9 +377,9 @@ def train(cfg: TrainConfig) -> dict:
                "precision": "bf16" if use_bf16 else "fp32", "device": str(device),
                "num_classes": len(labels), "select": cfg.select, "best_epoch": best["epoch"] + 1,
                "best_val_top1": best_top1, "epochs_run": len(history), "stopped_early": stopped_early,
-               "derived_from_run_size": derived, "train_seconds": round(train_seconds, 1),
+               "derived_from_run_size": derived, "train_seconds": round(train_seconds, 3),
                "total_seconds": round(time.perf_counter() - t_start, 1),
-               "cpu_seconds": round(cpu_seconds() - cpu_start, 1), "torch_threads": torch.get_num_threads(),
+               "cpu_seconds": round(cpu_seconds() - cpu_start, 3), "torch_threads": torch.get_num_threads(),
                "n_train": len(train_samples), "n_val": len(val_samples)}
     eval_split = "test" if dataset.splits.get("test") else "val"
     eval_samples = dataset.splits["test"] if eval_split == "test" else val_samples

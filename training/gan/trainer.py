@@ -218,7 +218,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         standing_stats(ema.model, labels_all, seed=cfg.seed)
         seconds = elapsed_before + time.perf_counter() - t_train
         record = {"epoch": epoch + 1, "step": step, **{key: v / steps for key, v in sums.items()},
-                  "seconds": round(seconds, 1), "cpu_seconds": round(cpu_before + cpu_seconds() - c_train, 1)}
+                  "seconds": round(seconds, 3), "cpu_seconds": round(cpu_before + cpu_seconds() - c_train, 3)}
         history.append(record)
         with torch.no_grad():
             zs = fixed_z.repeat(len(grid_ids), 1)
