@@ -6,10 +6,12 @@ Every registered model declares ``features(x) -> [N, F]`` (the pooled features) 
     logits    [N, num_classes] = head(features)
     embedding [N, D]           = normalize(features)                    (D = F, "pooled")
                                  normalize((features - mean) @ P)       (D < F, "pca")
+    with a colour weight w > 0:  normalize([that, w * colour(x)])       (D + 48, "colour" in the spec)
 
 where ``P`` [F, D] holds the top principal directions of the training images' features (fitted
 at export, a linear map learned from the training data; it shrinks galleries F / D times and
-makes the exact search F / D times cheaper). Cosine similarity of two embeddings is then their
+makes the exact search F / D times cheaper), and ``colour`` is export._colour's hue x
+saturation histogram of the input image. Cosine similarity of two embeddings is then their
 inner product.
 """
 from __future__ import annotations
@@ -18,8 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from skulens import ModelError
+from skulens import ModelError, PreprocessConfig
 from skulens.training.models import within
+
+from ._colour import ColourHistogram
 
 EMBEDDING_OUTPUT = "embedding"
 
@@ -34,8 +38,10 @@ def embedding_problem(model: nn.Module) -> str | None:
 class WithEmbedding(nn.Module):
     """model -> (logits, embedding); carries the model's card (paths inside the wrapper) for the uint8-input fold."""
 
-    def __init__(self, model: nn.Module, mean: torch.Tensor | None = None, components: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, mean: torch.Tensor | None = None, components: torch.Tensor | None = None,
+                 colour: ColourHistogram | None = None, colour_weight: float = 0.0):
         super().__init__()
+        self.colour, self.colour_weight = colour, float(colour_weight)
         self.model = model
         if getattr(model, "card", None) is not None:  # the model's facts, at their paths inside the wrapper
             self.card = within(model.card, "model")
@@ -49,10 +55,16 @@ class WithEmbedding(nn.Module):
 
     def forward(self, x):  # [N, C, H, W] -> logits [N, K], embedding [N, D]
         f = self.model.features(x)
-        e = self.project(f) if self.project is not None else f
-        # e / max(|e|, eps) with a broadcasting Div (F.normalize's expand_as would read the
-        # input's shape, a second consumer of the pixels that blocks the INT8 input rewrite)
-        return self.model.head(f), e / torch.linalg.vector_norm(e, dim=1, keepdim=True).clamp_min(1e-12)
+        e = _l2(self.project(f) if self.project is not None else f)        # [N, D]
+        if self.colour is not None:                                         # [N, D + colour.dim]
+            e = _l2(torch.cat([e, self.colour_weight * self.colour(x)], dim=1))
+        return self.model.head(f), e
+
+
+def _l2(e):
+    # e / max(|e|, eps) with a broadcasting Div (F.normalize's expand_as would read the input's
+    # shape, a second consumer of the pixels that blocks the INT8 input rewrite)
+    return e / torch.linalg.vector_norm(e, dim=1, keepdim=True).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -69,21 +81,30 @@ def fit_pca(model: nn.Module, tensors: torch.Tensor, dim: int, batch: int = 64) 
     return mean.float(), vh[:dim].T.contiguous().float(), float(var[:dim].sum() / var.sum())
 
 
-def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Tensor | None) -> tuple[nn.Module, dict]:
-    """``model`` wrapped to also output its embedding, and the embedding's metadata."""
+def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Tensor | None,
+                   pre: PreprocessConfig, colour_weight: float = 0.0) -> tuple[nn.Module, dict]:
+    """``model`` wrapped to also output its embedding, and the embedding's metadata. The colour
+    histogram is added where ``colour_weight`` > 0 and the contract has 3 colour channels."""
     problem = embedding_problem(model)
     if problem:
         raise ModelError(f"no embedding output possible: {problem}")
     spec = {"output": EMBEDDING_OUTPUT, "normalized": "l2", "metric": "cosine",
             "features": int(model.head.in_features)}
+    mean = comps = None
     if not embedding_dim:
-        return WithEmbedding(model).eval(), dict(spec, dim=int(model.head.in_features), source="pooled")
-    if train_tensors is None:
+        spec.update(dim=int(model.head.in_features), source="pooled")
+    elif train_tensors is None:
         raise ModelError("a projected embedding (embedding_dim > 0) is fitted on the training images; pass --data")
-    mean, comps, kept = fit_pca(model, train_tensors, embedding_dim)
-    return (WithEmbedding(model, mean, comps).eval(),
-            dict(spec, dim=int(embedding_dim), source="pca", pca_images=len(train_tensors),
-                 pca_variance_kept=round(kept, 4)))
+    else:
+        mean, comps, kept = fit_pca(model, train_tensors, embedding_dim)
+        spec.update(dim=int(embedding_dim), source="pca", pca_images=len(train_tensors),
+                    pca_variance_kept=round(kept, 4))
+    colour = None
+    if colour_weight > 0 and pre.channels == 3 and pre.color_order in ("RGB", "BGR"):
+        colour = ColourHistogram(pre.mean, pre.std, pre.color_order)
+        spec.update(dim=spec["dim"] + colour.dim, colour={"hue_bins": colour.hue_bins, "sat_bins": colour.sat_bins,
+                                                          "pool": colour.pool, "weight": float(colour_weight)})
+    return WithEmbedding(model, mean, comps, colour, colour_weight).eval(), spec
 
 
 def embedding_parity(wrapped: nn.Module, onnx_path, inputs: np.ndarray, onnx_inputs: np.ndarray) -> float:

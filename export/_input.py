@@ -120,6 +120,9 @@ def float_to_uint8_input(model: nn.Module, pre: PreprocessConfig) -> tuple[nn.Mo
     # the fold regroups pixels by patch: only where they reach the convolution as they are (a
     # mirror image for test-time augmentation must flip pixels, not patches)
     fold = 1 if _rearranges_pixels(model) else _fold_width_into_channels(conv, pre.input_size[1])
+    for m in model.modules():  # export._colour's histogram now reads the raw (folded) pixels too
+        if callable(getattr(m, "read_raw_pixels", None)):
+            m.read_raw_pixels(fold)
     return Uint8Input(model, fold).eval(), dataclasses.replace(pre, dtype="uint8", layout="NHWC")
 
 

@@ -90,7 +90,8 @@ def export_classifier(config: ExportConfig) -> dict:
         if cfg.embedding:
             pca = (eval_tensors(_sample(src.dataset.split("train"), 1024, seed=3), src.train_pre)
                    if cfg.embedding_dim else None)
-            exported, embedding_spec = with_embedding(model, cfg.embedding_dim, pca)
+            exported, embedding_spec = with_embedding(model, cfg.embedding_dim, pca, src.train_pre,
+                                                      cfg.embedding_colour)
         onnx_model, pre = onnx_input(exported, src.train_pre, cfg.input_dtype)
         example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
         torch_to_onnx(onnx_model, (example,), stage.fp32, opset=cfg.opset,

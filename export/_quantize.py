@@ -7,6 +7,9 @@ input (see export._input) keeps it: with U8 activations the pixels
 are quantized with scale 1 and zero point 0, an identity, so the Cast and QuantizeLinear at
 the input are removed and the first integer convolution reads the pixels directly (also through
 the flip and concatenation of export._tta, which are kept exact on uint8).
+
+Arithmetic on the pixels outside the network's convolutions (export._colour's histogram, and
+the embedding tail it joins) is left float: 8-bit steps would move its hue and saturation bins.
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
         prep = os.path.join(tmp, "prep.onnx")
         quant_pre_process(str(fp32_path), prep, skip_symbolic_shape=True)
         pixels = _pixel_cast(onnx.load(prep)) if activation_type == "u8" else None
+        float_nodes = _pixel_arithmetic(onnx.load(prep))
         if pixels is not None:  # the cast uint8 pixels, and copies of them: quantized as they are
             identity = [{"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]
             extra["TensorQuantOverrides"] = {name: identity for name in
@@ -88,7 +92,7 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
                             activation_type=ACTIVATION_TYPES[activation_type],
                             weight_type=QuantType.QInt8,
                             calibrate_method=CALIBRATION_METHODS[calibrate_method],
-                            extra_options=extra)
+                            nodes_to_exclude=float_nodes, extra_options=extra)
             model = onnx.load(dst)
             if pixels is not None:
                 _drop_pixel_quantize(model, pixels.output[0])
@@ -162,6 +166,23 @@ def _pixel_copies(model: onnx.ModelProto, pixels: str) -> list[str]:
     return copies
 
 
+def _pixel_arithmetic(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that compute on the input pixels without passing through a
+    convolution or matrix product (export._colour, and what joins its result), other than
+    rearranging or padding them on their way into the network."""
+    graph = model.graph
+    reached = {i.name for i in graph.input}
+    names = []
+    for node in graph.node:  # in topological order
+        if node.op_type in ("Conv", "Gemm", "MatMul", "Shape") or not any(i in reached for i in node.input):
+            continue  # (a Shape reads the sizes, not the pixels: export._tta splits its batch by it)
+        reached.update(node.output)
+        if node.op_type not in ("Cast", "Pad", "Slice", "Concat", "Transpose", "Reshape", "Identity") \
+                or (node.op_type == "Concat" and not all(i in reached for i in node.input)):
+            names.append(node.name)
+    return names
+
+
 def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:
     """Remove Cast -> QuantizeLinear(scale 1, zero point 0, uint8) at the input: the uint8
     pixels feed the QuantizeLinear's consumers directly. RuntimeError if the pattern differs."""
@@ -169,9 +190,10 @@ def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:
     init = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     cast = next((n for n in graph.node if n.op_type == "Cast" and n.output[0] == cast_output), None)
     users = [n for n in graph.node if cast_output in n.input]
-    if cast is None or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+    quants = [n for n in users if n.op_type == "QuantizeLinear"]
+    if cast is None or len(quants) != 1:
         raise RuntimeError(f"uint8 input: expected Cast -> QuantizeLinear at {cast_output!r}")
-    q = users[0]
+    q = quants[0]
     scale, zero = init.get(q.input[1]), init.get(q.input[2]) if len(q.input) > 2 else None
     if scale is None or zero is None or zero.dtype != np.uint8 or float(scale) != 1.0 or int(zero) != 0:
         raise RuntimeError(f"uint8 input: the pixels were not quantized as they are "
@@ -181,8 +203,11 @@ def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:
             if name == q.output[0]:
                 node.input[k] = cast.input[0]
     graph.node.remove(q)
-    graph.node.remove(cast)
-    for v in [v for v in graph.value_info if v.name in (cast_output, q.output[0])]:
+    gone = [q.output[0]]
+    if len(users) == 1:  # else the float pixels still feed export._colour's arithmetic
+        graph.node.remove(cast)
+        gone.append(cast_output)
+    for v in [v for v in graph.value_info if v.name in gone]:
         graph.value_info.remove(v)
 
 

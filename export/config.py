@@ -47,6 +47,9 @@ class ExportConfig:
     embedding: bool = option(True, "a second output, the L2-normalised embedding used by product galleries")
     embedding_dim: int = option(0, "0: the pooled features; N: projected to N principal directions of the "
                                    "training images")
+    embedding_colour: float = option(0.0, "weight of a 12 x 4 hue x saturation histogram appended to the "
+                                          "embedding (0: off). Helps galleries enrolled in the store they "
+                                          "are queried in; neutral across stores (README)")
     unknown_precision: float = option(0.95, "choose the softmax threshold below which a result is 'unknown' on "
                                             "the val split for this precision (0: never unknown)")
     int8_max_drop_pp: float = option(1.0, "classifier INT8 gate: the largest top-1 drop vs fp32 (percentage "
@@ -65,3 +68,5 @@ class ExportConfig:
             raise ValueError(f"tta must be one of {TTA_CHOICES}, got {self.tta!r}")
         if self.input_size and self.input_size < 8:
             raise ValueError(f"input_size must be 0 (as trained) or >= 8, got {self.input_size}")
+        if not 0 <= self.embedding_colour <= 10:
+            raise ValueError(f"embedding_colour must be a weight in [0, 10], got {self.embedding_colour}")

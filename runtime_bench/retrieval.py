@@ -116,12 +116,17 @@ def retrieval_metrics(spec, train_emb, train_y, test_emb, test_y, test_logits, n
     return res
 
 
+def _describe(spec: dict) -> str:
+    colour = spec.get("colour")
+    return f"{spec['dim']}-d {spec['source']}" + (f" + colour x{colour['weight']:g}" if colour else "")
+
+
 def _markdown(summary) -> str:
     lines = ["| model | embedding | scope | k (scoring) | recall@1 | recall@5 |", "|---|---|---|---|---|---|"]
     for name, r in summary["models"].items():
         for scope in ("new_products", "all_products"):
             for k, v in r[scope].items():
-                lines.append(f"| {name} | {r['embedding']['dim']}-d {r['embedding']['source']} | {scope} | {k} | "
+                lines.append(f"| {name} | {_describe(r['embedding'])} | {scope} | {k} | "
                              f"{v['recall@1']:.3f} | {v['recall@5']:.3f} |")
     lines += ["", "| model | rejection | AUROC | threshold | precision | coverage | known acc. kept (no threshold) |",
               "|---|---|---|---|---|---|---|"]
@@ -143,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="a classifier already trained on the known half "
                    "(default: train efficientnet_lite0 on it here)")
     p.add_argument("--dims", default="0,256", help="embedding dims to export and compare (0: pooled features)")
+    p.add_argument("--colours", default="0,1", help="colour-histogram weights to export and compare "
+                   "(skulens export --embedding-colour; 0: the CNN features only)")
     p.add_argument("--draws", type=int, default=5, help="random draws of the enrolled photos for k = 1 and 5")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -174,18 +181,21 @@ def main(argv=None) -> int:
     summary = {"protocol": {"known_classes": len(known), "new_classes": len(new), "checkpoint": str(ckpt),
                             "train_photos": len(train_s), "queries": args.queries,
                             f"{args.queries}_photos": len(test_s)}, "models": {}}
-    for dim in [int(d) for d in args.dims.split(",") if d]:
-        onnx_path = out / f"model_d{dim}.onnx"
-        report_path = out / f"model_d{dim}.report.json"
+    variants = [(int(d), float(c)) for d in args.dims.split(",") if d for c in args.colours.split(",") if c]
+    for dim, colour in variants:
+        name = f"d{dim}" + (f"_c{colour:g}" if colour else "")
+        onnx_path = out / f"model_{name}.onnx"
+        report_path = out / f"model_{name}.report.json"
         if report_path.is_file() and not args.reexport:
             report = json.loads(report_path.read_text())
         else:
             report = export_classifier(ExportConfig(checkpoint=str(ckpt), out=str(onnx_path), int8=True,
-                                                    data=str(known_data), embedding_dim=dim, threads=args.threads))
+                                                    data=str(known_data), embedding_dim=dim,
+                                                    embedding_colour=colour, threads=args.threads))
         for tag, path in (("int8", report["int8"]["path"]), ("fp32", report["fp32"]["path"])):
             if tag == "fp32" and dim != 0:
                 continue
-            cache = out / f"embeddings_d{dim}_{tag}{suffix}.npz"  # reused while the model file is unchanged
+            cache = out / f"embeddings_{name}_{tag}{suffix}.npz"  # reused while the model file is unchanged
             sha = report[tag]["sha256"]
             if cache.is_file() and str(np.load(cache)["sha256"]) == sha:
                 z = np.load(cache)
@@ -201,8 +211,8 @@ def main(argv=None) -> int:
             r = retrieval_metrics(spec, tr_emb, train_y, te_emb, test_y, te_logits, ds.classes, new, known,
                                   model_labels, unknown,
                                   draws=args.draws, seed=args.seed)
-            summary["models"][f"d{dim}_{tag}"] = dict(r, embedding=spec, path=str(path))
-            log.info("d%d %s: new k=5 recall@1 %.3f (%s queries)", dim, tag, r["new_products"]["5"]["recall@1"],
+            summary["models"][f"{name}_{tag}"] = dict(r, embedding=spec, path=str(path))
+            log.info("%s %s: new k=5 recall@1 %.3f (%s queries)", name, tag, r["new_products"]["5"]["recall@1"],
                      args.queries)
     write_result_files(out, "retrieval" + suffix, summary, _markdown(summary), lambda *_: False)
     print(_markdown(summary))
