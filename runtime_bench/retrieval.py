@@ -142,6 +142,8 @@ def _markdown(summary) -> str:
 
 
 def main(argv=None) -> int:
+    from skulens.export.config import TTA_CHOICES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the Grocery dataset folder (split lists + classes.csv)")
     p.add_argument("--out", default="runs/retrieval", help="output folder (default: runs/retrieval)")
@@ -150,6 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--dims", default="0,256", help="embedding dims to export and compare (0: pooled features)")
     p.add_argument("--colours", default="0,1", help="colour-histogram weights to export and compare "
                    "(skulens export --embedding-colour; 0: the CNN features only)")
+    p.add_argument("--input-size", type=int, default=0, help="export input size (skulens export --input-size; "
+                   "0: as trained)")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none", help="skulens export --tta")
     p.add_argument("--draws", type=int, default=5, help="random draws of the enrolled photos for k = 1 and 5")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -191,7 +196,8 @@ def main(argv=None) -> int:
         else:
             report = export_classifier(ExportConfig(checkpoint=str(ckpt), out=str(onnx_path), int8=True,
                                                     data=str(known_data), embedding_dim=dim,
-                                                    embedding_colour=colour, threads=args.threads))
+                                                    embedding_colour=colour, input_size=args.input_size,
+                                                    tta=args.tta, threads=args.threads))
         for tag, path in (("int8", report["int8"]["path"]), ("fp32", report["fp32"]["path"])):
             if tag == "fp32" and dim != 0:
                 continue

@@ -160,3 +160,32 @@ def test_search_benchmark_reports_every_figure():
         assert {"hnsw_build_s", "hnsw_query_ms", "hnsw_recall@1", "hnsw_recall@5"} <= set(row)
         assert 0 <= row["hnsw_recall@1"] <= 1 and 0 <= row["hnsw_recall@5"] <= 1 and row["hnsw_build_s"] >= 0
         assert r["hnsw"]["library"] == "faiss-cpu"
+
+
+def test_retrieval_protocol_metrics_on_hand_made_embeddings():
+    """skulens.bench.retrieval's figures from embeddings whose answers are known: each class a
+    direction, queries near their class's direction; one class's queries point elsewhere."""
+    from skulens.bench.retrieval import _describe, retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    n_cls, dim = 6, 16
+    names = [f"p{c}" for c in range(n_cls)]
+    centres = np.eye(dim, dtype=np.float32)[:n_cls]
+    def views(c, n, noise):
+        v = centres[c] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+    train_y = np.repeat(np.arange(n_cls), 6)
+    train = np.concatenate([views(c, 6, 0.05) for c in range(n_cls)])
+    test_y = np.repeat(np.arange(n_cls), 4)
+    test = np.concatenate([views(c, 4, 0.05) for c in range(n_cls)])
+    test[test_y == 0] = views(1, 4, 0.05)  # new product 0's photos look like new product 1
+    new, known = np.arange(3), np.arange(3, n_cls)
+    logits = rng.standard_normal((len(test), len(known))).astype(np.float32)
+    r = retrieval_metrics({"output": "embedding", "dim": dim}, train, train_y, test, test_y, logits, names,
+                          new, known, names[3:], None, shots=(1, 5, None), draws=3)
+    assert r["new_products"]["5"]["recall@1"] == pytest.approx(2 / 3)  # p0's queries all go to p1
+    assert r["new_products"]["5"]["recall@5"] == 1.0 and r["new_products"]["5"]["draws"] == 3
+    assert r["all_products"]["all"]["recall@1"] == pytest.approx(5 / 6) and r["all_products"]["all"]["draws"] == 1
+    assert r["unknown_retrieval"]["auroc"] == pytest.approx(1.0)  # new products are far from the known ones
+    assert _describe({"dim": 64, "source": "pooled"}) == "64-d pooled"
+    assert _describe({"dim": 64, "source": "pooled", "colour": {"weight": 1.0}}) == "64-d pooled + colour x1"
