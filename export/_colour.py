@@ -1,4 +1,4 @@
-"""A colour descriptor for the embedding: a soft hue x saturation histogram of the photo.
+"""A colour descriptor for the embedding: a hue x saturation histogram of the photo.
 
 Why. A gallery embedding has to tell apart products the network never trained on. Measured on
 the retrieval protocol (``skulens.bench.retrieval``; a Lite0 fine-tuned on Grocery's 41
@@ -84,5 +84,5 @@ class ColourHistogram(nn.Module):
         joint = votes_h.unsqueeze(2) * votes_s.unsqueeze(1)                 # [N, hue_bins, sat_bins, h, w]
         joint = joint.reshape(-1, self.dim, joint.shape[3], joint.shape[4])  # [N, hue_bins * sat_bins, h, w]
         hist = nn.functional.adaptive_avg_pool2d(joint, 1).flatten(1)       # [N, hue_bins * sat_bins]
-        hist = hist.clamp_min(0.0).sqrt()
+        hist = hist.sqrt()
         return hist / torch.linalg.vector_norm(hist, dim=1, keepdim=True).clamp_min(1e-12)

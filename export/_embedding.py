@@ -16,6 +16,8 @@ inner product.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
@@ -26,6 +28,7 @@ from skulens.training.models import within
 from ._colour import ColourHistogram
 
 EMBEDDING_OUTPUT = "embedding"
+log = logging.getLogger(__name__)
 
 
 def embedding_problem(model: nn.Module) -> str | None:
@@ -100,7 +103,10 @@ def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Te
         spec.update(dim=int(embedding_dim), source="pca", pca_images=len(train_tensors),
                     pca_variance_kept=round(kept, 4))
     colour = None
-    if colour_weight > 0 and pre.channels == 3 and pre.color_order in ("RGB", "BGR"):
+    if colour_weight > 0 and (pre.channels != 3 or pre.color_order not in ("RGB", "BGR")):
+        log.warning("no colour histogram in the embedding: the model reads %d-channel %s images, not colour",
+                    pre.channels, pre.color_order)
+    elif colour_weight > 0:
         colour = ColourHistogram(pre.mean, pre.std, pre.color_order)
         spec.update(dim=spec["dim"] + colour.dim, colour={"hue_bins": colour.hue_bins, "sat_bins": colour.sat_bins,
                                                           "pool": colour.pool, "weight": float(colour_weight)})

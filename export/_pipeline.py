@@ -209,11 +209,12 @@ def _describe(path, meta: dict, src: _Source, cfg: ExportConfig, entry: dict, **
 def _int8(stage: Staging, base: dict, src: _Source, cfg: ExportConfig, fp32_logits, fp32: dict) -> dict:
     calib = eval_tensors(_sample(src.dataset.split("train"), cfg.calibration_size, seed=2), base["preprocess"]).numpy()
     activation_type, timings = cfg.activation_type, None
+    float_colour = bool((base["embedding"] or {}).get("colour"))  # export._colour stays float
     if activation_type == "auto":
         activation_type, timings = choose_activation_type(stage.fp32, calib, calibrate_method=cfg.calibrate_method,
-                                                          work_dir=stage.dir)
+                                                          work_dir=stage.dir, float_pixel_arithmetic=float_colour)
     quantize_int8(stage.fp32, stage.rejected, calib, activation_type=activation_type,
-                  calibrate_method=cfg.calibrate_method, work_dir=stage.dir)
+                  calibrate_method=cfg.calibrate_method, work_dir=stage.dir, float_pixel_arithmetic=float_colour)
     qsettings = quantization_settings(activation_type, cfg.calibrate_method, calibration_images=len(calib),
                                       **({"activation_check_batch1_1thread": timings} if timings else {}))
     entry: dict = {"quantization": qsettings}

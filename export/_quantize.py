@@ -9,7 +9,8 @@ the input are removed and the first integer convolution reads the pixels directl
 the flip and concatenation of export._tta, which are kept exact on uint8).
 
 Arithmetic on the pixels outside the network's convolutions (export._colour's histogram, and
-the embedding tail it joins) is left float: 8-bit steps would move its hue and saturation bins.
+the embedding tail it joins) can be left float: 8-bit steps would move its hue and saturation
+bins.
 """
 from __future__ import annotations
 
@@ -64,9 +65,11 @@ class ArrayCalibrationReader(CalibrationDataReader):
 
 def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activation_type: str = "u8",
                   calibrate_method: str = "minmax", per_channel: bool = True,
-                  input_name: str = "input", work_dir=None) -> Path:
+                  input_name: str = "input", work_dir=None, float_pixel_arithmetic: bool = False) -> Path:
     """Static QDQ INT8 quantization of ``fp32_path`` (metadata is not copied here); scratch
-    files go to a temporary folder inside ``work_dir`` (default: the system's)."""
+    files go to a temporary folder inside ``work_dir`` (default: the system's). With
+    ``float_pixel_arithmetic``, the nodes that compute on the input image outside the network
+    (:func:`_pixel_arithmetic`, an image classifier's colour histogram) are left float."""
     if activation_type not in ACTIVATION_TYPES:
         raise ValueError(f"activation_type must be one of {list(ACTIVATION_TYPES)}, got {activation_type!r}")
     if calibrate_method not in CALIBRATION_METHODS:
@@ -80,7 +83,7 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
         prep = os.path.join(tmp, "prep.onnx")
         quant_pre_process(str(fp32_path), prep, skip_symbolic_shape=True)
         pixels = _pixel_cast(onnx.load(prep)) if activation_type == "u8" else None
-        float_nodes = _pixel_arithmetic(onnx.load(prep))
+        float_nodes = _pixel_arithmetic(onnx.load(prep)) if float_pixel_arithmetic else None
         if pixels is not None:  # the cast uint8 pixels, and copies of them: quantized as they are
             identity = [{"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]
             extra["TensorQuantOverrides"] = {name: identity for name in
@@ -174,7 +177,8 @@ def _pixel_arithmetic(model: onnx.ModelProto) -> list[str]:
     reached = {i.name for i in graph.input}
     names = []
     for node in graph.node:  # in topological order
-        if node.op_type in ("Conv", "Gemm", "MatMul", "Shape") or not any(i in reached for i in node.input):
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Shape") or \
+                not any(i in reached for i in node.input):
             continue  # (a Shape reads the sizes, not the pixels: export._tta splits its batch by it)
         reached.update(node.output)
         if node.op_type not in ("Cast", "Pad", "Slice", "Concat", "Transpose", "Reshape", "Identity") \
@@ -212,14 +216,16 @@ def _drop_pixel_quantize(model: onnx.ModelProto, cast_output: str) -> None:
 
 
 def choose_activation_type(fp32_path, calibration_images: np.ndarray, *, calibrate_method: str = "minmax",
-                           threads: int = 1, input_name: str = "input", work_dir=None) -> tuple[str, dict]:
+                           threads: int = 1, input_name: str = "input", work_dir=None,
+                           float_pixel_arithmetic: bool = False) -> tuple[str, dict]:
     """Quantize with U8 and with S8 activations and keep the one faster on this CPU (batch 1)."""
     with tempfile.TemporaryDirectory(prefix="skulens-actcheck-", dir=work_dir) as tmp:
         paths = {}
         for act in ACTIVATION_TYPES:
             paths[act] = quantize_int8(fp32_path, Path(tmp) / f"{act}.onnx", calibration_images[:32],
                                        activation_type=act, calibrate_method=calibrate_method,
-                                       input_name=input_name, work_dir=tmp)
+                                       input_name=input_name, work_dir=tmp,
+                                       float_pixel_arithmetic=float_pixel_arithmetic)
         x = _as_input(calibration_images[:1])
         u8, s8, fp32 = time_models([paths["u8"], paths["s8"], fp32_path], x, threads=threads)
     lat = {"u8": u8, "s8": s8}

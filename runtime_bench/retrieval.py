@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="a classifier already trained on the known half "
                    "(default: train efficientnet_lite0 on it here)")
     p.add_argument("--dims", default="0,256", help="embedding dims to export and compare (0: pooled features)")
-    p.add_argument("--colours", default="0,1", help="colour-histogram weights to export and compare "
+    p.add_argument("--colours", default="0", help="colour-histogram weights to export and compare, e.g. 0,1 "
                    "(skulens export --embedding-colour; 0: the CNN features only)")
     p.add_argument("--input-size", type=int, default=0, help="export input size (skulens export --input-size; "
                    "0: as trained)")
