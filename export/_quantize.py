@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quant_pre_process, quantize_static)
 
