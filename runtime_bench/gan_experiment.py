@@ -45,6 +45,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per GAN (the two full-data GANs "
                    "can run side by side: python -m ... --only projected & ... --only dcgan)")
     p.add_argument("--only", default="", help="train only this GAN (projected, dcgan, projected_low) and stop")
+    p.add_argument("--no-dcgan", action="store_true", help="skip the DCGAN baseline (e.g. a second projected "
+                   "recipe compared with a baseline measured before)")
+    p.add_argument("--no-lowdata", action="store_true", help="skip the low-data GAN and arms (FID, CAS, latency only)")
+    p.add_argument("--class-guidance", type=float, default=0.0,
+                   help="classifier-guidance weight of the projected GANs (skulens gan train --class-guidance)")
+    p.add_argument("--classifier", default="", help="reuse this CAS / low-data classifier checkpoint "
+                   "(the pretrained recipe at the GAN's resolution) instead of training one")
     p.add_argument("--classifier-epochs", type=int, default=12)
     p.add_argument("--lowdata-epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
@@ -86,11 +93,13 @@ def main(argv=None) -> int:
 
     common = dict(image_size=args.image_size, batch_size=args.batch_size, steps_per_epoch=50, epochs=100000,
                   threads=args.threads, seed=args.seed, grid_classes=args.grid_classes, resume=True)
-    gans = {"projected": (data, args.gan_minutes, dict(discriminator="projected", lr_d=2e-4)),
+    projected = dict(discriminator="projected", lr_d=2e-4, class_guidance=args.class_guidance)
+    gans = {"projected": (data, args.gan_minutes, projected),
             "dcgan": (data, args.gan_minutes, dict(discriminator="dcgan")),
-            "projected_low": (low, args.lowdata_gan_minutes, dict(discriminator="projected", lr_d=2e-4))}
+            "projected_low": (low, args.lowdata_gan_minutes, projected)}
     for name, (src, minutes, extra) in gans.items():
-        if args.only and name != args.only:
+        if ((args.only and name != args.only) or (args.no_dcgan and name == "dcgan")
+                or (args.no_lowdata and name == "projected_low")):
             continue
         if not (out / name / "metrics.json").is_file():
             timed(f"{name}_train", lambda src=src, m=minutes, name=name, extra=extra: train_gan(GanConfig(
@@ -102,30 +111,32 @@ def main(argv=None) -> int:
     if args.only:
         return 0
 
-    clf = out / "classifier" / "best.pt"
+    clf = Path(args.classifier) if args.classifier else out / "classifier" / "best.pt"
     if not clf.is_file():  # the pretrained recipe at the GAN's resolution
         timed("classifier", lambda: train(TrainConfig(
             data=str(data), out=str(clf.parent), input_size=args.image_size, train_size=args.image_size,
             epochs=args.classifier_epochs, seed=args.seed, num_workers=0, threads=args.threads)))
 
     evals = {}
-    for name in ("projected", "dcgan"):
+    for name in ("projected",) + (() if args.no_dcgan else ("dcgan",)):
         full = name == "projected"
         evals[name] = timed(f"{name}_eval", lambda name=name, full=full: evaluate_gan(GanEvalConfig(
             generator=str(out / f"{name}.onnx"), data=str(data), classifier=str(clf), out=str(out / f"eval_{name}"),
             cas=full, latency=full, sample_classes=args.grid_classes, seeds=args.seeds, seed=args.seed,
             lowdata_epochs=args.lowdata_epochs, threads=args.threads,
-            **(dict(lowdata_data=str(low), lowdata_generator=str(out / "projected_low.onnx")) if full else {}))))
+            **(dict(lowdata_data=str(low), lowdata_generator=str(out / "projected_low.onnx"))
+               if full and not args.no_lowdata else {}))))
     summary = {"args": vars(args), "steps": steps, "total_wall_s": round(time.perf_counter() - t0, 1),
                "total_cpu_s_this_invocation": round(cpu_seconds() - c0, 1),
-               "gan_training": {n: _training(out / n) for n in gans},
+               "gan_training": {n: _training(out / n) for n in gans if (out / n / "metrics.json").is_file()},
                "fid": {n: {k: v for k, v in e["fid"].items() if k not in ("definition", "features")}
                        for n, e in evals.items()},
                "kid": {n: {k: v for k, v in e["kid"].items() if k != "definition"} for n, e in evals.items()},
                "cas": evals["projected"].get("cas"), "lowdata": evals["projected"].get("lowdata"),
                "latency": evals["projected"].get("latency")}
-    fp, fd = (summary["fid"][n]["generated_vs_real_test"] for n in ("projected", "dcgan"))
-    summary["fid_dcgan_over_projected"] = fd / fp
+    if "dcgan" in evals:
+        fp, fd = (summary["fid"][n]["generated_vs_real_test"] for n in ("projected", "dcgan"))
+        summary["fid_dcgan_over_projected"] = fd / fp
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(_markdown(summary)))
     print(_markdown(summary))
@@ -142,19 +153,21 @@ def _markdown(s: dict) -> str:
     rows = ["| GAN | training (wall, 1 thread) | steps | FID vs real test | KID vs real test (x1000) |",
             "|---|---|---:|---:|---:|"]
     f0 = s["fid"]["projected"]
-    for n in ("dcgan", "projected"):
+    for n in [n for n in ("dcgan", "projected") if n in s["fid"]]:
         t, f, k = s["gan_training"][n], s["fid"][n], s["kid"][n]["generated_vs_real_test"]
         rows.append(f"| {n} ({t['model']}) | {t['train_seconds'] / 60:.1f} min | {t['steps']} | "
                     f"{f['generated_vs_real_test']:.1f} | {1e3 * k['mean']:.1f} ± {1e3 * k['std']:.1f} |")
     kf = s["kid"]["projected"]["real_train_vs_real_test"]
     rows.append(f"| floor: real train vs real test | | | {f0['real_train_vs_real_test']:.1f} | "
                 f"{1e3 * kf['mean']:.1f} ± {1e3 * kf['std']:.1f} |")
-    rows.append(f"\nFID ratio DCGAN / projected: **{s['fid_dcgan_over_projected']:.2f}x** "
-                f"({f0['n_per_set']} images per set).")
+    if "fid_dcgan_over_projected" in s:
+        rows.append(f"\nFID ratio DCGAN / projected: **{s['fid_dcgan_over_projected']:.2f}x** "
+                    f"({f0['n_per_set']} images per set).")
     if s.get("cas"):
         c = s["cas"]
         rows.append(f"CAS: {100 * c['top1_generated_only']:.1f} % on real test, {100 * c['fraction_of_real']:.0f} % "
-                    f"of the real-data recipe ({100 * c['top1_real_recipe']:.1f} %).")
+                    f"of the real-data recipe ({100 * c['top1_real_recipe']:.1f} %)"
+                    + (f"; on real val {100 * c['top1_real_val']:.1f} %." if "top1_real_val" in c else "."))
     if s.get("lowdata"):
         lo = s["lowdata"]["arms"]
         rows.append(f"Low data ({s['args']['per_class']} real per class): real only {100 * lo['real_only']['mean']:.1f} "

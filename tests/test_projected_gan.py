@@ -93,6 +93,61 @@ def test_projected_gan_trains_exports_and_stops_on_its_time_budget(grocery_subse
         train_gan(GanConfig(**{**cfg.to_dict(), "discriminator": "dcgan", "resume": True, "epochs": 3}))
 
 
+def test_guidance_classifier_names_held_out_real_photos_and_steers_the_generator(grocery_subset):
+    """Classifier guidance: the frozen linear classifier fitted on the real train photos' ImageNet
+    features names the subset's *val* photos well above chance (so it carries class information,
+    not memorised pixels); it is not trained with D, is saved with D, and its cross-entropy sends
+    a gradient to the images."""
+    from skulens.training.gan.data import load_real
+    from skulens.training.gan.projected import fit_guidance, pooled_features
+    from skulens.internal import Dataset, write_split_lists
+
+    ds = load_dataset(grocery_subset)
+    real = load_real(grocery_subset, 64, 3)
+    val_dir = grocery_subset.parent / "val_as_train"
+    write_split_lists(Dataset(ds.root, list(ds.classes), {"train": list(ds.split("val"))}, layout="split_lists"),
+                      val_dir)
+    val = load_real(val_dir, 64, 3)
+    d = ProjectedDiscriminator(num_classes=len(ds.classes), image_size=64, feature_size=128, guidance=True)
+    assert d.classifier is not None and not any(p.requires_grad for p in d.classifier.parameters())
+    assert all(not p.requires_grad for p in d.features.tail.parameters())
+    with pytest.raises(ValueError, match="without guidance"):
+        fit_guidance(ProjectedDiscriminator(3, 32, pretrained=False), real.images, real.labels)
+    fit = fit_guidance(d, real.images, real.labels)
+    assert fit["n"] == 2 * len(real) and fit["train_top1"] > 0.9
+    with torch.no_grad():
+        val_top1 = float((d.classifier(pooled_features(d, val.images)).argmax(1) == val.labels).float().mean())
+    assert val_top1 >= 0.6, val_top1  # 6 classes: chance is 0.17
+    assert "classifier.weight" in d.state_dict()
+    x = (real.images[:4].float() / 127.5 - 1).requires_grad_(True)
+    scores, logits = d.scores_and_logits(x, real.labels[:4])
+    assert logits.shape == (4, len(ds.classes)) and scores[0].shape == (4, 64)
+    torch.nn.functional.cross_entropy(logits, real.labels[:4]).backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_class_guidance_options_and_training(grocery_subset, tmp_path):
+    from skulens.training.checkpoint import load_checkpoint
+    from skulens.training.gan import train_gan
+
+    with pytest.raises(GanConfigError, match="class_guidance must be >= 0"):
+        GanConfig(data="x", class_guidance=-1)
+    with pytest.raises(GanConfigError, match="needs the projected discriminator"):
+        GanConfig(data="x", discriminator="dcgan", class_guidance=1)
+    cfg = GanConfig(data=str(grocery_subset), out=str(tmp_path / "gan"), image_size=32, z_dim=16, embed_dim=8,
+                    g_width=32, batch_size=4, steps_per_epoch=2, epochs=1, threads=1, class_guidance=1.0)
+    m = train_gan(cfg)
+    rec = m["final"]
+    assert rec["loss_cls"] > 0 and 0 <= rec["fake_top1"] <= 1
+    ckpt = load_checkpoint(tmp_path / "gan" / "last.pt")
+    assert ckpt["disc_kwargs"]["guidance"] is True
+    fitted = ckpt["discriminator"]["classifier.weight"].clone()
+    assert fitted.abs().sum() > 0
+    m2 = train_gan(GanConfig(**{**cfg.to_dict(), "resume": True, "epochs": 2}))  # resume keeps the fitted classifier
+    assert m2["epochs_done"] == 2
+    assert torch.equal(load_checkpoint(tmp_path / "gan" / "last.pt")["discriminator"]["classifier.weight"], fitted)
+
+
 def test_imagenet_feature_space_knows_real_fruit(grocery_root):
     """The FID space is really ImageNet Lite0: its pooled features, through the ImageNet head,
     name Grocery bananas "banana" (954), and same-class sets are closer than different classes."""

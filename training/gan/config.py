@@ -35,6 +35,9 @@ class GanConfig:
                                "(a multiple of 32, >= 128; larger is slower)")
     pixel_d_width: int = option(32, "projected: width of a small discriminator learnt on the pixels beside the "
                                 "frozen-feature heads, losses summed (0 = projected heads only)")
+    class_guidance: float = option(0.0, "projected: weight of the classifier-guidance loss, the cross-entropy of "
+                                   "a frozen linear classifier on the ImageNet network's pooled features of the "
+                                   "generated images (fitted on the real images before training; 0 = off)")
     precision: Literal["auto", "fp32", "bf16"] = option(
         "auto", "projected: bfloat16 autocast of the discriminator (auto = where the CPU/GPU has native bf16)")
     max_minutes: float = option(0.0, "stop after the first epoch that ends past this much training time "
@@ -78,6 +81,10 @@ class GanConfig:
             problems.append(f"feature_size must be a multiple of 32 and >= 128, got {self.feature_size}")
         if self.pixel_d_width < 0:
             problems.append(f"pixel_d_width must be >= 0, got {self.pixel_d_width}")
+        if self.class_guidance < 0:
+            problems.append(f"class_guidance must be >= 0, got {self.class_guidance}")
+        if self.class_guidance and self.discriminator == "dcgan":
+            problems.append("class_guidance needs the projected discriminator (its ImageNet features)")
         if self.max_minutes < 0:
             problems.append(f"max_minutes must be >= 0, got {self.max_minutes}")
         if self.steps_per_epoch < 0:

@@ -212,6 +212,11 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
            "real_top1_source": "the given classifier (same recipe, trained on the real train split) on the "
                                "same real test split"}
     cas["fraction_of_real"] = cas["top1_generated_only"] / real_top1 if real_top1 else None
+    val = list(ds.splits.get("val") or [])
+    if val:  # the same model on the real val split: for choosing GAN recipes without the test split
+        _, logits = FeatureExtractor(folder / "run" / "best.pt")([decode_image(s.path) for s in val])
+        cas["top1_real_val"] = float((logits.argmax(1) == np.array([s.label for s in val])).mean())
+        cas["n_real_val"] = len(val)
     cas["goal"] = ">= 0.50 of real-data accuracy"
     log.info("CAS: %.3f top-1 on real test (real-data recipe %.3f)", m["eval"]["top1"], real_top1 or float("nan"))
     return cas

@@ -117,8 +117,9 @@ def disc_kwargs(cfg, num_classes: int) -> dict:
     """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`)."""
     base = {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.resolved_discriminator() == "projected":
+        guidance = {"guidance": True} if cfg.class_guidance > 0 else {}  # absent when off: older checkpoints match
         return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed,
-                "pixel_width": cfg.pixel_d_width}
+                "pixel_width": cfg.pixel_d_width, **guidance}
     return {"arch": "dcgan", **base, "width": cfg.d_width}
 
 

@@ -4,7 +4,8 @@
     metrics = train_gan(cfg)   # writes last.pt, samples/epoch_XXXX.png, losses.png, metrics.json
 
 Per step (hinge loss, n_dis = 1): fake = G(z, y) with the real batch's labels y;
-D step on DiffAugment(real) vs DiffAugment(fake.detach()); G step on D(DiffAugment(fake));
+D step on DiffAugment(real) vs DiffAugment(fake.detach()); G step on D(DiffAugment(fake))
+(+ the classifier-guidance cross-entropy of the projected D's frozen classifier, when on);
 EMA update of G. Per epoch: BatchNorm standing statistics of the EMA generator, a fixed-noise
 grid (one row per chosen class, one column per latent vector), an atomic checkpoint (the EMA
 generator is what gets exported), the loss curves.
@@ -67,6 +68,8 @@ def _save_losses(history: list[dict], path) -> Path:
     ax1.plot(ep, [h["loss_g"] for h in history], label="G adversarial loss")
     if any(h.get("loss_ms") for h in history):
         ax1.plot(ep, [h.get("loss_ms", 0.0) for h in history], label="G mode-seeking term")
+    if any(h.get("loss_cls") for h in history):
+        ax1.plot(ep, [h.get("loss_cls", 0.0) for h in history], label="G guidance cross-entropy (unweighted)")
     ax1.set(xlabel="epoch", ylabel="loss", title="losses (epoch means)")
     ax1.legend()
     ax2.plot(ep, [h["d_real"] for h in history], label="D(real)")
@@ -124,10 +127,14 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
 
-    def disc(x, y) -> list[torch.Tensor]:  # float32 scores per discriminator branch: [B] or [B, n_scores]
+    guided = cfg.class_guidance > 0
+
+    def disc(x, y) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """-> float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K] or None"""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            scores = D(x, y)
-        return [s.float() for s in (scores if isinstance(scores, tuple) else (scores,))]
+            scores, logits = D.scores_and_logits(x, y) if guided else (D(x, y), None)
+        scores = scores if isinstance(scores, tuple) else (scores,)
+        return [s.float() for s in scores], (logits.float() if logits is not None else None)
     rng = torch.Generator().manual_seed(cfg.seed)
     grid_ids = parse_classes(cfg.grid_classes, real.classes)[:64] if cfg.grid_classes else list(range(min(k, 10)))
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -149,6 +156,11 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         history, start_epoch, step = ckpt["history"], ckpt["epoch"] + 1, ckpt["step"]
         elapsed_before, cpu_before = ckpt.get("train_seconds", 0.0), ckpt.get("cpu_seconds", 0.0)
         log.info("resumed from %s at epoch %d", last, start_epoch)
+    elif guided:  # the guidance classifier: fitted once on the real images, frozen, saved with D
+        from .projected import fit_guidance
+
+        fit = fit_guidance(D, real.images, real.labels, seed=cfg.seed)
+        log.info("guidance classifier fitted on %d real views: train top-1 %.3f", fit["n"], fit["train_top1"])
 
     def state(epoch: int, seconds: float) -> dict:
         return {"kind": "generator", "model_name": model_name, "gen_kwargs": gk, "disc_kwargs": dk,
@@ -169,7 +181,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     t_train, c_train = time.perf_counter(), cpu_seconds()
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
-        sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_ms": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        sums = {"loss_d": 0.0, "loss_g": 0.0, "loss_ms": 0.0, "loss_cls": 0.0, "fake_top1": 0.0,
+                "d_real": 0.0, "d_fake": 0.0}
         bar = tqdm(range(steps), desc=f"gan epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         for _ in bar:
             idx = torch.randint(len(real), (cfg.batch_size,), generator=rng)
@@ -186,7 +199,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # discriminator: hinge loss on augmented real and fake (one forward pass)
             for p in d_params:
                 p.requires_grad_(True)
-            scores = disc(torch.cat([diff_augment(x_real, policies, rng),
+            scores, _ = disc(torch.cat([diff_augment(x_real, policies, rng),
                                   diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
             # hinge per branch, summed over branches (projected heads and the pixel discriminator)
             loss_d = sum(F.relu(1 - s[:cfg.batch_size]).mean() + F.relu(1 + s[cfg.batch_size:]).mean() for s in scores)
@@ -199,19 +212,24 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in d_params:
                 p.requires_grad_(False)
-            loss_g = -sum(s.mean() for s in disc(diff_augment(fake, policies, rng), y_fake))
+            scores, logits = disc(diff_augment(fake, policies, rng), y_fake)
+            loss_g = -sum(s.mean() for s in scores)
+            loss_cls, fake_top1 = torch.zeros(()), torch.zeros(())
+            if logits is not None:  # classifier guidance: the frozen classifier should name the class
+                loss_cls = F.cross_entropy(logits, y_fake)
+                fake_top1 = (logits.argmax(1) == y_fake).float().mean()
             loss_ms = torch.zeros(())
             if cfg.mode_seeking > 0:  # MSGAN (Mao et al. 2019): penalise G(z1, c) ~= G(z2, c)
                 d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))
                 d_z = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
                 loss_ms = cfg.mode_seeking / ((d_img / d_z).mean() + 1e-5)
             opt_g.zero_grad(set_to_none=True)
-            (loss_g + loss_ms).backward()
+            (loss_g + loss_ms + cfg.class_guidance * loss_cls).backward()
             opt_g.step()
             ema.update(G)
             step += 1
-            for key, v in (("loss_d", loss_d), ("loss_g", loss_g), ("loss_ms", loss_ms),
-                           ("d_real", d_real.mean()), ("d_fake", d_fake.mean())):
+            for key, v in (("loss_d", loss_d), ("loss_g", loss_g), ("loss_ms", loss_ms), ("loss_cls", loss_cls),
+                           ("fake_top1", fake_top1), ("d_real", d_real.mean()), ("d_fake", d_fake.mean())):
                 sums[key] += v.detach().item()
             bar.set_postfix(d=f"{loss_d.detach().item():.3f}", g=f"{loss_g.detach().item():.3f}")
 
@@ -232,6 +250,9 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         log.info("gan epoch %d/%d  D %.3f  G %.3f  D(real) %.2f  D(fake) %.2f  diversity %.3f/%.3f  (%.0fs)",
                  epoch + 1, cfg.epochs, record["loss_d"], record["loss_g"], record["d_real"], record["d_fake"],
                  record["within_class_std"], record["across_class_std"], seconds)
+        if guided:
+            log.info("  guidance: cross-entropy %.3f, frozen classifier names %.1f %% of the (augmented) fakes",
+                     record["loss_cls"], 100 * record["fake_top1"])
         scale = max(1, 64 // cfg.image_size)
         write_png(out / "samples" / f"epoch_{epoch + 1:04d}.png",
                   make_grid(list(tiles), ncol=cfg.grid_per_class, scale=scale,
