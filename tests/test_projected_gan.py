@@ -146,6 +146,8 @@ def test_class_guidance_options_and_training(grocery_subset, tmp_path):
     m2 = train_gan(GanConfig(**{**cfg.to_dict(), "resume": True, "epochs": 2}))  # resume keeps the fitted classifier
     assert m2["epochs_done"] == 2
     assert torch.equal(load_checkpoint(tmp_path / "gan" / "last.pt")["discriminator"]["classifier.weight"], fitted)
+    with pytest.raises(Exception, match="another class set or architecture"):  # resume without guidance: refused
+        train_gan(GanConfig(**{**cfg.to_dict(), "resume": True, "epochs": 3, "class_guidance": 0.0}))
 
 
 def test_imagenet_feature_space_knows_real_fruit(grocery_root):

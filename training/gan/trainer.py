@@ -144,7 +144,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     if cfg.resume and last.is_file():
         ckpt = load_checkpoint(last)
         if (ckpt.get("kind") != "generator" or ckpt["labels"] != real.classes or ckpt["gen_kwargs"] != gk
-                or ckpt.get("disc_kwargs", {}).get("arch", "dcgan") != dk["arch"]):
+                or ckpt.get("disc_kwargs", {}).get("arch", "dcgan") != dk["arch"]
+                or ckpt.get("disc_kwargs", {}).get("guidance", False) != dk.get("guidance", False)):
             raise DatasetError(f"{last} was trained with another class set or architecture; use a new --out")
         G.load_state_dict(ckpt["generator"])
         D.load_state_dict(ckpt["discriminator"])
