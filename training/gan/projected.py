@@ -66,15 +66,15 @@ class FrozenLiteFeatures(nn.Module):
     def train(self, mode: bool = True):  # always eval: BatchNorm keeps its ImageNet statistics
         return super().train(False)
 
-    def forward(self, x) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """-> (the 4 feature maps [B, 24|40|112|192, ...], pooled [B, 1280] or None)"""
+    def forward(self, x, pooled: bool = True) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """-> (the 4 feature maps [B, 24|40|112|192, ...], pooled [B, 1280], or None without the tail
+        or with ``pooled=False``)"""
         feats, h = [], self.stem(x)
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i in CUTS:
                 feats.append(h)
-        pooled = self.tail(h).mean(dim=(2, 3)) if self.tail is not None else None
-        return feats, pooled
+        return feats, (self.tail(h).mean(dim=(2, 3)) if self.tail is not None and pooled else None)
 
 
 def _fixed_conv1x1(cin: int, cout: int, generator: torch.Generator) -> nn.Conv2d:
@@ -154,14 +154,16 @@ class ProjectedDiscriminator(nn.Module):
 
     def forward(self, x, label) -> tuple[torch.Tensor, ...]:
         """-> (projected scores [B, 4 * 16],) or, with the pixel discriminator, (..., pixel scores [B])."""
-        return self.scores_and_logits(x, label)[0]
+        return self.scores_and_logits(x, label, logits=False)[0]
 
-    def scores_and_logits(self, x, label) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
-        """-> (the scores of :meth:`forward`, the guidance classifier's logits [B, K] or None)."""
+    def scores_and_logits(self, x, label, logits: bool = True) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """-> (the scores of :meth:`forward`, the guidance classifier's logits [B, K]; None without
+        guidance or with ``logits=False``, which skips the network's tail)."""
         pixel = (self.pixel(x, label),) if self.pixel is not None else ()
-        feats, pooled = self.features(self.resize(x))
+        want = logits and self.classifier is not None
+        feats, pooled = self.features(self.resize(x), pooled=want)
         maps = self.project(feats)
-        logits = self.classifier(pooled) if self.classifier is not None else None
+        logits = self.classifier(pooled) if want else None
         return (torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1),) + pixel, logits
 
     def resize(self, x):  # [B, 3, S, S] -> [B, 3, F, F], the frozen network's input

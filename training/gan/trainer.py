@@ -129,10 +129,11 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
 
     guided = cfg.class_guidance > 0
 
-    def disc(x, y) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """-> float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K] or None"""
+    def disc(x, y, logits: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """-> float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K]
+        (only with ``logits`` and guidance on) or None"""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            scores, logits = D.scores_and_logits(x, y) if guided else (D(x, y), None)
+            scores, logits = D.scores_and_logits(x, y) if guided and logits else (D(x, y), None)
         scores = scores if isinstance(scores, tuple) else (scores,)
         return [s.float() for s in scores], (logits.float() if logits is not None else None)
     rng = torch.Generator().manual_seed(cfg.seed)
@@ -213,7 +214,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in d_params:
                 p.requires_grad_(False)
-            scores, logits = disc(diff_augment(fake, policies, rng), y_fake)
+            scores, logits = disc(diff_augment(fake, policies, rng), y_fake, logits=True)
             loss_g = -sum(s.mean() for s in scores)
             loss_cls, fake_top1 = torch.zeros(()), torch.zeros(())
             if logits is not None:  # classifier guidance: the frozen classifier should name the class
