@@ -150,7 +150,9 @@ def _training(run: Path) -> dict:
 
 
 def _markdown(s: dict) -> str:
-    rows = ["| GAN | training (wall, 1 thread) | steps | FID vs real test | KID vs real test (x1000) |",
+    threads = s["args"]["threads"]
+    rows = [f"| GAN | training (wall, {threads} thread{'s' if threads > 1 else ''}) | steps | FID vs real test "
+            "| KID vs real test (x1000) |",
             "|---|---|---:|---:|---:|"]
     f0 = s["fid"]["projected"]
     for n in [n for n in ("dcgan", "projected") if n in s["fid"]]:

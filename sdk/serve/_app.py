@@ -19,13 +19,9 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import html
-import json
 import logging
 import os
-import re
 import time
-from http import HTTPStatus
 
 import anyio
 import onnxruntime as ort
@@ -35,8 +31,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from starlette.requests import Request as StarletteRequest
 
 from .._classifier import ClassifierOptions, ImageClassifier
 from .._errors import GalleryError
@@ -44,11 +38,12 @@ from .._errors import ImageError, ImageTooLargeError
 from .._image import check_encoded
 from .._version import __version__
 from ._batcher import DecodeError, DecodePool, DecodeSetup, MicroBatcher, Overloaded
+from ._docs import docs_html
+from ._http import ApiError, guarded_protocol, image_bytes
 from .config import ServeConfig, ServeError
 
 log = logging.getLogger(__name__)
 MAX_GALLERY_TOP_K = 100
-RAW_TYPES = ("application/octet-stream",)
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           408: "timeout", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
           431: "headers_too_large", 503: "overloaded", 504: "timeout", 500: "internal"}
@@ -78,12 +73,6 @@ TRANSPORT_ERRORS_DOC = (
     "or slow enough to give its place).")
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
 class CategoryOut(BaseModel):
     label: str
     index: int
@@ -107,10 +96,6 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
-
-
-def error_body(status: int, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "status": status}}).encode()
 
 
 def _error(status: int, code: str, message: str, headers=None) -> JSONResponse:
@@ -344,7 +329,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     async def _classify(request: Request, top_k: int, t0: float, deadline: float) -> dict:
         with batcher.announce():  # a forming batch may wait for this request
-            data = await _image_bytes(request, config.max_body_bytes)
+            data = await image_bytes(request, config.max_body_bytes)
             check_header(data)
             x = await decode("classify", data, deadline)
             try:
@@ -389,7 +374,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.request_timeout_s
         try:
-            data = await asyncio.wait_for(_image_bytes(request, config.max_body_bytes), config.request_timeout_s)
+            data = await asyncio.wait_for(image_bytes(request, config.max_body_bytes), config.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the body did not arrive within {config.request_timeout_s:g} s") from None
         x, sha = await decode("enrol", data, deadline)
@@ -421,315 +406,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {"label": label, "removed": removed}
 
     return app
-
-
-_DOCS_CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:60rem;
-padding:1rem 1.5rem 4rem;color:#1b1f24}h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;
-padding-bottom:.2rem;margin-top:2rem}code,pre{font:13px/1.4 ui-monospace,Menlo,Consolas,monospace}
-pre{background:#f6f8fa;padding:.6rem .8rem;overflow-x:auto;border-radius:6px}
-.op{border:1px solid #d0d7de;border-radius:6px;margin:1rem 0;padding:.2rem 1rem .6rem}
-.op h3{margin:.6rem 0 .3rem;font-size:1.05rem}.m{display:inline-block;min-width:4.2rem;text-align:center;
-border-radius:4px;color:#fff;font-size:.8rem;padding:.1rem .3rem;margin-right:.5rem;font-weight:600}
-.GET{background:#0969da}.POST{background:#1a7f37}.DELETE{background:#cf222e}.PUT,.PATCH{background:#9a6700}
-table{border-collapse:collapse;margin:.3rem 0}td,th{border:1px solid #d0d7de;padding:.2rem .5rem;
-text-align:left;vertical-align:top}th{background:#f6f8fa}.muted{color:#57606a}
-"""
-
-
-def _schema_html(schema: dict | None) -> str:
-    """A short human form of a JSON schema as HTML: ``integer (min 1, max 5, default 3)``,
-    a link to a named schema, ``array of ...``."""
-    if not schema:
-        return ""
-    if "$ref" in schema:
-        name = html.escape(schema["$ref"].rsplit("/", 1)[-1])
-        return f"<a href='#schema-{name}'>{name}</a>"
-    if "anyOf" in schema:
-        return " or ".join(_schema_html(s) for s in schema["anyOf"])
-    kind = schema.get("type", "object")
-    if kind == "array":
-        return f"array of {_schema_html(schema.get('items')) or 'items'}"
-    if schema.get("format") == "binary":
-        return "binary file"
-    notes = [f"{k.replace('imum', '').replace('Length', ' length')} {schema[k]}"
-             for k in ("minimum", "maximum", "minLength", "maxLength") if k in schema]
-    notes += [f"default {json.dumps(schema['default'])}"] if "default" in schema else []
-    return html.escape(kind + (f" ({', '.join(notes)})" if notes else ""))
-
-
-def _prose(text: str) -> str:
-    """A docstring as HTML: escaped, ``literals`` as code."""
-    return re.sub(r"``(.+?)``", r"<code>\1</code>", html.escape(" ".join(text.split())))
-
-
-def docs_html(spec: dict, *, token_required: bool = False) -> str:
-    """The API reference as one self-contained HTML page (no script, no external resource)
-    rendered from the OpenAPI schema ``spec``: every operation with its parameters, request
-    body types and responses, the schemas, and the raw schema."""
-    e = html.escape
-    info = spec.get("info", {})
-    out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
-           "<meta name=viewport content='width=device-width,initial-scale=1'>",
-           f"<title>{e(info.get('title', 'API'))} {e(str(info.get('version', '')))} API</title>",
-           f"<style>{_DOCS_CSS}</style></head><body>",
-           f"<h1>{e(info.get('title', 'API'))} <span class=muted>{e(str(info.get('version', '')))}</span></h1>",
-           f"<p>{e(info.get('description', ''))}</p>",
-           "<p>Machine-readable schema: <a href='openapi.json'><code>/openapi.json</code></a>. "
-           "Errors are JSON <code>{\"error\": {\"code\", \"message\", \"status\"}}</code> with stable codes.</p>",
-           "<p>" + ("This service requires <code>Authorization: Bearer TOKEN</code> on <code>/v1/*</code>."
-                    if token_required else "This service runs without authentication.") + "</p>",
-           "<h2>Example</h2><pre>curl -X POST --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
-           + ("-H 'Authorization: Bearer TOKEN' " if token_required else "")
-           + "'http://HOST:PORT/v1/classify?top_k=3'</pre>"]
-    by_tag: dict[str, list] = {}
-    for path, ops in spec.get("paths", {}).items():
-        for method, op in ops.items():
-            by_tag.setdefault((op.get("tags") or ["other"])[0], []).append((path, method.upper(), op))
-    for tag, ops in by_tag.items():
-        out.append(f"<h2>{e(tag)}</h2>")
-        for path, method, op in ops:
-            out.append(f"<div class=op id='{e(method.lower() + path)}'>"
-                       f"<h3><span class='m {e(method)}'>{e(method)}</span>"
-                       f"<code>{e(path)}</code> <span class=muted>{e(op.get('summary', ''))}</span></h3>")
-            if op.get("description"):
-                out.append(f"<p>{_prose(op['description'])}</p>")
-            params = op.get("parameters") or []
-            if params:
-                out.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>required</th></tr>")
-                out += [f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p.get('in', ''))}</td>"
-                        f"<td>{_schema_html(p.get('schema'))}</td><td>{'yes' if p.get('required') else 'no'}</td></tr>"
-                        for p in params]
-                out.append("</table>")
-            body = (op.get("requestBody") or {}).get("content") or {}
-            if body:
-                out.append("<p>Request body: " + ", ".join(f"<code>{e(ct)}</code>" for ct in body) + "</p>")
-            responses = op.get("responses") or {}
-            if responses:
-                out.append("<table><tr><th>status</th><th>response</th><th>body</th></tr>")
-                for status, r in responses.items():
-                    schema = next(iter((r.get("content") or {}).values()), {}).get("schema")
-                    out.append(f"<tr><td>{e(str(status))}</td><td>{e(r.get('description', ''))}</td>"
-                               f"<td>{_schema_html(schema)}</td></tr>")
-                out.append("</table>")
-            out.append("</div>")
-    schemas = (spec.get("components") or {}).get("schemas") or {}
-    if schemas:
-        out.append("<h2>Schemas</h2>")
-        for name, schema in schemas.items():
-            out.append(f"<h3 id='schema-{e(name)}'><code>{e(name)}</code></h3>")
-            props = schema.get("properties") or {}
-            required = set(schema.get("required") or ())
-            if props:
-                out.append("<table><tr><th>field</th><th>type</th><th>required</th></tr>")
-                out += [f"<tr><td><code>{e(k)}</code></td><td>{_schema_html(v)}</td>"
-                        f"<td>{'yes' if k in required else 'no'}</td></tr>" for k, v in props.items()]
-                out.append("</table>")
-    out.append("<h2>Raw schema</h2><details><summary>openapi.json</summary><pre>"
-               + e(json.dumps(spec, indent=2)) + "</pre></details></body></html>")
-    return "\n".join(out)
-
-
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"body of {declared} bytes is over the limit of {limit}")
-    chunks, n = [], 0
-    try:
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > limit:
-                raise ApiError(413, "payload_too_large", f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:  # nobody is left to answer; not a server error
-        raise ApiError(400, "bad_request", "the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
-
-
-async def _image_bytes(request: Request, limit: int) -> bytes:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype and not (ctype.startswith("image/") or ctype in RAW_TYPES or ctype == "multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r} is not supported: send the "
-                       "image bytes as image/* or application/octet-stream, or as multipart field 'image'")
-    body = await _read_limited(request, limit)
-    if ctype != "multipart/form-data":
-        if not body:
-            raise ApiError(400, "bad_image", "empty request body: send the image bytes")
-        return body
-
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await StarletteRequest(request.scope, replay).form(max_files=4, max_fields=16)
-    except Exception as exc:  # malformed multipart
-        raise ApiError(400, "bad_request", f"cannot parse the multipart body: {exc}") from None
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        await form.close()
-        raise ApiError(400, "bad_request", "multipart body has no file field 'image'")
-    data = await upload.read()
-    await form.close()
-    if not data:
-        raise ApiError(400, "bad_image", "the 'image' field is empty")
-    return data
-
-
-def _raw_response(status: int, code: str, message: str, extra: str = "") -> bytes:
-    """A complete HTTP/1.1 error response (JSON, Connection: close) written by the protocol
-    itself, for connections that never reach the app."""
-    body = error_body(status, code, message)
-    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n")
-    return head.encode("latin-1") + body
-
-
-EVICT_AFTER_S = 0.5      # at max_connections, a connection waiting this long for its request head,
-EVICT_BELOW_BPS = 1024   # or sending its body slower than this (bytes/s), gives its place to a new one
-
-
-def guarded_protocol(config: ServeConfig):
-    """uvicorn's h11 protocol with slow-client defences and JSON transport errors.
-
-    uvicorn arms its keep-alive timer only after a response and drops it as soon as a byte
-    arrives, so a client that sends its request head a byte at a time (slowloris) or trickles
-    a body after its answer keeps its connection (and a file descriptor) forever. Here each
-    connection has one deadline at a time: the request head must be complete within
-    ``header_timeout_s`` of the connection opening (or of the previous answer), then the body
-    within ``body_timeout_s``; a connection past its deadline gets 408 (unless an answer is
-    already on its way) and is closed. When ``max_connections`` are open, a new connection takes
-    the place of the one that has waited longest (at least ``EVICT_AFTER_S``) for its request head
-    (idle keep-alive connections included), or sends its body slower than ``EVICT_BELOW_BPS``, or,
-    answered, is only draining its body; with none such it gets 503 and is closed before it is
-    read. A slow client thus cannot hold a slot against a prompt one. Malformed HTTP and
-    oversized heads get JSON 400 / 431.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedH11Protocol(H11Protocol):
-        refused = 0   # connections answered 503 at once (class-wide counters, for the log and tests)
-        evicted = 0
-        timed_out = 0
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._phase: str | None = None
-            self._since = 0.0
-            self._timer: asyncio.TimerHandle | None = None
-            self._got_bytes = False
-            self._body_bytes = 0
-            self._refused = False
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            if len(self.connections) > config.max_connections and not self._evict_one():
-                self._refused = True
-                type(self).refused += 1
-                self.connections.discard(self)  # a refused connection does not count against others
-                transport.write(_raw_response(503, "too_many_connections", "the service already has "
-                                              f"{config.max_connections} open connections; retry later",
-                                              "retry-after: 1\r\n"))
-                transport.close()
-                return
-            self._update_deadline()
-
-        def _evictable(self, now: float) -> bool:
-            if self._phase is None or now - self._since < EVICT_AFTER_S or self.transport.is_closing():
-                return False
-            if self._phase == "head" or (self.cycle is not None and self.cycle.response_complete):
-                return True
-            return self._body_bytes < EVICT_BELOW_BPS * (now - self._since)  # a trickling body
-
-        def _evict_one(self) -> bool:
-            """Close the connection that has waited longest for its request head (or drains an
-            answered request's body), if any has waited ``EVICT_AFTER_S``: True if one was."""
-            now = self.loop.time()
-            waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c._evictable(now)]
-            if not waiting:
-                return False
-            oldest = min(waiting, key=lambda c: c._since)
-            type(self).evicted += 1
-            oldest._close(oldest._phase, "the service needed this connection's place for another client")
-            self.connections.discard(oldest)
-            return True
-
-        def connection_lost(self, exc) -> None:
-            self._set_phase(None)
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._refused:
-                return
-            self._got_bytes = True
-            if self._phase == "body":
-                self._body_bytes += len(data)
-            super().data_received(data)
-            self._update_deadline()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if self.conn.their_state is h11.IDLE:
-                self._got_bytes = bool(self.conn.trailing_data[0])  # a pipelined request has begun
-            self._update_deadline()
-
-        def _update_deadline(self) -> None:
-            if self.transport.is_closing():
-                return self._set_phase(None)
-            state = self.conn.their_state
-            self._set_phase("head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None)
-
-        def _set_phase(self, phase: str | None) -> None:
-            if phase == self._phase:
-                return
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._phase, self._since, self._body_bytes = phase, self.loop.time(), 0
-            if phase is not None:
-                seconds = config.header_timeout_s if phase == "head" else config.body_timeout_s
-                self._timer = self.loop.call_later(seconds, self._expired, phase)
-
-        def _expired(self, phase: str) -> None:
-            self._timer = None
-            if self.transport.is_closing():
-                return
-            type(self).timed_out += 1
-            self._close(phase, f"the request head was not complete within {config.header_timeout_s:g} s"
-                        if phase == "head" else f"the request body did not arrive within {config.body_timeout_s:g} s")
-
-        def _close(self, phase: str | None, why: str) -> None:
-            """Close now: 408 ``why`` unless the connection is idle or an answer is under way."""
-            self._set_phase(None)
-            answered = self.cycle is not None and self.cycle.response_started and phase == "body"
-            if self.cycle is not None and not self.cycle.response_complete:
-                self.cycle.disconnected = True  # the app's receive() now says the client is gone
-                self.cycle.message_event.set()
-            if phase == "head" and not self._got_bytes:
-                pass  # an idle connection: closed without a word, like a keep-alive timeout
-            elif not answered:
-                self.transport.write(_raw_response(408, "timeout", why))
-            self.transport.close()
-
-        def send_400_response(self, msg: str) -> None:
-            """h11 refused the request: malformed HTTP, or a head over ``max_header_bytes``."""
-            too_large = len(self.conn.trailing_data[0]) > config.max_header_bytes
-            status, code = (431, "headers_too_large") if too_large else (400, "bad_request")
-            message = (f"the request head is over {config.max_header_bytes} bytes" if too_large
-                       else f"malformed HTTP request ({msg.rstrip('.')})")
-            body = error_body(status, code, message)
-            try:
-                for event in (h11.Response(status_code=status, reason=HTTPStatus(status).phrase.encode(), headers=[
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")]), h11.Data(data=body), h11.EndOfMessage()):
-                    self.transport.write(self.conn.send(event))
-            except h11.LocalProtocolError:  # an answer was already under way
-                pass
-            self.transport.close()
-
-    return GuardedH11Protocol
 
 
 def _ensure_file_descriptors(config: ServeConfig) -> None:
