@@ -142,13 +142,18 @@ class GanEvalConfig:
                                "real-only arm (fewer epochs) instead of the same number of epochs")
     fid: bool = option(True, "measure FID in the classifier's feature space (and its top-1 on generated images)")
     cas: bool = option(True, "measure CAS: a classifier trained on generated images only, tested on real ones")
+    cas_per_real: float = option(1.0, "generated CAS training images per real training image of each class "
+                                 "(1 = the real split's counts, as CAS is defined; more = a larger synthetic set, "
+                                 "the same epochs)")
     latency: bool = option(True, "time the fp32 and INT8 generators (1 thread)")
     threads: int = option(1, "CPU threads for generation and the training runs (0 = all)")
     seed: int = option(0, "first random seed (generation and the training runs)")
 
     def __post_init__(self):
-        if self.seeds < 1 or self.lowdata_epochs < 1 or self.gan_ratio <= 0 or self.threads < 0:
-            raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio > 0, threads >= 0")
+        if (self.seeds < 1 or self.lowdata_epochs < 1 or self.gan_ratio <= 0 or self.threads < 0
+                or not self.cas_per_real > 0):
+            raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio and cas_per_real > 0, "
+                                 "threads >= 0")
         if not self.classifier and (self.cas or self.lowdata_data or self.feature_space == "classifier"):
             raise GanConfigError("--classifier is needed for CAS, the low-data arms and --feature-space classifier "
                                  "(or pass --no-cas)")

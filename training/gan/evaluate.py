@@ -5,8 +5,8 @@
    train vs real test (the floor a perfect generator of *train-like* images would reach).
 2. Classification Accuracy Score (Ravuri & Vinyals 2019): the classifier recipe (the given
    classifier checkpoint's own TrainConfig) trained on generated images only (train and val
-   generated, same counts as real), tested on the real test split, as a fraction of the same
-   recipe's real-data test top-1.
+   generated, same counts as real unless ``cas_per_real``), tested on the real test split, as a
+   fraction of the same recipe's real-data test top-1.
 3. Low-data augmentation: the recipe on ``lowdata_data`` (e.g. 10 real images per class) with
    and without ``--gan-augment`` (a generator trained only on that subset), classical
    augmentation in both arms, ``seeds`` seeds, mean +- std test top-1.
@@ -158,7 +158,8 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
     base_overrides = dict(threads=cfg.threads or 1, num_workers=0, resume=False, gan_augment=None)
     if cfg.cas:
         with ImageGenerator.from_path(cfg.generator, GeneratorOptions(num_threads=cfg.threads)) as gen:
-            gen_train, y_gen = _generate_matched(gen, ds.classes, Counter(s.label for s in train_s), cfg.seed)
+            counts = {c: max(1, round(cfg.cas_per_real * n)) for c, n in Counter(s.label for s in train_s).items()}
+            gen_train, y_gen = _generate_matched(gen, ds.classes, counts, cfg.seed)
             val_counts = Counter(s.label for s in ds.splits.get("val") or [])
             gen_val, y_gen_val = _generate_matched(gen, ds.classes, {c: max(2, val_counts.get(c, 0))
                                                                     for c in range(len(ds.classes))}, cfg.seed + 1)
@@ -207,7 +208,8 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
     rcfg = recipe(clf_ckpt, data=str(data), out=str(folder / "run"), seed=cfg.seed, **base)
     m = _train_once(rcfg, train)
     cas = {"top1_generated_only": m["eval"]["top1"], "top1_real_recipe": real_top1,
-           "n_generated_train": len(y_gen), "n_generated_val": len(y_gen_val), "n_real_test": m["eval"]["n"],
+           "n_generated_train": len(y_gen), "per_real": cfg.cas_per_real, "n_generated_val": len(y_gen_val),
+           "n_real_test": m["eval"]["n"],
            "recipe": {k: v for k, v in rcfg.to_dict().items() if k not in ("augment",)},
            "real_top1_source": "the given classifier (same recipe, trained on the real train split) on the "
                                "same real test split"}
