@@ -139,6 +139,7 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     # a larger synthetic CAS set: twice the real counts of every class
     with pytest.raises(SkulensError, match="cas_per_real"):
         dataclasses.replace(cfg, cas_per_real=0)
-    twice = evaluate_gan(dataclasses.replace(cfg, out=str(tmp_path / "eval2"), fid=False, latency=False,
+    twice = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False,
                                              lowdata_data=None, lowdata_generator=None, cas_per_real=2))
     assert twice["cas"]["n_generated_train"] == 96 and twice["cas"]["per_real"] == 2
+    assert (tmp_path / "eval" / "cas_x2" / "run" / "metrics.json").is_file()  # not the x1 run read back

@@ -200,7 +200,8 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
 
 
 def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1) -> dict:
-    folder = out / "cas"
+    # its own folder per set size: a finished run is reused by its config, which the size does not change
+    folder = out / ("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}")
     splits = {"train": _write_generated(gen_train, y_gen, folder / "generated", "train"),
               "val": _write_generated(gen_val, y_gen_val, folder / "generated", "val"),
               "test": list(ds.split("test"))}
