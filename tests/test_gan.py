@@ -177,3 +177,18 @@ def test_fid_and_gate_metrics_on_known_cases():
     a = np.zeros((2, 4, 4), np.uint8)
     assert psnr(a, a + 1) == pytest.approx(20 * np.log10(255), abs=1e-9)
     assert relative_feature_distance(f[:50], f[:50]) == 0.0
+
+
+def test_within_class_spread_sees_mode_collapse():
+    from skulens.training.gan.metrics import within_class_spread
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16)) * 5
+    labels = np.repeat(np.arange(4), 10)
+    varied = centres[labels] + rng.standard_normal((40, 16))
+    collapsed = centres[labels] + 0.01 * rng.standard_normal((40, 16))
+    assert within_class_spread(collapsed, labels) < 1e-4 < within_class_spread(varied, labels)
+    # the distance between classes does not count; two orthogonal pairs -> cosine distance 1
+    assert within_class_spread(np.array([[1.0, 0], [0, 1], [1, 0], [0, 1]]), np.array([0, 0, 1, 1])) == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        within_class_spread(np.ones((3, 2)), np.arange(3))

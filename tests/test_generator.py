@@ -118,6 +118,9 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     kid = saved["kid"]
     assert kid["generated_vs_real_test"]["mean"] > kid["real_train_vs_real_test"]["mean"]  # an untrained GAN
     assert "classifier_on_generated_top1" in saved
+    spread = saved["within_class_spread"]
+    assert 0 <= spread["generated"] <= 2 and 0 < spread["real_test"] <= 2
+    assert spread["ratio"] == pytest.approx(spread["generated"] / spread["real_test"])
     assert 0 <= saved["cas"]["top1_generated_only"] <= 1 and saved["cas"]["n_generated_train"] == 48
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]

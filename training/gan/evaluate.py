@@ -33,7 +33,7 @@ from ..augment import AugmentConfig
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig
 from .config import GanConfigError, GanEvalConfig
-from .metrics import FeatureExtractor, ImageNetFeatures, frechet_distance, kernel_distance
+from .metrics import FeatureExtractor, ImageNetFeatures, frechet_distance, kernel_distance, within_class_spread
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ FID_DEFINITION = (
     "Inception FID, and biased upwards for small sets: compare only with the floor computed here.")
 KID_DEFINITION = ("unbiased MMD^2, kernel (x.y/d + 1)^3, mean and std over 50 random subsets of "
                   "min(1000, n) per side; same features and sets as FID")
+SPREAD_DEFINITION = ("diversity within a class: mean pairwise cosine distance of the FID features of the "
+                     "images of one class, averaged over classes; generated and real test sets have the "
+                     "same per-class counts; ratio = generated / real (1 = as varied as real photos)")
 CLASSIFIER_SPACE = ("the given skulens classifier's model.features(x) (pooled activations before dropout and "
                     "the head), every image through its own preprocessing contract")
 
@@ -105,12 +108,18 @@ def _fid(cfg, ds, train_s, test_s, size: int, clf) -> dict:
     fid.update(n_per_set=n, feature_space=cfg.feature_space, features=space, definition=FID_DEFINITION,
                feature_dim=int(feats["gen"].shape[1]))
     fid["ratio_to_floor"] = fid["generated_vs_real_test"] / max(fid["real_train_vs_real_test"], 1e-12)
+    y_test = np.array([s.label for s in test_sub])
+    spread = {"generated": within_class_spread(feats["gen"], y_gen),
+              "real_test": within_class_spread(feats["test"], y_test)}
+    spread.update(ratio=spread["generated"] / max(spread["real_test"], 1e-12), definition=SPREAD_DEFINITION)
     res = {"fid": fid, "kid": {**{k: {"mean": m, "std": sd} for k, (m, sd) in kid.items()},
-                               "definition": KID_DEFINITION}}
+                               "definition": KID_DEFINITION}, "within_class_spread": spread}
     if clf is not None:
         res["classifier_on_generated_top1"] = float((clf(generated)[1].argmax(1) == y_gen).mean())
-    log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f; KID %.4f (floor %.4f)", fid["generated_vs_real_test"],
-             fid["real_train_vs_real_test"], kid["generated_vs_real_test"][0], kid["real_train_vs_real_test"][0])
+    log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f; KID %.4f (floor %.4f); within-class spread %.3f "
+             "(real %.3f)", fid["generated_vs_real_test"], fid["real_train_vs_real_test"],
+             kid["generated_vs_real_test"][0], kid["real_train_vs_real_test"][0], spread["generated"],
+             spread["real_test"])
     return res
 
 

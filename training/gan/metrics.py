@@ -113,6 +113,22 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
+def within_class_spread(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean pairwise cosine distance between features of the same class, averaged over the classes
+    with at least 2 samples: 0 = every image of a class alike (mode collapse); real photos of a
+    class set the level to compare with (use the same per-class counts on both sides)."""
+    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    spreads = []
+    for c in np.unique(labels):
+        x = f[labels == c]
+        n = len(x)
+        if n >= 2:
+            spreads.append(1.0 - ((x @ x.T).sum() - n) / (n * (n - 1)))
+    if not spreads:
+        raise ValueError("within-class spread needs a class with at least 2 samples")
+    return float(np.mean(spreads))
+
+
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """PSNR in dB over all pixels of two uint8 image stacks (inf when identical)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
