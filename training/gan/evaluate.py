@@ -108,18 +108,19 @@ def _fid(cfg, ds, train_s, test_s, size: int, clf) -> dict:
     fid.update(n_per_set=n, feature_space=cfg.feature_space, features=space, definition=FID_DEFINITION,
                feature_dim=int(feats["gen"].shape[1]))
     fid["ratio_to_floor"] = fid["generated_vs_real_test"] / max(fid["real_train_vs_real_test"], 1e-12)
-    y_test = np.array([s.label for s in test_sub])
-    spread = {"generated": within_class_spread(feats["gen"], y_gen),
-              "real_test": within_class_spread(feats["test"], y_test)}
-    spread.update(ratio=spread["generated"] / max(spread["real_test"], 1e-12), definition=SPREAD_DEFINITION)
     res = {"fid": fid, "kid": {**{k: {"mean": m, "std": sd} for k, (m, sd) in kid.items()},
-                               "definition": KID_DEFINITION}, "within_class_spread": spread}
+                               "definition": KID_DEFINITION}}
+    y_test = np.array([s.label for s in test_sub])
+    if np.bincount(y_test).max() >= 2:  # else no class has a pair to compare (a tiny test split)
+        spread = {"generated": within_class_spread(feats["gen"], y_gen),
+                  "real_test": within_class_spread(feats["test"], y_test)}
+        spread.update(ratio=spread["generated"] / max(spread["real_test"], 1e-12), definition=SPREAD_DEFINITION)
+        res["within_class_spread"] = spread
+        log.info("within-class spread: generated %.3f, real test %.3f", spread["generated"], spread["real_test"])
     if clf is not None:
         res["classifier_on_generated_top1"] = float((clf(generated)[1].argmax(1) == y_gen).mean())
-    log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f; KID %.4f (floor %.4f); within-class spread %.3f "
-             "(real %.3f)", fid["generated_vs_real_test"], fid["real_train_vs_real_test"],
-             kid["generated_vs_real_test"][0], kid["real_train_vs_real_test"][0], spread["generated"],
-             spread["real_test"])
+    log.info("FID gen-vs-test %.3f, floor train-vs-test %.3f; KID %.4f (floor %.4f)", fid["generated_vs_real_test"],
+             fid["real_train_vs_real_test"], kid["generated_vs_real_test"][0], kid["real_train_vs_real_test"][0])
     return res
 
 

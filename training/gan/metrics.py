@@ -123,7 +123,8 @@ def within_class_spread(features: np.ndarray, labels: np.ndarray) -> float:
         x = f[labels == c]
         n = len(x)
         if n >= 2:
-            spreads.append(1.0 - ((x @ x.T).sum() - n) / (n * (n - 1)))
+            gram = x @ x.T
+            spreads.append(1.0 - (gram.sum() - np.trace(gram)) / (n * (n - 1)))
     if not spreads:
         raise ValueError("within-class spread needs a class with at least 2 samples")
     return float(np.mean(spreads))
