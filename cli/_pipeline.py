@@ -136,7 +136,8 @@ def _predict(args) -> int:
             else:
                 cats = ", ".join(f"{printable(c.label)} {c.score:.3f}" for c in result.categories) or "(below threshold)"
                 where = printable(str(image))
-                print(f"{where}: unknown product (nearest: {cats})" if result.unknown else f"{where}: {cats}")
+                group = f"  [{printable(result.coarse.label)} {result.coarse.score:.3f}]" if result.coarse else ""
+                print(f"{where}: unknown product (nearest: {cats})" if result.unknown else f"{where}: {cats}{group}")
     if failures:
         print(f"skulens: {failures} of {len(inputs)} images could not be classified", file=sys.stderr)
     return 1 if failures else 0

@@ -138,7 +138,7 @@ def _load(cfg: ExportConfig) -> _Source:
     train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
     if (ckpt.get("metrics") or {}).get("eval"):
         ev = ckpt["metrics"]["eval"]
-        train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1") if k in ev}
+        train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1", "coarse_top1_of_fine") if k in ev}
     model, pre = fold_batchnorm(model_from_checkpoint(ckpt)), preprocess_of(ckpt)
     if cfg.input_size and (cfg.input_size, cfg.input_size) != pre.input_size:
         pre = _resized_input(model, pre, cfg.input_size, cfg.checkpoint)
@@ -286,6 +286,6 @@ def _calibrate_unknown(path, labels, dataset, threads, target: float) -> dict | 
 
 
 def _summary(ev: dict, split: str) -> dict:
-    keep = ("n", "top1", "top5", "mean_class_top1", "coarse_top1")
+    keep = ("n", "top1", "top5", "mean_class_top1", "coarse_top1", "coarse_top1_of_fine")
     return {"split": split, **{k: ev[k] for k in keep if k in ev}}
 

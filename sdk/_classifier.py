@@ -98,15 +98,21 @@ class ClassificationResult:
     source: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
     unknown: bool = False
+    coarse: Category | None = None  # the coarse group (e.g. "Apple") with the highest total probability
+
 
     @property
     def top(self) -> Category | None:
         return self.categories[0] if self.categories else None
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "unknown": self.unknown,
-                "categories": [{"label": c.label, "index": c.index, "score": round(c.score, 6)}
-                               for c in self.categories]}
+        out = {"source": self.source, "unknown": self.unknown,
+               "categories": [{"label": c.label, "index": c.index, "score": round(c.score, 6)}
+                              for c in self.categories]}
+        if self.coarse is not None:
+            out["coarse"] = {"label": self.coarse.label, "index": self.coarse.index,
+                             "score": round(self.coarse.score, 6)}
+        return out
 
 
 # the input element type per contract dtype, as onnxruntime and Triton name it
@@ -117,6 +123,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def coarse_groups(coarse_labels) -> tuple[tuple[str, ...], np.ndarray]:
+    """(group names in first-seen order, group index of each class [K], -1 where it has none)
+    from one coarse label per class ("" = none)."""
+    names = tuple(dict.fromkeys(c for c in coarse_labels if c))
+    index = {name: i for i, name in enumerate(names)}
+    return names, np.array([index.get(c, -1) for c in coarse_labels], dtype=np.int64)
+
+
+def group_probabilities(probs: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+    """[N, G] total probability of each coarse group: the sum over its classes of ``probs`` [N, K]
+    (``group_of[k]`` = class k's group, -1: none, left out). The coarse answer is the argmax of
+    this, not the group of the top class: three apples at 0.3 each outweigh one pear at 0.4."""
+    n_groups = int(group_of.max()) + 1 if group_of.size else 0
+    out = np.zeros((probs.shape[0], max(n_groups, 0)), dtype=np.float64)
+    keep = group_of >= 0
+    np.add.at(out.T, group_of[keep], probs[:, keep].T.astype(np.float64))
+    return out
 
 
 class ImageClassifier(OnnxTask):
@@ -163,6 +188,8 @@ class ImageClassifier(OnnxTask):
         if all(isinstance(v, int) for v in got) and list(got) != expected:
             raise ModelError(f"{path}: model input shape {got} does not match the preprocessing "
                              f"contract {expected}")
+        self.coarse_labels, self._group_of = (coarse_groups(metadata.coarse_labels) if metadata.coarse_labels
+                                              else ((), None))
         self.gallery = None
         if options.gallery:
             from ._gallery import ProductGallery
@@ -262,9 +289,18 @@ class ImageClassifier(OnnxTask):
             cats = tuple(Category(self.labels[j], int(j), float(p[j])) for j in idx
                          if p[j] >= self.options.score_threshold)
             src = sources[i] if i < len(sources) else None
-            results.append(ClassificationResult(cats, source=src,
+            results.append(ClassificationResult(cats, source=src, coarse=self.coarse_of(p),
                                                 unknown=threshold is not None and float(p[idx[0]]) < threshold))
         return results
+
+    def coarse_of(self, probs: np.ndarray) -> Category | None:
+        """The coarse group with the highest total probability, from one image's class
+        probabilities [K] (None when the model has no coarse groups)."""
+        if not self.coarse_labels:
+            return None
+        g = group_probabilities(probs[None], self._group_of)[0]
+        j = int(g.argmax())
+        return Category(self.coarse_labels[j], j, float(g[j]))
 
     def _gallery_results(self, embeddings, sources) -> list[ClassificationResult]:
         threshold = self.unknown_threshold

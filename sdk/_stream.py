@@ -131,7 +131,10 @@ class FrameResult:
                "raw_score": None if self.raw_score is None else round(self.raw_score, 6)}
         if self.votes is not None:
             out["votes"] = round(self.votes, 6)
-        return out | {"source": cls["source"], "categories": cls["categories"]}
+        out |= {"source": cls["source"], "categories": cls["categories"]}
+        if "coarse" in cls:
+            out["coarse"] = cls["coarse"]
+        return out
 
 
 class _Smoother:
@@ -264,7 +267,7 @@ class FrameClassifier:
         cats = tuple(Category(self.labels[j], int(j), float(mean[j])) for j in order
                      if mean[j] >= opts.score_threshold)
         threshold = self._clf.unknown_threshold
-        return ClassificationResult(cats, source=source,
+        return ClassificationResult(cats, source=source, coarse=self._clf.coarse_of(mean),
                                     unknown=threshold is not None and float(mean[order[0]]) < threshold)
 
     # -- IMAGE -----------------------------------------------------------------------------------

@@ -84,3 +84,36 @@ def test_bad_model_files(tiny_models, tmp_path):
         ImageClassifier.from_path(tmp_path / "cut.onnx")
     with pytest.raises(ModelError, match="not available"):
         ImageClassifier.from_path(tiny_models[0], ClassifierOptions(providers=("NoSuchExecutionProvider",)))
+
+
+def test_coarse_answer_is_the_group_with_the_most_probability():
+    from skulens.internal import accuracy_report
+
+    # classes 0-2 are apples, 3 is a pear: three apples at 0.3 each outweigh one pear at 0.4
+    group_of = np.array([0, 0, 0, 1])
+    logits = np.log(np.array([[0.2, 0.2, 0.2, 0.4], [0.05, 0.05, 0.1, 0.8]]))
+    report = accuracy_report(logits, np.array([1, 3]), ["a", "b", "c", "pear"], coarse_of=group_of)
+    assert report["top1"] == 0.5                    # row 0's top-1 class is the pear
+    assert report["coarse_top1"] == 1.0             # but its most probable group is apple
+    assert report["coarse_top1_of_fine"] == 0.5
+
+
+def test_classifier_reports_the_coarse_group_as_evaluate_scores_it(tiny_models, grocery_subset):
+    from skulens.internal import evaluate
+
+    ds = load_dataset(grocery_subset)
+    samples = ds.split("test")
+    with ImageClassifier.from_path(tiny_models[1], ClassifierOptions(num_threads=1)) as clf:
+        assert clf.coarse_labels and "Apple" in clf.coarse_labels
+        results = clf.classify_batch([s.path for s in samples])
+        probs = np.exp(clf.logits_batch([s.path for s in samples]).astype(np.float64))
+        report = evaluate(clf, ds, "test")
+    probs /= probs.sum(axis=1, keepdims=True)
+    groups = np.array(clf.metadata.coarse_labels)
+    for r, p in zip(results, probs):       # the score is the group's summed probability, the largest one
+        totals = {g: p[groups == g].sum() for g in clf.coarse_labels}
+        assert r.coarse.label == max(totals, key=totals.get)
+        assert r.coarse.score == pytest.approx(totals[r.coarse.label], abs=1e-5)
+        assert r.to_dict()["coarse"]["label"] == r.coarse.label
+    truth = [ds.coarse_labels[s.label] for s in samples]
+    assert report["coarse_top1"] == pytest.approx(np.mean([r.coarse.label == t for r, t in zip(results, truth)]))

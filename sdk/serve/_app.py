@@ -86,6 +86,7 @@ class ClassifyOut(BaseModel):
     elapsed_ms: float
     unknown: bool = False  # the top score is below the calibrated "none of these" threshold
     by: str = "model"      # "model": the model's labels; "gallery": retrieval among enrolled products
+    coarse: CategoryOut | None = None  # the coarse group with the highest total probability (if the model has groups)
 
 
 class ErrorBody(BaseModel):
@@ -342,6 +343,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "by": "gallery" if clf.gallery is not None else "model",
                 "categories": [{"label": c.label, "index": c.index, "score": c.score}
                                for c in result.categories[:top_k]],
+                "coarse": (None if result.coarse is None else
+                           {"label": result.coarse.label, "index": result.coarse.index, "score": result.coarse.score}),
                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     def gallery_or_404():
