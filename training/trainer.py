@@ -309,6 +309,10 @@ def train(cfg: TrainConfig) -> dict:
         for name, p in model.named_parameters():
             p.requires_grad_(not frozen or name.startswith(head))
         model.train()
+        if frozen:  # frozen means frozen: the backbone's BatchNorm keeps its statistics too
+            for name, m in model.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (name + ".").startswith(head):
+                    m.eval()
         train_set.epoch = epoch
         _ddp.set_epoch(loader_kw, epoch)
         loss_sum, correct, seen = 0.0, 0, 0
