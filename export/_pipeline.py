@@ -138,7 +138,8 @@ def _load(cfg: ExportConfig) -> _Source:
     train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
     if (ckpt.get("metrics") or {}).get("eval"):
         ev = ckpt["metrics"]["eval"]
-        train_metrics["torch_eval"] = {k: ev[k] for k in ("split", "n", "top1", "top5", "coarse_top1", "coarse_top1_of_fine") if k in ev}
+        keep = ("split", "n", "top1", "top5", "coarse_top1", "coarse_top1_of_fine")
+        train_metrics["torch_eval"] = {k: ev[k] for k in keep if k in ev}
     model, pre = fold_batchnorm(model_from_checkpoint(ckpt)), preprocess_of(ckpt)
     if cfg.input_size and (cfg.input_size, cfg.input_size) != pre.input_size:
         pre = _resized_input(model, pre, cfg.input_size, cfg.checkpoint)

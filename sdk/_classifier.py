@@ -100,7 +100,6 @@ class ClassificationResult:
     unknown: bool = False
     coarse: Category | None = None  # the coarse group (e.g. "Apple") with the highest total probability
 
-
     @property
     def top(self) -> Category | None:
         return self.categories[0] if self.categories else None
@@ -289,11 +288,11 @@ class ImageClassifier(OnnxTask):
             cats = tuple(Category(self.labels[j], int(j), float(p[j])) for j in idx
                          if p[j] >= self.options.score_threshold)
             src = sources[i] if i < len(sources) else None
-            results.append(ClassificationResult(cats, source=src, coarse=self.coarse_of(p),
+            results.append(ClassificationResult(cats, source=src, coarse=self.coarse_answer(p),
                                                 unknown=threshold is not None and float(p[idx[0]]) < threshold))
         return results
 
-    def coarse_of(self, probs: np.ndarray) -> Category | None:
+    def coarse_answer(self, probs: np.ndarray) -> Category | None:
         """The coarse group with the highest total probability, from one image's class
         probabilities [K] (None when the model has no coarse groups)."""
         if not self.coarse_labels:
