@@ -138,7 +138,7 @@ def _load(cfg: ExportConfig) -> _Source:
     train_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if k != "eval"}
     if (ckpt.get("metrics") or {}).get("eval"):
         ev = ckpt["metrics"]["eval"]
-        keep = ("split", "n", "top1", "top5", "coarse_top1", "coarse_top1_of_fine")
+        keep = ("split", "n", "top1", "top5", "coarse_top1", "coarse_top1_summed")
         train_metrics["torch_eval"] = {k: ev[k] for k in keep if k in ev}
     model, pre = fold_batchnorm(model_from_checkpoint(ckpt)), preprocess_of(ckpt)
     if cfg.input_size and (cfg.input_size, cfg.input_size) != pre.input_size:
@@ -287,6 +287,6 @@ def _calibrate_unknown(path, labels, dataset, threads, target: float) -> dict | 
 
 
 def _summary(ev: dict, split: str) -> dict:
-    keep = ("n", "top1", "top5", "mean_class_top1", "coarse_top1", "coarse_top1_of_fine")
+    keep = ("n", "top1", "top5", "mean_class_top1", "coarse_top1", "coarse_top1_summed")
     return {"split": split, **{k: ev[k] for k in keep if k in ev}}
 

@@ -109,7 +109,7 @@ def _accuracy_phase(cfg: BenchConfig, prep: Prepared, work: Path, names: list[st
         peer = prep.peers[name]
         if prep.targets is not None:
             acc = accuracy_report(lg, prep.targets, prep.metadata.labels, coarse_of=prep.coarse_of)
-            keys = ("n", "top1", "top5", "mean_class_top1", "coarse_top1", "coarse_top1_of_fine")
+            keys = ("n", "top1", "top5", "mean_class_top1", "coarse_top1", "coarse_top1_summed")
             peer.info["accuracy"] = {k: acc[k] for k in keys if k in acc}
         if ref is None or name == "ort_fp32":
             continue

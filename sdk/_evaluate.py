@@ -49,8 +49,8 @@ def accuracy_report(logits: np.ndarray, targets: np.ndarray, labels, *,
     ``precision`` (0 when the class is never predicted), ``f1`` and ``predicted`` (how often it
     was the answer). ``mean_class_top1`` and ``macro_f1`` average over those classes.
     ``coarse_of[k]`` is the coarse group id of model class k (or -1 when unknown); the coarse
-    answer is the group with the highest summed softmax probability (``coarse_top1``), and
-    ``coarse_top1_of_fine`` scores the group of the top-1 class instead.
+    answer is the group of the top-1 class (``coarse_top1``), and ``coarse_top1_summed`` scores
+    the group with the highest summed softmax probability instead.
     """
     n, k = logits.shape
     if n == 0:
@@ -77,11 +77,12 @@ def accuracy_report(logits: np.ndarray, targets: np.ndarray, labels, *,
     if coarse_of is not None:
         valid = coarse_of[targets] >= 0
         if valid.any():
-            # the coarse answer: the group with the highest total probability (as ImageClassifier
-            # reports it); "of_fine": the group of the top-1 class, for comparison
-            groups = group_probabilities(softmax(logits[valid].astype(np.float64)), coarse_of).argmax(axis=1)
-            report["coarse_top1"] = float((groups == coarse_of[targets[valid]]).mean())
-            report["coarse_top1_of_fine"] = float((coarse_of[pred[valid]] == coarse_of[targets[valid]]).mean())
+            # the coarse answer: the group of the top-1 class (as ImageClassifier reports it);
+            # "summed": the group with the highest total probability, for comparison
+            truth = coarse_of[targets[valid]]
+            report["coarse_top1"] = float((coarse_of[pred[valid]] == truth).mean())
+            summed = group_probabilities(softmax(logits[valid].astype(np.float64)), coarse_of).argmax(axis=1)
+            report["coarse_top1_summed"] = float((summed == truth).mean())
     return report
 
 
@@ -165,8 +166,8 @@ def eval_summary_line(report: dict, name: str = "model") -> str:
         line += f"  macro F1 {report['macro_f1']:.4f}"
     if "coarse_top1" in report:
         line += f"  coarse top-1 {report['coarse_top1']:.4f}"
-        if "coarse_top1_of_fine" in report:
-            line += f" (group of the top-1 class: {report['coarse_top1_of_fine']:.4f})"
+        if "coarse_top1_summed" in report:
+            line += f" (most probable group: {report['coarse_top1_summed']:.4f})"
     return line
 
 
@@ -191,8 +192,8 @@ def write_eval_report(report: dict, out, *, model: str = "model", misclassified:
           f"{report['mean_class_top1']:.4f}, macro precision {report['macro_precision']:.4f}, macro F1 "
           f"{report['macro_f1']:.4f}"
           + (f", coarse top-1 {report['coarse_top1']:.4f}" if "coarse_top1" in report else "")
-          + (f" (group of the top-1 class: {report['coarse_top1_of_fine']:.4f})"
-             if "coarse_top1_of_fine" in report else ""),
+          + (f" (most probable group: {report['coarse_top1_summed']:.4f})"
+             if "coarse_top1_summed" in report else ""),
           "", "Classes by F1, worst first (recall = per-class top-1; predicted = how often it was the answer).", "",
           "| class | n | precision | recall | F1 | predicted |", "|---|--:|--:|--:|--:|--:|"]
     for label, v in sorted(per_class.items(), key=lambda kv: (kv[1]["f1"], kv[0])):

@@ -267,7 +267,7 @@ class FrameClassifier:
         cats = tuple(Category(self.labels[j], int(j), float(mean[j])) for j in order
                      if mean[j] >= opts.score_threshold)
         threshold = self._clf.unknown_threshold
-        return ClassificationResult(cats, source=source, coarse=self._clf.coarse_answer(mean),
+        return ClassificationResult(cats, source=source, coarse=self._clf.coarse_answer(mean, order[0]),
                                     unknown=threshold is not None and float(mean[order[0]]) < threshold)
 
     # -- IMAGE -----------------------------------------------------------------------------------

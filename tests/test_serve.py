@@ -100,7 +100,7 @@ def test_classify_raw_and_multipart_match_the_sdk(guarded, model, photo):
         assert [c["label"] for c in body["categories"]] == [c.label for c in want.categories]
         assert [c["score"] for c in body["categories"]] == pytest.approx([c.score for c in want.categories], abs=1e-5)
         assert body["batch_size"] == 1, "max_batch 1 turns micro-batching off"
-        assert body["coarse"]["label"] == want.coarse.label            # the group with the most probability
+        assert body["coarse"]["label"] == want.coarse.label            # the top product's group
     info = httpx.get(guarded + "/v1/model", headers=AUTH).json()
     assert info["labels"] == labels and info["preprocess"]["input_size"] == [32, 32]
     assert info["versions"]["skulens"] and info["batching"]["max_batch"] == 1

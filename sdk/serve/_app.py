@@ -86,7 +86,7 @@ class ClassifyOut(BaseModel):
     elapsed_ms: float
     unknown: bool = False  # the top score is below the calibrated "none of these" threshold
     by: str = "model"      # "model": the model's labels; "gallery": retrieval among enrolled products
-    coarse: CategoryOut | None = None  # the coarse group with the highest total probability (if the model has groups)
+    coarse: CategoryOut | None = None  # the top product's coarse group and its total probability (if any)
 
 
 class ErrorBody(BaseModel):
