@@ -132,16 +132,6 @@ def coarse_groups(coarse_labels) -> tuple[tuple[str, ...], np.ndarray]:
     return names, np.array([index.get(c, -1) for c in coarse_labels], dtype=np.int64)
 
 
-def group_probabilities(probs: np.ndarray, group_of: np.ndarray) -> np.ndarray:
-    """[N, G] total probability of each coarse group: the sum over its classes of ``probs`` [N, K]
-    (``group_of[k]`` = class k's group, -1: none, left out)."""
-    n_groups = int(group_of.max()) + 1 if group_of.size else 0
-    out = np.zeros((probs.shape[0], max(n_groups, 0)), dtype=np.float64)
-    keep = group_of >= 0
-    np.add.at(out.T, group_of[keep], probs[:, keep].T.astype(np.float64))
-    return out
-
-
 class ImageClassifier(OnnxTask):
     """Classify product images with a skulens ONNX model.
 

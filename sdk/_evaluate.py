@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._classifier import group_probabilities, softmax
+from ._classifier import coarse_groups, softmax
 from ._dataset import Dataset
 from ._errors import DatasetError
 from ._io import atomic_write_bytes, atomic_write_text
@@ -93,9 +93,18 @@ def coarse_index(model_labels, dataset: Dataset, model_coarse_labels=None) -> np
         by_name = {dataset.classes[f]: c for f, c in dataset.fine_to_coarse.items()}
         return np.array([by_name.get(name, -1) for name in model_labels], dtype=np.int64)
     if model_coarse_labels and len(model_coarse_labels) == len(model_labels):
-        ids = {name: i for i, name in enumerate(dict.fromkeys(c for c in model_coarse_labels if c))}
-        return np.array([ids.get(c, -1) for c in model_coarse_labels], dtype=np.int64)
+        return coarse_groups(model_coarse_labels)[1]
     return None
+
+
+def group_probabilities(probs: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+    """[N, G] total probability of each coarse group: the sum over its classes of ``probs`` [N, K]
+    (``group_of[k]`` = class k's group, -1: none, left out)."""
+    n_groups = int(group_of.max()) + 1 if group_of.size else 0
+    out = np.zeros((probs.shape[0], max(n_groups, 0)), dtype=np.float64)
+    keep = group_of >= 0
+    np.add.at(out.T, group_of[keep], probs[:, keep].T.astype(np.float64))
+    return out
 
 
 def _model_coarse_labels(classifier):

@@ -343,8 +343,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "by": "gallery" if clf.gallery is not None else "model",
                 "categories": [{"label": c.label, "index": c.index, "score": c.score}
                                for c in result.categories[:top_k]],
-                "coarse": (None if result.coarse is None else
-                           {"label": result.coarse.label, "index": result.coarse.index, "score": result.coarse.score}),
+                "coarse": None if result.coarse is None else dataclasses.asdict(result.coarse),
                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     def gallery_or_404():
