@@ -13,6 +13,10 @@ the median run reported), each in a fresh ``skulens classify-batch`` process:
   ray1     --ray local --workers 1: one actor x all cores threads
   ray2     --ray local --workers 2: two actors x cores/2 threads (workers x threads = cores)
   ray1t1   --ray local --workers 1 --threads 1: the scale-out baseline (one actor, one core)
+  inproc1c in this process, 1 thread, the whole process pinned to one CPU: with ``inproc`` it
+           gives the machine's own 1 -> all-cores scaling for this work, with no Ray in it; the
+           ceiling that ray2 / ray1t1 is read against (ray1t1 has the other cores free for Ray's
+           own processes and the driver, ray2 does not)
 
 Reported per run: images/s over the work (first worker starting to last part, model loading
 included, cluster start-up not: the summary's ``images_per_s``) and over the whole process
@@ -40,10 +44,12 @@ from pathlib import Path
 from skulens import ClassifierOptions, ImageClassifier
 
 from ._files import write_result_files
+from ._session import cpu_seconds, end_session, pin_to, session_procs
 
 log = logging.getLogger(__name__)
 CONFIGS = {"inproc": [], "ray1": ["--ray", "local", "--workers", "1"], "ray2": ["--ray", "local", "--workers", "2"],
-           "ray1t1": ["--ray", "local", "--workers", "1", "--threads", "1"]}
+           "ray1t1": ["--ray", "local", "--workers", "1", "--threads", "1"], "inproc1c": ["--threads", "1"]}
+PINNED = {"inproc1c": 1}  # configurations run on this many CPUs (of this process's affinity set)
 HD = (1920, 1080)
 
 
@@ -84,80 +90,29 @@ def write_manifest(paths: list[str], n: int, dst: Path) -> Path:
 
 
 # -- runs ------------------------------------------------------------------------------------------
-def _session_pids(sid: int) -> list[int]:
-    """Processes of session ``sid`` (a driver started with start_new_session: it and what it started)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-                if int(stat[stat.rindex(")") + 2:].split()[3]) == sid:
-                    pids.append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
-
-
-def _session_procs(sid: int) -> list[tuple[int, str]]:
-    out = []
-    for pid in _session_pids(sid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            out.append((pid, stat[stat.index("(") + 1:stat.rindex(")")]))
-        except OSError:
-            pass
-    return out
-
-
-def _end_session(sid: int) -> int:
-    """SIGKILL what is left of a driver's session (a killed driver's Ray agents): by pid, only
-    processes of that session, which this benchmark started."""
-    left = [p for p in _session_pids(sid) if p != os.getpid()]
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(left)
-
-
 def _command(model: str, manifest: Path, out: Path, config: str, shard_size: int, batch_size: int) -> list[str]:
     return [sys.executable, "-m", "skulens.cli", "-q", "classify-batch", model, "--input", str(manifest),
             "--output", str(out), "--shard-size", str(shard_size), "--batch-size", str(batch_size),
             "--no-progress", "--json", *CONFIGS[config]]
 
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _cpu_seconds(sid: int, seen: dict) -> None:
-    """Record into ``seen`` {pid: (name, cpu seconds)} the CPU time (user + system) of every
-    process of session ``sid`` now (a process's last sample stands for its total)."""
-    for pid in _session_pids(sid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        seen[pid] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / _TICK)
-
-
-def run_config(cmd: list[str], log_file: Path) -> dict:
-    """One classify-batch process: its summary, wall time, load averages and the CPU seconds of
-    the job's processes (driver, Ray's, workers': sampled every 0.2 s, so a process living less
-    than that may be missed; the workers' share is what classified)."""
+def run_config(cmd: list[str], log_file: Path, cpus: int | None = None) -> dict:
+    """One classify-batch process (on the first ``cpus`` CPUs only, when given): its summary,
+    wall time, load averages and the CPU seconds of the job's processes (driver, Ray's,
+    workers': sampled every 0.2 s, so a process living less than that may be missed; the
+    workers' share is what classified)."""
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     seen: dict = {}
     with open(log_file, "ab") as err, tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, preexec_fn=pin_to(cpus))
         while proc.poll() is None:
-            _cpu_seconds(proc.pid, seen)
+            cpu_seconds(proc.pid, seen)
             time.sleep(0.2)
         out.seek(0)
         stdout = out.read()
     wall = time.perf_counter() - t0
-    _end_session(proc.pid)
+    end_session(proc.pid)
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd)} (see {log_file})")
     summary = json.loads(stdout)
@@ -208,7 +163,7 @@ def kill_driver(cmd: list[str], out: Path, log_file: Path, fraction: float, part
         proc.wait()
     at_kill = len(list(out.glob("part-*.parquet")))
     time.sleep(2.0)  # a Ray worker busy with a shard may still finish it (atomically) before it notices
-    leftovers = _end_session(proc.pid)
+    leftovers = end_session(proc.pid)
     before_resume = len(list(out.glob("part-*.parquet")))
     resumed = run_config(cmd, log_file)
     return {"parts_at_kill": at_kill, "parts_before_resume": before_resume, "parts": parts,
@@ -224,14 +179,14 @@ def kill_worker(cmd: list[str], out: Path, log_file: Path, fraction: float, part
         want = max(1, int(fraction * parts))
         while proc.poll() is None and victim is None:
             if out.is_dir() and len(list(out.glob("part-*.parquet"))) >= want:
-                actors = [pid for pid, comm in _session_procs(proc.pid) if comm.startswith("ray::MapWorker")]
+                actors = [pid for pid, comm in session_procs(proc.pid) if comm.startswith("ray::MapWorker")]
                 if actors:
                     victim = actors[0]
                     os.kill(victim, signal.SIGKILL)
             time.sleep(0.05)
         at_kill = len(list(out.glob("part-*.parquet")))
         stdout, _ = proc.communicate()
-    _end_session(proc.pid)
+    end_session(proc.pid)
     return {"killed_worker_pid": victim, "parts_at_kill": at_kill, "parts": parts, "driver_exit": proc.returncode,
             "wall_s": round(time.perf_counter() - t0, 2),
             "summary": {k: v for k, v in json.loads(stdout).items() if k in ("total", "processed", "errors")}
@@ -267,7 +222,7 @@ def run(model: str, grocery: Path, n: int, out_dir: Path, sets=("original", "108
                     out = work / f"{name}-{config}-{r}"
                     log.info("%s / %s (round %d of %d): %d images", name, config, r + 1, repeats, count)
                     runs[config].append(run_config(_command(model, manifest, out, config, shard_size, batch_size),
-                                                   log_file))
+                                                   log_file, PINNED.get(config)))
                     log.info("  %s", runs[config][-1])
                     rows = _read(out)
                     first = rows if first is None else first
@@ -323,8 +278,12 @@ def _ratios(runs: dict, key: str = "images_per_s") -> dict:
     def r(a, b):
         return round(runs[a][key] / runs[b][key], 3) if a in runs and b in runs and runs[b][key] else None
 
-    return {"ray2_over_ray1": r("ray2", "ray1"), "ray2_over_ray1t1": r("ray2", "ray1t1"),
-            "inproc_over_ray1": r("inproc", "ray1")}
+    out = {"ray2_over_ray1": r("ray2", "ray1"), "ray2_over_ray1t1": r("ray2", "ray1t1"),
+           "inproc_over_ray1": r("inproc", "ray1"), "hardware_scaling": r("inproc", "inproc1c")}
+    # Ray's scale-out as a fraction of what the machine itself gives going from one core to all
+    out["ray_scaling_efficiency"] = (round(out["ray2_over_ray1t1"] / out["hardware_scaling"], 3)
+                                     if out["ray2_over_ray1t1"] and out["hardware_scaling"] else None)
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -350,7 +309,9 @@ def markdown(result: dict) -> str:
         for what, ratios in (("work", entry["ratios"]), ("steady", entry.get("steady_ratios"))):
             if ratios:
                 lines.append(f"{what}: ray2 / ray1 (same cores): {ratios['ray2_over_ray1']}; ray2 / ray1t1 (scale-out): "
-                             f"{ratios['ray2_over_ray1t1']}; inproc / ray1: {ratios['inproc_over_ray1']}  ")
+                             f"{ratios['ray2_over_ray1t1']}; inproc / ray1: {ratios['inproc_over_ray1']}; "
+                             f"inproc / inproc1c (the machine's own scaling, no Ray): {ratios.get('hardware_scaling')}; "
+                             f"Ray's scale-out / the machine's: {ratios.get('ray_scaling_efficiency')}  ")
         lines += [f"Rows identical across runs: {entry['identical_across_runs']}; vs classify: "
                   f"{entry['vs_classify']['mismatches']} mismatches in {entry['vs_classify']['rows']} rows "
                   f"({entry['vs_classify']['distinct_files']} distinct files classified).", ""]

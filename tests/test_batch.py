@@ -82,13 +82,14 @@ def _check_against_classify(rows, reference, bad):
         res = expected[r["path"]]
         if res is None:
             assert r["error"] and r["path"] in r["error"], r
-            assert r["label"] is None and r["labels"] == [] and r["unknown"] is None
+            assert r["label"] is None and r["labels"] == [] and r["unknown"] is None and r["coarse_label"] is None
             continue
         assert r["error"] is None
         assert r["labels"] == [c.label for c in res.categories]
         assert r["scores"] == [c.score for c in res.categories]  # identical, not close
         assert r["indices"] == [c.index for c in res.categories]
         assert (r["label"], r["score"], r["unknown"]) == (res.top.label, res.top.score, res.unknown)
+        assert (r["coarse_label"], r["coarse_score"]) == (res.coarse.label, res.coarse.score)
     errors = {r["path"]: r["error"] for r in rows if r["error"]}
     assert set(errors) == set(bad.values())
     assert "no such image file" in errors[bad["missing"]]
@@ -231,6 +232,28 @@ def test_steady_state_counts_from_the_last_worker_starting():
     assert startup == 1.0
     assert rate == pytest.approx(200 / (14.5 - 12.5))
     assert steady_state([], clock=10.0) == (0.0, 0.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU pinning needs os.sched_setaffinity (Linux)")
+def test_bench_reads_ray_scaling_against_the_machines_own():
+    """The benchmark's one-CPU reference really runs on one CPU, and Ray's scale-out is read as a
+    fraction of the machine's own 1 -> all-cores scaling."""
+    from skulens.bench._session import pin_to
+    from skulens.bench.batch_bench import _ratios
+
+    code = "import os; print(len(os.sched_getaffinity(0)))"
+    pinned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=pin_to(1),
+                            check=True)
+    assert pinned.stdout.strip() == "1"
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=pin_to(None),
+                          check=True)
+    assert free.stdout.strip() == str(len(os.sched_getaffinity(0)))
+    runs = {"inproc": {"images_per_s": 1300.0}, "inproc1c": {"images_per_s": 740.0},
+            "ray1": {"images_per_s": 1100.0}, "ray2": {"images_per_s": 1200.0}, "ray1t1": {"images_per_s": 700.0}}
+    r = _ratios(runs)
+    assert r["hardware_scaling"] == round(1300 / 740, 3) and r["ray2_over_ray1t1"] == round(1200 / 700, 3)
+    assert r["ray_scaling_efficiency"] == round(round(1200 / 700, 3) / round(1300 / 740, 3), 3)
+    assert _ratios({k: v for k, v in runs.items() if k != "inproc1c"})["ray_scaling_efficiency"] is None
 
 
 def _part_count(out: Path) -> int:

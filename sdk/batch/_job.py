@@ -44,7 +44,7 @@ from ._work import PART_PREFIX, PART_SUFFIX, ShardWorker, WorkerSpec, one_opencv
 from .config import BatchConfig, BatchError, cpu_count, split_cores
 
 log = logging.getLogger("skulens.batch")
-FORMAT, VERSION = "skulens-batch", 1
+FORMAT, VERSION = "skulens-batch", 2  # 2: the coarse_label and coarse_score columns
 JOB_FILE, SUMMARY_FILE, LOCK_FILE = "_job.json", "_summary.json", ".lock"
 # the keys of _job.json that must match for a re-run to resume (paths may move, settings may not)
 _IDENTITY = ("format", "version", "input.kind", "input.count", "input.fingerprint", "input.bytes_column",

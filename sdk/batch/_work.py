@@ -35,9 +35,12 @@ def part_name(shard: int) -> str:
 
 def result_schema(with_embedding: bool) -> pa.Schema:
     """The columns of every part. Error rows have ``error`` set, ``label``/``score``/``unknown``
-    null and empty lists; ``label``/``score`` repeat the top category (null when none passed)."""
+    null and empty lists; ``label``/``score`` repeat the top category (null when none passed);
+    ``coarse_label``/``coarse_score``: the answer's coarse group and the group's total probability
+    (:attr:`ClassificationResult.coarse`; null for a model without coarse labels or a gallery)."""
     fields = [pa.field("index", pa.int64(), nullable=False), pa.field("path", pa.string()),
               pa.field("label", pa.string()), pa.field("score", pa.float64()),
+              pa.field("coarse_label", pa.string()), pa.field("coarse_score", pa.float64()),
               pa.field("labels", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float64())),
               pa.field("indices", pa.list_(pa.int32())), pa.field("unknown", pa.bool_()),
               pa.field("error", pa.string())]
@@ -145,6 +148,8 @@ class ShardWorker:
                 cols["label"][row] = res.top.label if res.top else None
                 cols["score"][row] = res.top.score if res.top else None
                 cols["unknown"][row] = bool(res.unknown)
+                if res.coarse is not None:
+                    cols["coarse_label"][row], cols["coarse_score"][row] = res.coarse.label, res.coarse.score
                 if embeddings is not None:
                     cols["embedding"][row] = embeddings[j]
             errors += batch_errors
