@@ -10,5 +10,5 @@ from .._errors import lazy_exports
 
 __all__ = ["ServeConfig", "ServeError", "create_app", "serve", "MicroBatcher", "DecodePool"]
 __getattr__ = lazy_exports(__name__, {"ServeConfig": "config", "ServeError": "config", "create_app": "_app",
-                                      "serve": "_app", "MicroBatcher": "_batcher", "DecodePool": "_batcher"},
+                                      "serve": "_app", "MicroBatcher": "_batcher", "DecodePool": "_decode_pool"},
                            extra="serve", deps=("fastapi", "starlette", "uvicorn", "pydantic", "multipart", "python_multipart", "anyio"))

@@ -37,7 +37,8 @@ from .._errors import GalleryError
 from .._errors import ImageError, ImageTooLargeError
 from .._image import check_encoded
 from .._version import __version__
-from ._batcher import DecodeError, DecodePool, DecodeSetup, MicroBatcher, Overloaded
+from ._batcher import MicroBatcher, Overloaded
+from ._decode_pool import DecodeError, DecodePool, DecodeSetup
 from ._docs import docs_html
 from ._http import ApiError, guarded_protocol, image_bytes
 from .config import ServeConfig, ServeError
