@@ -28,8 +28,7 @@ import onnxruntime as ort
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from fastapi.responses import HTMLResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._classifier import ClassifierOptions, ImageClassifier
@@ -41,83 +40,12 @@ from ._batcher import MicroBatcher, Overloaded
 from ._decode_pool import DecodeError, DecodePool, DecodeSetup
 from ._docs import docs_html
 from ._http import ApiError, guarded_protocol, image_bytes
+from ._schema import (BODY_DOC, CODES, DECODE_500, ERROR_DOCS, TRANSPORT_ERRORS_DOC, ClassifyOut, ErrorOut,
+                      error_response, error_responses)
 from .config import ServeConfig, ServeError
 
 log = logging.getLogger(__name__)
 MAX_GALLERY_TOP_K = 100
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          408: "timeout", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-          431: "headers_too_large", 503: "overloaded", 504: "timeout", 500: "internal"}
-
-# What each status means, shown in the OpenAPI schema and /docs (every one is an ErrorOut body).
-ERROR_DOCS = {
-    400: "`bad_request` (an invalid query parameter or multipart body) or `bad_image` (empty, corrupt, "
-         "truncated or unsupported image data)",
-    401: "`unauthorized`: the service requires `Authorization: Bearer TOKEN` and it is missing or wrong",
-    403: "`forbidden`: enrolling and removing products needs the service to run with a token",
-    404: "`no_gallery` (the service runs without --gallery) or `not_found` (no such product)",
-    409: "`conflict`: this photo is already enrolled as another product",
-    413: "`payload_too_large` (body over --max-body-bytes) or `image_too_large` (over --max-pixels, or "
-         "its decode needs more memory than --decode-memory-mb allows)",
-    415: "`unsupported_media_type`: send image/*, application/octet-stream or multipart/form-data",
-    500: "`internal`: an unexpected failure (a bug; the service log has the details)",
-    503: "`overloaded` (the model's or the decoders' queue is full, or the service is shutting down; "
-         "retry after `Retry-After` seconds), `not_ready` or `too_many_connections`",
-    504: "`timeout`: not answered within --request-timeout-s (a decode still running is stopped)",
-}
-DECODE_500 = ERROR_DOCS[500] + ", or `decoder_crashed`: the image decoder died on this image"
-TRANSPORT_ERRORS_DOC = (
-    "Any request may also get, before it reaches an operation: 400 `bad_request` (malformed HTTP), "
-    "408 `timeout` (request head not complete within --header-timeout-s, or body within "
-    "--body-timeout-s; the connection is closed), 431 `headers_too_large` (an unfinished head over "
-    "--max-header-bytes) and 503 `too_many_connections` (--max-connections open, none of them idle "
-    "or slow enough to give its place).")
-
-
-class CategoryOut(BaseModel):
-    label: str
-    index: int
-    score: float
-
-
-class ClassifyOut(BaseModel):
-    model: str
-    categories: list[CategoryOut]
-    batch_size: int
-    elapsed_ms: float
-    unknown: bool = False  # the top score is below the calibrated "none of these" threshold
-    by: str = "model"      # "model": the model's labels; "gallery": retrieval among enrolled products
-    coarse: CategoryOut | None = None  # the top product's coarse group and its total probability (if any)
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    status: int
-
-
-class ErrorOut(BaseModel):
-    error: ErrorBody
-
-
-def _error(status: int, code: str, message: str, headers=None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "status": status}},
-                        status_code=status, headers=headers)
-
-
-def _errors(*statuses: int, **descriptions: str) -> dict:
-    """``responses=`` of an operation: each status an ErrorOut with its meaning."""
-    return {s: {"model": ErrorOut, "description": descriptions.get(f"d{s}", ERROR_DOCS[s])} for s in statuses}
-
-
-_BODY_DOC = {"requestBody": {"required": True, "content": {
-    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"}}}}}}}
-
-
 def decode_workers(config: ServeConfig) -> int:
     if config.decode_workers:
         return config.decode_workers
@@ -183,21 +111,21 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
         parts = ["{}: {}".format(".".join(str(p) for p in e.get("loc", ())), e.get("msg")) for e in exc.errors()]
-        return _error(400, "bad_request", "; ".join(parts) or "invalid request")
+        return error_response(400, "bad_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
-        return _error(exc.status_code, _CODES.get(exc.status_code, f"http_{exc.status_code}"),
+        return error_response(exc.status_code, CODES.get(exc.status_code, f"http_{exc.status_code}"),
                       str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unhandled(request, exc: Exception):  # Starlette logs it and re-raises after this answer
-        return _error(500, "internal", f"internal error ({type(exc).__name__}); the service log has the details")
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); the service log has the details")
 
     def openapi() -> dict:
         """FastAPI's schema with the statuses the service really answers: no 422 (invalid
@@ -294,15 +222,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses=_errors(503, d503="`not_ready`: starting or shutting down"))
+    @app.get("/readyz", tags=["health"], responses=error_responses(503, d503="`not_ready`: starting or shutting down"))
     async def readyz():
         """Readiness: the model is loaded and the batcher accepts work."""
         if not batcher.running:
-            return _error(503, "not_ready", "the service is starting or shutting down")
+            return error_response(503, "not_ready", "the service is starting or shutting down")
         return {"status": "ready"}
 
     @app.get("/v1/model", tags=["model"], dependencies=[Depends(authorize), strict_query()],
-             responses=_errors(400, 401))
+             responses=error_responses(400, 401))
     async def model_info() -> dict:
         """Labels, preprocessing contract, quantization and versions from the model's metadata."""
         return {"model_name": meta.model_name, "labels": list(meta.labels),
@@ -317,8 +245,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                              "decodes": decoders.decodes, "stopped": decoders.stopped, "crashed": decoders.crashed}}
 
     @app.post("/v1/classify", tags=["classify"], response_model=ClassifyOut,
-              responses=_errors(400, 401, 413, 415, 500, 503, 504, d500=DECODE_500),
-              dependencies=[Depends(authorize), strict_query("top_k")], openapi_extra=_BODY_DOC)
+              responses=error_responses(400, 401, 413, 415, 500, 503, 504, d500=DECODE_500),
+              dependencies=[Depends(authorize), strict_query("top_k")], openapi_extra=BODY_DOC)
     async def classify(request: Request, top_k: int = Query(config.top_k, ge=1, le=n_labels)):
         """Classify one image sent as the raw body (``image/*`` or ``application/octet-stream``)
         or as the multipart field ``image``."""
@@ -359,16 +287,16 @@ def create_app(config: ServeConfig) -> FastAPI:
                            "with a bearer token (--token or SKULENS_API_TOKEN)")
 
     @app.get("/v1/gallery", tags=["gallery"], dependencies=[Depends(authorize), strict_query()],
-             responses=_errors(400, 401, 404, d404="`no_gallery`: the service runs without --gallery"))
+             responses=error_responses(400, 401, 404, d404="`no_gallery`: the service runs without --gallery"))
     async def gallery_info() -> dict:
         """The gallery's products (photo counts) and its "unknown" threshold."""
         g = gallery_or_404()
         return {"products": g.products(), "photos": len(g), "unknown": g.unknown, "embedding": g.embedding}
 
-    @app.post("/v1/gallery/products", tags=["gallery"], responses=_errors(
+    @app.post("/v1/gallery/products", tags=["gallery"], responses=error_responses(
                   400, 401, 403, 404, 409, 413, 415, 500, 503, 504,
                   d404="`no_gallery`: the service runs without --gallery", d500=DECODE_500),
-              dependencies=[Depends(authorize), strict_query("label")], openapi_extra=_BODY_DOC)
+              dependencies=[Depends(authorize), strict_query("label")], openapi_extra=BODY_DOC)
     async def enrol(request: Request, label: str = Query(..., min_length=1, max_length=200)) -> dict:
         """Enrol one photo of product ``label`` (raw body or multipart field ``image``); the
         gallery file is saved atomically. A photo already enrolled is reported, not added twice."""
@@ -395,7 +323,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "photos": g.products()[rep.label]}
 
     @app.delete("/v1/gallery/products", tags=["gallery"], dependencies=[Depends(authorize), strict_query("label")],
-                responses=_errors(400, 401, 403, 404))
+                responses=error_responses(400, 401, 403, 404))
     async def delist(label: str = Query(..., min_length=1, max_length=200)) -> dict:
         """Delist product ``label`` (all its photos); the gallery file is saved atomically."""
         editing_allowed()
