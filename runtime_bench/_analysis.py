@@ -71,7 +71,7 @@ def pair_speedups(configs: list[dict], rounds_by_id: dict, subject: str) -> list
     return pairs
 
 
-def int8_verdict(pairs: list[dict], cfg: BenchConfig, cpu: dict) -> dict:
+def read_verdict(pairs: list[dict], cfg: BenchConfig, cpu: dict) -> dict:
     t, b = (1 if 1 in cfg.threads else min(cfg.threads)), (1 if 1 in cfg.batch else min(cfg.batch))
     speedups, spread = {}, 1.0
     for p in pairs:

@@ -35,7 +35,7 @@ import skulens
 from skulens.internal import accuracy_report
 
 from . import _cpu, _graph, _procs
-from ._analysis import fastest_per_group, int8_verdict, pair_speedups, summarize_configs
+from ._analysis import fastest_per_group, pair_speedups, read_verdict, summarize_configs
 from ._prepare import Prepared, prepare
 from .config import FP32_PEERS, INT8_PEERS, OPENVINO_PEERS, PEERS, SDK_BACKEND, BenchConfig
 
@@ -270,7 +270,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         summarize_configs(configs, rounds, macs["macs"] if macs else None, ceiling, cpu)
         pairs = pair_speedups(configs, rounds, prep.subject)
         fastest = fastest_per_group(configs, pairs, prep)
-        verdict = int8_verdict(pairs, cfg, cpu)
+        verdict = read_verdict(pairs, cfg, cpu)
         export_check = _export_check(prep, cfg)
         if export_check:
             if "export_would_choose" in export_check and verdict.get("best_activation"):
