@@ -146,3 +146,11 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
                                              lowdata_data=None, lowdata_generator=None, cas_per_real=2))
     assert twice["cas"]["n_generated_train"] == 96 and twice["cas"]["per_real"] == 2
     assert (tmp_path / "eval" / "cas_x2" / "run" / "metrics.json").is_file()  # not the x1 run read back
+    # the same set as a stream: half the epochs over twice the images, the optimiser steps of CAS at 1x
+    with pytest.raises(SkulensError, match="cas_equal_steps needs cas_per_real > 1"):
+        dataclasses.replace(cfg, cas_equal_steps=True)
+    stream = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False, lowdata_data=None,
+                                              lowdata_generator=None, cas_per_real=2, cas_equal_steps=True))
+    assert stream["cas"]["equal_steps"] and stream["cas"]["epochs"] == 1 == twice["cas"]["epochs"] // 2
+    run = json.loads((tmp_path / "eval" / "cas_x2_equal_steps" / "run" / "metrics.json").read_text())
+    assert len(run["history"]) == 1 and run["n_train"] == 96

@@ -145,6 +145,9 @@ class GanEvalConfig:
     cas_per_real: float = option(1.0, "generated CAS training images per real training image of each class "
                                  "(1 = the real split's counts, as CAS is defined; more = a larger synthetic set, "
                                  "the same epochs)")
+    cas_equal_steps: bool = option(False, "with --cas-per-real K > 1: the recipe's epochs and warm-up divided by K, "
+                                   "so the CAS classifier takes the optimiser steps of CAS at 1x and sees each "
+                                   "generated image about once (a stream of fresh images, not longer training)")
     latency: bool = option(True, "time the fp32 and INT8 generators (1 thread)")
     threads: int = option(1, "CPU threads for generation and the training runs (0 = all)")
     seed: int = option(0, "first random seed (generation and the training runs)")
@@ -154,6 +157,9 @@ class GanEvalConfig:
                 or not self.cas_per_real > 0):
             raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio and cas_per_real > 0, "
                                  "threads >= 0")
+        if self.cas_equal_steps and not self.cas_per_real > 1:
+            raise GanConfigError(f"cas_equal_steps needs cas_per_real > 1 (got {self.cas_per_real:g}): at 1x the "
+                                 "steps are already those of CAS")
         if not self.classifier and (self.cas or self.lowdata_data or self.feature_space == "classifier"):
             raise GanConfigError("--classifier is needed for CAS, the low-data arms and --feature-space classifier "
                                  "(or pass --no-cas)")

@@ -31,7 +31,7 @@ from skulens.internal import Dataset, Sample, atomic_write, make_grid, write_png
 from ..augment import AugmentConfig
 
 from ..checkpoint import load_checkpoint
-from ..config import TrainConfig
+from ..config import TrainConfig, resolve
 from .config import GanConfigError, GanEvalConfig
 from .metrics import FeatureExtractor, ImageNetFeatures, frechet_distance, kernel_distance, within_class_spread
 
@@ -209,17 +209,29 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
     return train(rcfg)
 
 
+def equal_step_schedule(rcfg: TrainConfig, per_real: float) -> dict:
+    """Epochs and warm-up for a generated set ``per_real`` times CAS's size that keep CAS's optimiser
+    steps: epochs / per_real (at least 1) and the warm-up's steps unchanged."""
+    epochs = max(1, round(rcfg.epochs / per_real))
+    return {"epochs": epochs, "warmup_epochs": min(rcfg.warmup_epochs / per_real, float(epochs))}
+
+
 def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1) -> dict:
     # its own folder per set size: a finished run is reused by its config, which the size does not change
-    folder = out / ("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}")
+    folder = out / ("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}"
+                    + ("_equal_steps" if cfg.cas_equal_steps else ""))
     splits = {"train": _write_generated(gen_train, y_gen, folder / "generated", "train"),
               "val": _write_generated(gen_val, y_gen_val, folder / "generated", "val"),
               "test": list(ds.split("test"))}
     data = write_split_lists(Dataset(ds.root, list(ds.classes), splits, layout="split_lists"), folder / "data")
     rcfg = recipe(clf_ckpt, data=str(data), out=str(folder / "run"), seed=cfg.seed, **base)
+    if cfg.cas_equal_steps:  # every size-derived setting as CAS at 1x (the real split's size) would have it
+        at_1x = resolve(rcfg, n_train=len(ds.split("train")))
+        rcfg = dataclasses.replace(at_1x, **equal_step_schedule(at_1x, cfg.cas_per_real))
     m = _train_once(rcfg, train)
     cas = {"top1_generated_only": m["eval"]["top1"], "top1_real_recipe": real_top1,
            "n_generated_train": len(y_gen), "per_real": cfg.cas_per_real, "n_generated_val": len(y_gen_val),
+           "equal_steps": cfg.cas_equal_steps, "epochs": rcfg.epochs,
            "n_real_test": m["eval"]["n"],
            "recipe": {k: v for k, v in rcfg.to_dict().items() if k not in ("augment",)},
            "real_top1_source": "the given classifier (same recipe, trained on the real train split) on the "
