@@ -6,6 +6,7 @@ Every registered model declares ``features(x) -> [N, F]`` (the pooled features) 
     logits    [N, num_classes] = head(features)
     embedding [N, D]           = normalize(features)                    (D = F, "pooled")
                                  normalize((features - mean) @ P)       (D < F, "pca")
+                                 normalize((normalize(features) - mean) @ W)   (D = F, "wccn")
     with a colour weight w > 0:  normalize([that, w * colour(x)])       (D + 48, "colour" in the spec)
 
 where ``P`` [F, D] holds the top principal directions of the training images' features (fitted
@@ -13,6 +14,14 @@ at export, a linear map learned from the training data; it shrinks galleries F /
 makes the exact search F / D times cheaper), and ``colour`` is export._colour's hue x
 saturation histogram of the input image. Cosine similarity of two embeddings is then their
 inner product.
+
+``W`` [F, F] whitens the *within-product* variation (WCCN, within-class covariance
+normalisation, as in speaker and face verification): fitted at export on the labelled training
+images' unit features, ``W = V diag(1 / sqrt(w + shrinkage * mean(w)))`` from the eigenvectors
+``V`` and eigenvalues ``w`` of the pooled within-class covariance. The directions in which photos
+of one product differ (light, angle, shelf) are scaled down, so products the model never saw are
+told apart by what differs between products; ``shrinkage`` keeps the rarely seen directions
+from being blown up (README: chosen on the validation split's new products).
 """
 from __future__ import annotations
 
@@ -42,9 +51,9 @@ class WithEmbedding(nn.Module):
     """model -> (logits, embedding); carries the model's card (paths inside the wrapper) for the uint8-input fold."""
 
     def __init__(self, model: nn.Module, mean: torch.Tensor | None = None, components: torch.Tensor | None = None,
-                 colour: ColourHistogram | None = None, colour_weight: float = 0.0):
+                 colour: ColourHistogram | None = None, colour_weight: float = 0.0, unit_first: bool = False):
         super().__init__()
-        self.colour, self.colour_weight = colour, float(colour_weight)
+        self.colour, self.colour_weight, self.unit_first = colour, float(colour_weight), unit_first
         self.model = model
         if getattr(model, "card", None) is not None:  # the model's facts, at their paths inside the wrapper
             self.card = within(model.card, "model")
@@ -57,8 +66,9 @@ class WithEmbedding(nn.Module):
             self.project.requires_grad_(False)
 
     def forward(self, x):  # [N, C, H, W] -> logits [N, K], embedding [N, D]
-        f = self.model.features(x)
-        e = _l2(self.project(f) if self.project is not None else f)        # [N, D]
+        f = self.model.features(x)                                          # [N, F]
+        p = _l2(f) if self.unit_first else f
+        e = _l2(self.project(p) if self.project is not None else p)        # [N, D]
         if self.colour is not None:                                         # [N, D + colour.dim]
             e = _l2(torch.cat([e, self.colour_weight * self.colour(x)], dim=1))
         return self.model.head(f), e
@@ -71,9 +81,13 @@ def _l2(e):
 
 
 @torch.no_grad()
-def fit_pca(model: nn.Module, tensors: torch.Tensor, dim: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _features(model: nn.Module, tensors: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    return torch.cat([model.eval().features(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]).double()
+
+
+def fit_pca(model: nn.Module, tensors: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mean [F], components [F, dim] of the features of ``tensors`` and the variance share kept."""
-    feats = torch.cat([model.eval().features(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]).double()
+    feats = _features(model, tensors)
     if dim >= feats.shape[1]:
         raise ModelError(f"embedding_dim {dim} must be smaller than the model's {feats.shape[1]} features")
     if dim > len(feats):
@@ -84,20 +98,51 @@ def fit_pca(model: nn.Module, tensors: torch.Tensor, dim: int, batch: int = 64) 
     return mean.float(), vh[:dim].T.contiguous().float(), float(var[:dim].sum() / var.sum())
 
 
+def fit_wccn(model: nn.Module, tensors: torch.Tensor, labels, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean [F] and whitening map W [F, F] of the within-class covariance of the unit features of
+    ``tensors`` (see the module docstring), and the number of classes with two or more images."""
+    f = _features(model, tensors)
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)                    # [N, F] unit features
+    y = torch.as_tensor(np.asarray(labels))
+    centred, classes = [], 0
+    for c in torch.unique(y):
+        fc = f[y == c]
+        if len(fc) > 1:
+            centred.append(fc - fc.mean(0))
+            classes += 1
+    if classes < 2:
+        raise ModelError("embedding_whiten needs at least two classes with two or more training images")
+    z = torch.cat(centred)
+    cov = z.T @ z / len(z)                                                  # [F, F] pooled within-class
+    w, v = torch.linalg.eigh(cov)
+    w = w.clamp_min(0)
+    whiten = v / torch.sqrt(w + shrinkage * w.mean()).clamp_min(1e-12)     # [F, F]
+    return f.mean(0).float(), whiten.float(), classes
+
+
 def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Tensor | None,
-                   pre: PreprocessConfig, colour_weight: float = 0.0) -> tuple[nn.Module, dict]:
+                   pre: PreprocessConfig, colour_weight: float = 0.0, whiten: float = 0.0,
+                   train_labels=None) -> tuple[nn.Module, dict]:
     """``model`` wrapped to also output its embedding, and the embedding's metadata. The colour
-    histogram is added where ``colour_weight`` > 0 and the contract has 3 colour channels."""
+    histogram is added where ``colour_weight`` > 0 and the contract has 3 colour channels; with
+    ``whiten`` > 0 the features are whitened within products (WCCN, that shrinkage) on
+    ``train_tensors`` and their ``train_labels``."""
     problem = embedding_problem(model)
     if problem:
         raise ModelError(f"no embedding output possible: {problem}")
     spec = {"output": EMBEDDING_OUTPUT, "normalized": "l2", "metric": "cosine",
             "features": int(model.head.in_features)}
     mean = comps = None
-    if not embedding_dim:
+    if (embedding_dim or whiten) and train_tensors is None:
+        raise ModelError("a projected or whitened embedding is fitted on the training images; pass --data")
+    if embedding_dim and whiten:
+        raise ModelError("embedding_dim and embedding_whiten do not combine: choose one")
+    if whiten:
+        mean, comps, classes = fit_wccn(model, train_tensors, train_labels, whiten)
+        spec.update(dim=int(model.head.in_features), source="wccn", wccn_images=len(train_tensors),
+                    wccn_classes=classes, wccn_shrinkage=float(whiten))
+    elif not embedding_dim:
         spec.update(dim=int(model.head.in_features), source="pooled")
-    elif train_tensors is None:
-        raise ModelError("a projected embedding (embedding_dim > 0) is fitted on the training images; pass --data")
     else:
         mean, comps, kept = fit_pca(model, train_tensors, embedding_dim)
         spec.update(dim=int(embedding_dim), source="pca", pca_images=len(train_tensors),
@@ -110,7 +155,7 @@ def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Te
         colour = ColourHistogram(pre.mean, pre.std, pre.color_order)
         spec.update(dim=spec["dim"] + colour.dim, colour={"hue_bins": colour.hue_bins, "sat_bins": colour.sat_bins,
                                                           "pool": colour.pool, "weight": float(colour_weight)})
-    return WithEmbedding(model, mean, comps, colour, colour_weight).eval(), spec
+    return WithEmbedding(model, mean, comps, colour, colour_weight, unit_first=bool(whiten)).eval(), spec
 
 
 def embedding_parity(wrapped: nn.Module, onnx_path, inputs: np.ndarray, onnx_inputs: np.ndarray) -> float:

@@ -50,6 +50,8 @@ class ExportConfig:
     embedding_colour: float = option(0.0, "weight of a 12 x 4 hue x saturation histogram appended to the "
                                           "embedding (0: off; new-product recall@1 +8 pp on val, +1 pp on "
                                           "the test split: README)")
+    embedding_whiten: float = option(0.0, "whiten the embedding within products (WCCN) fitted on the labelled "
+                                          "training images, with this shrinkage (0: off; 0.3 chosen on val: README)")
     unknown_precision: float = option(0.95, "choose the softmax threshold below which a result is 'unknown' on "
                                             "the val split for this precision (0: never unknown)")
     int8_max_drop_pp: float = option(1.0, "classifier INT8 gate: the largest top-1 drop vs fp32 (percentage "
@@ -70,3 +72,7 @@ class ExportConfig:
             raise ValueError(f"input_size must be 0 (as trained) or >= 8, got {self.input_size}")
         if not 0 <= self.embedding_colour <= 10:
             raise ValueError(f"embedding_colour must be a weight in [0, 10], got {self.embedding_colour}")
+        if not 0 <= self.embedding_whiten <= 100:
+            raise ValueError(f"embedding_whiten must be a shrinkage in [0, 100], got {self.embedding_whiten}")
+        if self.embedding_whiten and self.embedding_dim:
+            raise ValueError("embedding_dim and embedding_whiten do not combine: choose one")

@@ -117,8 +117,10 @@ def retrieval_metrics(spec, train_emb, train_y, test_emb, test_y, test_logits, n
 
 
 def _describe(spec: dict) -> str:
-    colour = spec.get("colour")
-    return f"{spec['dim']}-d {spec['source']}" + (f" + colour x{colour['weight']:g}" if colour else "")
+    colour, source = spec.get("colour"), spec["source"]
+    if source == "wccn":
+        source = f"pooled, whitened within products (shrinkage {spec['wccn_shrinkage']:g})"
+    return f"{spec['dim']}-d {source}" + (f" + colour x{colour['weight']:g}" if colour else "")
 
 
 def _markdown(summary) -> str:
@@ -152,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--dims", default="0,256", help="embedding dims to export and compare (0: pooled features)")
     p.add_argument("--colours", default="0", help="colour-histogram weights to export and compare, e.g. 0,1 "
                    "(skulens export --embedding-colour; 0: the CNN features only)")
+    p.add_argument("--whiten", default="0", help="within-product whitening shrinkages to export and compare, "
+                   "e.g. 0,0.3 (skulens export --embedding-whiten; 0: off; only with dim 0)")
     p.add_argument("--input-size", type=int, default=0, help="export input size (skulens export --input-size; "
                    "0: as trained)")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none", help="skulens export --tta")
@@ -186,9 +190,10 @@ def main(argv=None) -> int:
     summary = {"protocol": {"known_classes": len(known), "new_classes": len(new), "checkpoint": str(ckpt),
                             "train_photos": len(train_s), "queries": args.queries,
                             f"{args.queries}_photos": len(test_s)}, "models": {}}
-    variants = [(int(d), float(c)) for d in args.dims.split(",") if d for c in args.colours.split(",") if c]
-    for dim, colour in variants:
-        name = f"d{dim}" + (f"_c{colour:g}" if colour else "")
+    variants = [(int(d), float(c), float(w)) for d in args.dims.split(",") if d for c in args.colours.split(",") if c
+                for w in args.whiten.split(",") if w and not (float(w) and int(d))]
+    for dim, colour, whiten in variants:
+        name = f"d{dim}" + (f"_c{colour:g}" if colour else "") + (f"_w{whiten:g}" if whiten else "")
         onnx_path = out / f"model_{name}.onnx"
         report_path = out / f"model_{name}.report.json"
         if report_path.is_file() and not args.reexport:
@@ -196,7 +201,8 @@ def main(argv=None) -> int:
         else:
             report = export_classifier(ExportConfig(checkpoint=str(ckpt), out=str(onnx_path), int8=True,
                                                     data=str(known_data), embedding_dim=dim,
-                                                    embedding_colour=colour, input_size=args.input_size,
+                                                    embedding_colour=colour, embedding_whiten=whiten,
+                                                    input_size=args.input_size,
                                                     tta=args.tta, threads=args.threads))
         for tag, path in (("int8", report["int8"]["path"]), ("fp32", report["fp32"]["path"])):
             if tag == "fp32" and dim != 0:
