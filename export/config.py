@@ -51,8 +51,8 @@ class ExportConfig:
                                           "embedding (0: off; new-product recall@1 +8 pp on val, +1 pp on "
                                           "the test split: README)")
     embedding_whiten: float = option(0.0, "whiten the embedding within products (WCCN), fitted on the labelled "
-                                          "training images, with this shrinkage (0: off; chosen on val: 1 for fine-tuned, 0.3 for "
-                                          "frozen ImageNet features; README)")
+                                          "training images, with this shrinkage (0: off; chosen on val: 1 for "
+                                          "fine-tuned, 0.3 for frozen ImageNet features; README)")
     unknown_precision: float = option(0.95, "choose the softmax threshold below which a result is 'unknown' on "
                                             "the val split for this precision (0: never unknown)")
     int8_max_drop_pp: float = option(1.0, "classifier INT8 gate: the largest top-1 drop vs fp32 (percentage "
