@@ -77,3 +77,6 @@ class ExportConfig:
             raise ValueError(f"embedding_whiten must be a shrinkage in [0, 100], got {self.embedding_whiten}")
         if self.embedding_whiten and self.embedding_dim:
             raise ValueError("embedding_dim and embedding_whiten do not combine: choose one")
+        if not self.embedding and (self.embedding_dim or self.embedding_whiten or self.embedding_colour):
+            raise ValueError("embedding_dim, embedding_whiten and embedding_colour shape the embedding output, "
+                             "which --no-embedding leaves out")

@@ -48,6 +48,8 @@ def test_options_are_checked_before_the_checkpoint_is_read():
         ExportConfig(checkpoint="x.pt", out="y.onnx", embedding_dim=8, embedding_whiten=0.3)
     with pytest.raises(ValueError, match="embedding_whiten"):
         ExportConfig(checkpoint="x.pt", out="y.onnx", embedding_whiten=-1)
+    with pytest.raises(ValueError, match="--no-embedding leaves out"):
+        ExportConfig(checkpoint="x.pt", out="y.onnx", embedding=False, embedding_whiten=1)
 
 
 def _ratio(emb: np.ndarray, y: np.ndarray) -> float:
