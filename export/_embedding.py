@@ -135,9 +135,7 @@ def with_embedding(model: nn.Module, embedding_dim: int, train_tensors: torch.Te
     mean = comps = None
     if (embedding_dim or whiten) and train_tensors is None:
         raise ModelError("a projected or whitened embedding is fitted on the training images; pass --data")
-    if embedding_dim and whiten:
-        raise ModelError("embedding_dim and embedding_whiten do not combine: choose one")
-    if whiten:
+    if whiten:  # (ExportConfig refuses it together with embedding_dim)
         mean, comps, classes = fit_wccn(model, train_tensors, train_labels, whiten)
         spec.update(dim=int(model.head.in_features), source="wccn", wccn_images=len(train_tensors),
                     wccn_classes=classes, wccn_shrinkage=float(whiten))

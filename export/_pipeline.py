@@ -88,11 +88,11 @@ def export_classifier(config: ExportConfig) -> dict:
         model = with_tta(src.model, cfg.tta)
         exported, embedding_spec = model, None
         if cfg.embedding:
-            fit_on = _sample(src.dataset.split("train"), 1024, seed=3) if cfg.embedding_dim or cfg.embedding_whiten else []
-            exported, embedding_spec = with_embedding(model, cfg.embedding_dim,
-                                                      eval_tensors(fit_on, src.train_pre) if fit_on else None,
-                                                      src.train_pre, cfg.embedding_colour, cfg.embedding_whiten,
-                                                      [s.label for s in fit_on])
+            fitted = bool(cfg.embedding_dim or cfg.embedding_whiten)  # a PCA or WCCN map learnt on training photos
+            fit_on = _sample(src.dataset.split("train"), 1024, seed=3) if fitted else []
+            exported, embedding_spec = with_embedding(
+                model, cfg.embedding_dim, eval_tensors(fit_on, src.train_pre) if fitted else None, src.train_pre,
+                cfg.embedding_colour, cfg.embedding_whiten, [s.label for s in fit_on])
         onnx_model, pre = onnx_input(exported, src.train_pre, cfg.input_dtype)
         example = torch.zeros(2, *pre.tensor_shape, dtype=torch.uint8 if pre.dtype == "uint8" else torch.float32)
         torch_to_onnx(onnx_model, (example,), stage.fp32, opset=cfg.opset,

@@ -209,7 +209,7 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
     return train(rcfg)
 
 
-def equal_step_schedule(rcfg: TrainConfig, per_real: float) -> dict:
+def _equal_step_schedule(rcfg: TrainConfig, per_real: float) -> dict:
     """Epochs and warm-up for a generated set ``per_real`` times CAS's size that keep CAS's optimiser
     steps: epochs / per_real (at least 1) and the warm-up's steps unchanged."""
     epochs = max(1, round(rcfg.epochs / per_real))
@@ -227,7 +227,7 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
     rcfg = recipe(clf_ckpt, data=str(data), out=str(folder / "run"), seed=cfg.seed, **base)
     if cfg.cas_equal_steps:  # every size-derived setting as CAS at 1x (the real split's size) would have it
         at_1x = resolve(rcfg, n_train=len(ds.split("train")))
-        rcfg = dataclasses.replace(at_1x, **equal_step_schedule(at_1x, cfg.cas_per_real))
+        rcfg = dataclasses.replace(at_1x, **_equal_step_schedule(at_1x, cfg.cas_per_real))
     m = _train_once(rcfg, train)
     cas = {"top1_generated_only": m["eval"]["top1"], "top1_real_recipe": real_top1,
            "n_generated_train": len(y_gen), "per_real": cfg.cas_per_real, "n_generated_val": len(y_gen_val),
