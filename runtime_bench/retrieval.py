@@ -2,9 +2,12 @@
 
     python -m skulens.bench.retrieval --data ../shared/datasets/grocery-store/dataset --out runs/retrieval
 
-Protocol. The embedding model is trained on the second half of the classes only (41 of
-Grocery's 81, as ``skulens.training.transfer_experiment``'s target half); the first 40 are new
-products. Galleries enrol k = 1, 5 or all train-split photos per product; queries are the
+Protocol. The embedding model is trained on half of the classes only (41 of Grocery's 81);
+the other 40 are new products. ``--new-classes first`` (the default) takes the first 40 ids as
+new, as ``skulens.training.transfer_experiment``'s source half: for Grocery that is every loose
+fruit (and 12 cartons), so the model never saw a fruit and must tell apple and citrus varieties
+apart from features learnt on packages and vegetables. ``--new-classes random:S`` draws the 40
+new products at random (numpy seed S), the case of a shop adding products like those it has. Galleries enrol k = 1, 5 or all train-split photos per product; queries are the
 test-split photos (other stores). Reported through the SDK (INT8 model, ProductGallery):
 
 - recall@1 / recall@5 on the 40 new products alone and on all 81 mixed (k = 1 and 5 are
@@ -73,6 +76,19 @@ def _pick(labels, classes, k, rng) -> np.ndarray:
         idx = np.flatnonzero(labels == c)
         out.append(idx if k is None or len(idx) <= k else rng.choice(idx, k, replace=False))
     return np.sort(np.concatenate(out))
+
+
+def class_split(spec: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(new, known) class ids: ``first`` -> the first n // 2 ids are new; ``random:S`` -> n // 2
+    ids drawn with numpy seed S."""
+    half = n_classes // 2
+    if spec == "first":
+        new = np.arange(half)
+    elif spec.startswith("random:") and spec[7:].isdigit():
+        new = np.sort(np.random.default_rng(int(spec[7:])).choice(n_classes, half, replace=False))
+    else:
+        raise ValueError(f"--new-classes must be 'first' or 'random:SEED' (e.g. random:0), got {spec!r}")
+    return new, np.setdiff1d(np.arange(n_classes), new)
 
 
 def retrieval_metrics(spec, train_emb, train_y, test_emb, test_y, test_logits, names, new, known,
@@ -151,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/retrieval", help="output folder (default: runs/retrieval)")
     p.add_argument("--checkpoint", default=None, help="a classifier already trained on the known half "
                    "(default: train efficientnet_lite0 on it here)")
+    p.add_argument("--new-classes", default="first", help="which half of the classes are new products: "
+                   "first (the first ids; Grocery: every loose fruit) or random:SEED")
     p.add_argument("--dims", default="0,256", help="embedding dims to export and compare (0: pooled features)")
     p.add_argument("--colours", default="0", help="colour-histogram weights to export and compare, e.g. 0,1 "
                    "(skulens export --embedding-colour; 0: the CNN features only)")
@@ -171,10 +189,17 @@ def main(argv=None) -> int:
         logging.getLogger(ours).setLevel(logging.INFO)
     out = Path(args.out)
     ds = load_dataset(args.data)
-    half = len(ds.classes) // 2
-    new, known = np.arange(half), np.arange(half, len(ds.classes))
+    try:
+        new, known = class_split(args.new_classes, len(ds.classes))
+    except ValueError as exc:
+        p.error(str(exc))
     known_data = write_split_lists(subset(ds, known), out / "data_known")
     ckpt = args.checkpoint
+    if ckpt is not None:  # a model trained on other classes would give figures for another protocol
+        from skulens.training.checkpoint import load_checkpoint
+
+        if list(load_checkpoint(ckpt)["labels"]) != [ds.classes[c] for c in known]:
+            p.error(f"{ckpt} was not trained on the known classes of --new-classes {args.new_classes}")
     if ckpt is None:
         from skulens.training import TrainConfig, train
 
@@ -188,6 +213,7 @@ def main(argv=None) -> int:
     suffix = "" if args.queries == "test" else f"_{args.queries}"  # of the result and cache files
     train_y, test_y = np.array([s.label for s in train_s]), np.array([s.label for s in test_s])
     summary = {"protocol": {"known_classes": len(known), "new_classes": len(new), "checkpoint": str(ckpt),
+                            "split": args.new_classes, "new_class_names": [ds.classes[c] for c in new],
                             "train_photos": len(train_s), "queries": args.queries,
                             f"{args.queries}_photos": len(test_s)}, "models": {}}
     variants = [(int(d), float(c), float(w)) for d in args.dims.split(",") if d for c in args.colours.split(",") if c

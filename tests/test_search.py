@@ -189,3 +189,20 @@ def test_retrieval_protocol_metrics_on_hand_made_embeddings():
     assert r["unknown_retrieval"]["auroc"] == pytest.approx(1.0)  # new products are far from the known ones
     assert _describe({"dim": 64, "source": "pooled"}) == "64-d pooled"
     assert _describe({"dim": 64, "source": "pooled", "colour": {"weight": 1.0}}) == "64-d pooled + colour x1"
+
+
+def test_retrieval_class_split():
+    """--new-classes: 'first' is the first half of the ids, 'random:S' a seeded half; both are
+    disjoint from the known half and cover every class; anything else is refused."""
+    from skulens.bench.retrieval import class_split
+
+    new, known = class_split("first", 81)
+    assert new.tolist() == list(range(40)) and known.tolist() == list(range(40, 81))
+    r0, k0 = class_split("random:0", 81)
+    assert len(r0) == 40 and not set(r0) & set(k0) and sorted([*r0, *k0]) == list(range(81))
+    assert class_split("random:0", 81)[0].tolist() == r0.tolist()            # the seed fixes the draw
+    assert class_split("random:1", 81)[0].tolist() != r0.tolist()
+    assert r0.tolist() != list(range(40))
+    for bad in ("random", "random:x", "last", ""):
+        with pytest.raises(ValueError, match="first' or 'random:SEED"):
+            class_split(bad, 81)
