@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reexport", action="store_true", help="export again even where the models exist")
+    p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the fp32 model of each full-dimension variant (--no-fp32: INT8 only, "
+                        "half the embedding time of a sweep)")
     p.add_argument("--queries", choices=("test", "val"), default="test",
                    help="split whose photos query the galleries: test (report) or val (choose a recipe)")
     args = p.parse_args(argv)
@@ -231,7 +234,7 @@ def main(argv=None) -> int:
                                                     input_size=args.input_size,
                                                     tta=args.tta, threads=args.threads))
         for tag, path in (("int8", report["int8"]["path"]), ("fp32", report["fp32"]["path"])):
-            if tag == "fp32" and dim != 0:
+            if tag == "fp32" and (dim != 0 or not args.fp32):
                 continue
             cache = out / f"embeddings_{name}_{tag}{suffix}.npz"  # reused while the model file is unchanged
             sha = report[tag]["sha256"]
