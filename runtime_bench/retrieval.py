@@ -196,17 +196,16 @@ def main(argv=None) -> int:
         new, known = class_split(args.new_classes, len(ds.classes))
     except ValueError as exc:
         p.error(str(exc))
-    known_data = write_split_lists(subset(ds, known), out / "data_known")
-    ckpt = args.checkpoint
-    if ckpt is not None:  # a model trained on other classes would give figures for another protocol
+    ckpt = Path(args.checkpoint or out / "train" / "best.pt")
+    if ckpt.is_file():  # a model of another split (or an --out reused for one) measures another protocol
         from skulens.training.checkpoint import load_checkpoint
 
         if list(load_checkpoint(ckpt)["labels"]) != [ds.classes[c] for c in known]:
             p.error(f"{ckpt} was not trained on the known classes of --new-classes {args.new_classes}")
-    if ckpt is None:
+    known_data = write_split_lists(subset(ds, known), out / "data_known")
+    if args.checkpoint is None:
         from skulens.training import TrainConfig, train
 
-        ckpt = out / "train" / "best.pt"
         if not ckpt.is_file():
             train(TrainConfig(data=str(known_data), out=str(ckpt.parent), model="efficientnet_lite0",
                               pretrained=True, seed=args.seed))

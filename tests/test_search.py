@@ -206,3 +206,16 @@ def test_retrieval_class_split():
     for bad in ("random", "random:x", "last", ""):
         with pytest.raises(ValueError, match="first' or 'random:SEED"):
             class_split(bad, 81)
+
+
+def test_retrieval_bench_refuses_a_model_of_another_split(tiny_run, grocery_subset, tmp_path, capsys):
+    """The bench measures a model trained on the known half only: a checkpoint that knows every
+    class (or another split's half) is refused before anything is written or exported."""
+    from skulens.bench.retrieval import main
+
+    out = tmp_path / "ret"
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(grocery_subset), "--out", str(out), "--checkpoint", str(tiny_run[0] / "best.pt")])
+    assert exc.value.code == 2
+    assert "was not trained on the known classes of --new-classes first" in capsys.readouterr().err
+    assert not out.exists()
