@@ -101,8 +101,7 @@ def fit_pca(model: nn.Module, tensors: torch.Tensor, dim: int) -> tuple[torch.Te
 def fit_wccn(model: nn.Module, tensors: torch.Tensor, labels, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean [F] and whitening map W [F, F] of the within-class covariance of the unit features of
     ``tensors`` (see the module docstring), and the number of classes with two or more images."""
-    f = _features(model, tensors)
-    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)                    # [N, F] unit features
+    f = _l2(_features(model, tensors))                                      # [N, F] unit features
     y = torch.as_tensor(np.asarray(labels))
     centred, classes = [], 0
     for c in torch.unique(y):

@@ -7,8 +7,9 @@ the other 40 are new products. ``--new-classes first`` (the default) takes the f
 new, as ``skulens.training.transfer_experiment``'s source half: for Grocery that is every loose
 fruit (and 12 cartons), so the model never saw a fruit and must tell apple and citrus varieties
 apart from features learnt on packages and vegetables. ``--new-classes random:S`` draws the 40
-new products at random (numpy seed S), the case of a shop adding products like those it has. Galleries enrol k = 1, 5 or all train-split photos per product; queries are the
-test-split photos (other stores). Reported through the SDK (INT8 model, ProductGallery):
+new products at random (numpy seed S), the case of a shop adding products like those it has.
+Galleries enrol k = 1, 5 or all train-split photos per product; queries are the test-split
+photos (other stores). Reported through the SDK (INT8 model, ProductGallery):
 
 - recall@1 / recall@5 on the 40 new products alone and on all 81 mixed (k = 1 and 5 are
   averaged over ``--draws`` random draws of the enrolled photos);
