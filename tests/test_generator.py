@@ -98,6 +98,44 @@ def test_gan_augment_hook_adds_synthetic_samples(gen_path, grocery_subset, tmp_p
     assert m["n_train"] == 48 and "eval" in m
 
 
+def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(gen_path, grocery_subset, tmp_path):
+    import torch
+
+    from skulens import PreprocessConfig
+    from skulens.training import AugmentConfig, TrainConfig, train
+    from skulens.training.config import TrainConfigError
+    from skulens.training.gan.augment_hook import GanAugment, SyntheticBatches
+
+    with ImageGenerator.from_path(gen_path) as g:
+        classes = list(g.labels)
+    hook = GanAugment(gen_path, classes, [0, 1, 1, 2], ratio=1.0, seed=0)
+    syn = SyntheticBatches(hook, PreprocessConfig(input_size=(16, 16)), AugmentConfig(), seed=0)
+    first = list(syn.epoch(0, batches=3, batch_size=2))
+    assert len(first) == 3 and all(tuple(x.shape) == (2, 3, 16, 16) and y.dtype == torch.int64 for x, y in first)
+    again = list(syn.epoch(0, batches=3, batch_size=2))  # a pure function of (seed, epoch): resume is exact
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not torch.equal(torch.cat([x for x, _ in first]), torch.cat([x for x, _ in syn.epoch(1, 3, 2)]))
+    with pytest.raises(ValueError, match="gan-augment-ratio"):
+        syn.epoch(0, batches=3, batch_size=0)
+
+    common = dict(data=str(grocery_subset), model="edge_resnet_tiny", epochs=2, input_size=16, batch_size=16,
+                  num_workers=0, threads=1, seed=0)
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), **common))
+    add = train(TrainConfig(out=str(tmp_path / "add"), gan_augment=str(gen_path), gan_augment_mode="add", **common))
+    mix = train(TrainConfig(out=str(tmp_path / "mix"), gan_augment=str(gen_path), **common))
+    from skulens.training.checkpoint import load_checkpoint
+
+    ck = {name: load_checkpoint(tmp_path / name / "best.pt") for name in ("plain", "add", "mix")}
+    steps = {name: c["scheduler"]["last_epoch"] for name, c in ck.items()}  # optimiser steps taken
+    assert add["n_train"] == plain["n_train"] == mix["n_train"] == 48
+    assert steps["add"] == steps["plain"] < steps["mix"]  # add: the real-only run's steps; mix: more per epoch
+    # the same real batches, and the synthetic images' loss on top: other weights
+    assert any(not torch.equal(ck["plain"]["model"][k], ck["add"]["model"][k]) for k in ck["plain"]["model"])
+    with pytest.raises(TrainConfigError, match="add does not combine"):
+        train(TrainConfig(out=str(tmp_path / "bad"), gan_augment=str(gen_path), gan_augment_mode="add",
+                          mix_prob=0.5, **common))
+
+
 def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     from skulens._dataset import load_dataset, subset, write_split_lists
     from skulens.training.gan import evaluate_gan

@@ -159,6 +159,10 @@ class TrainConfig:
                                           "(None = 2 x the input size)")
     gan_augment: str | None = option(None, "generator .onnx whose images are mixed into training (off by default)")
     gan_augment_ratio: float = option(1.0, "synthetic images per real image of each class, per epoch")
+    gan_augment_mode: Literal["mix", "add"] = option(
+        "mix", "mix = the synthetic images join the epoch's dataset (more steps per epoch, or fewer epochs at "
+               "equal steps); add = each real batch gets ratio x as many synthetic images beside it, their loss "
+               "added with a real image's weight (same steps and real batches as without --gan-augment)")
     augment: AugmentConfig = option(help="training augmentation (Python only)", default_factory=AugmentConfig)
     model_kwargs: dict = option(help="keyword arguments of the model builder (--model-kwargs JSON where offered)",
                                 default_factory=dict)

@@ -195,6 +195,8 @@ def train(cfg: TrainConfig) -> dict:
     device = _device(cfg, dctx)
     if cfg.balance and (dctx.enabled or cfg.gan_augment):
         raise TrainConfigError("--balance does not combine with torchrun or --gan-augment")
+    if cfg.gan_augment and cfg.gan_augment_mode == "add" and (cfg.teacher or cfg.mix_prob > 0 or dctx.enabled):
+        raise TrainConfigError("--gan-augment-mode add does not combine with --teacher, --mix-prob or torchrun")
     if cfg.teacher and cfg.mix_prob > 0:
         raise TrainConfigError("distillation (--teacher) and CutMix/MixUp (--mix-prob) do not combine")
     if cfg.patience and cfg.select == "last":
@@ -230,10 +232,12 @@ def train(cfg: TrainConfig) -> dict:
         images = load_images(train_samples, cache, progress=bar.update, preprocess=pre)  # decoded as the SDK will
         x_val = eval_tensors(val_samples, pre, progress=bar.update) if val_samples else torch.empty(0)
     y_val = torch.tensor([s.label for s in val_samples], dtype=torch.long)
-    extra = None
+    extra = synthetic = None
     if cfg.gan_augment:  # synthetic images from an exported generator (training/gan/augment_hook.py)
-        from .gan.augment_hook import GanAugment
+        from .gan.augment_hook import GanAugment, SyntheticBatches
         extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed)
+        if cfg.gan_augment_mode == "add":  # not in the dataset: a synthetic batch beside each real one
+            synthetic, extra = SyntheticBatches(extra, train_pre, cfg.augment, cfg.seed), None
     train_set = TrainSet(images, [s.label for s in train_samples], train_pre, cfg.augment, seed=cfg.seed, extra=extra)
     if teacher is not None:  # the teacher's logits for a fixed set of augmented views (inference: bf16 where native)
         train_set = teacher.prepare(train_set, cfg.num_workers, bf16=_bf16("auto"), progress=tqdm)
@@ -318,7 +322,12 @@ def train(cfg: TrainConfig) -> dict:
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
+        syn_batches = synthetic.epoch(epoch, steps, round(cfg.gan_augment_ratio * cfg.batch_size),
+                                      cfg.num_workers) if synthetic else None
         for batch in bar:                      # x [B, C, H, W] float32, y [B] (+ soft [B, K])
+            n_real = len(batch[1])
+            if syn_batches is not None:        # x [B + S, ...]: the real batch, then S synthetic images
+                batch = [torch.cat(pair) for pair in zip(batch, next(syn_batches))]
             x = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = batch[1].to(device, non_blocking=True)
             x, y_b, lam = _mix(x, y, cfg.mix_prob, mix_gen)
@@ -330,12 +339,14 @@ def train(cfg: TrainConfig) -> dict:
                                     criterion)
             else:
                 loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_b)
+                loss = loss * len(y) / n_real  # add mode: mean over the real images + (S / B) x over the synthetic
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
+            logits, y, y_b = logits[:n_real], y[:n_real], y_b[:n_real]  # logged: the real images only
             with torch.no_grad():  # logged without label smoothing or distillation: comparable with val_loss
                 ce = nn.functional.cross_entropy
                 loss_sum += (lam * ce(logits, y) + (1 - lam) * ce(logits, y_b)).item() * len(y)

@@ -6,6 +6,10 @@ knows (matched by label name), ``round(ratio * n_real)`` synthetic slots are add
 each slot draws one image from a pre-generated pool (``pool_factor`` x larger, fixed seeds) with
 the sample's own rng, so epochs see different synthetic images and results do not depend on
 the number of loader workers. The classical augmentation is applied to them as to real images.
+
+With ``--gan-augment-mode add`` the slots do not join the epoch's dataset: :class:`SyntheticBatches`
+draws a synthetic batch for every real batch, so the run keeps the optimiser steps and the real
+batches of a run without the generator, and the synthetic images' loss is added to the real one.
 """
 from __future__ import annotations
 
@@ -13,8 +17,12 @@ import logging
 from collections import Counter
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from skulens import GeneratorOptions, ImageGenerator
+
+from ..data import TrainSet
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +62,25 @@ class GanAugment:
         label = int(self.slot_labels[index])
         pool = self.pools[label]
         return pool[int(rng.integers(len(pool)))], label
+
+
+class SyntheticBatches:
+    """Batches of a :class:`GanAugment` hook's images, augmented as real ones, for ``add`` mode.
+
+    Each epoch draws ``batches x batch_size`` slots (whole permutations of the slots, then part of
+    one); the draws and the augmentation
+    are a pure function of (seed, epoch), so a resumed run continues exactly."""
+
+    def __init__(self, hook: GanAugment, preprocess, augment_cfg, seed: int = 0):
+        self.set = TrainSet([], [], preprocess, augment_cfg, seed=seed + 1, extra=hook)
+        self.seed = seed
+
+    def epoch(self, epoch: int, batches: int, batch_size: int, num_workers: int = 0):
+        """An iterator of ``batches`` pairs (x [S, C, H, W] float32, y [S] int64), S = ``batch_size``."""
+        if batch_size < 1 or not len(self.set):
+            raise ValueError(f"add mode needs synthetic images and a synthetic batch of >= 1 (got {batch_size}); "
+                             "raise --gan-augment-ratio")
+        self.set.epoch = epoch
+        draws = RandomSampler(self.set, replacement=False, num_samples=batches * batch_size,
+                              generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return iter(DataLoader(self.set, batch_size=batch_size, sampler=draws, num_workers=num_workers))

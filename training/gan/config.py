@@ -138,6 +138,10 @@ class GanEvalConfig:
     seeds: int = option(3, "training seeds per low-data arm (real only, real + GAN)")
     lowdata_epochs: int = option(60, "epochs of the real-only low-data arm")
     gan_ratio: float = option(1.0, "generated images per real image in the real + GAN arm")
+    gan_mode: Literal["mix", "add"] = option(
+        "mix", "how the real + GAN arm uses the generated images (skulens train --gan-augment-mode): mix = in the "
+               "epoch's dataset (with --equal-steps: fewer epochs, so fewer passes over the real photos); add = a "
+               "generated batch beside each real batch, the same epochs, steps and real batches as the real-only arm")
     equal_steps: bool = option(True, "give the real + GAN arm the same number of optimiser steps as the "
                                "real-only arm (fewer epochs) instead of the same number of epochs")
     fid: bool = option(True, "measure FID in the classifier's feature space (and its top-1 on generated images)")

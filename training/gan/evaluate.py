@@ -196,13 +196,18 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
     done = folder / "metrics.json"
     if done.is_file():
         m = json.loads(done.read_text())
+        defaults = TrainConfig(data=rcfg.data).to_dict()
 
         def settings(config: dict) -> dict:  # what decides the result, not how the run was started
+            config = {**defaults, **config}  # a field added since the run had its default then
             return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("resume", "exist_ok")}
 
         if "eval" in m and settings(m.get("config", {})) == settings(rcfg.to_dict()):
             log.info("%s: finished earlier, its figures are reused", folder)
             return m
+        if "eval" in m:  # resuming it would continue another configuration's run
+            raise GanConfigError(f"{folder} holds a finished run of other settings (another --lowdata-epochs, "
+                                 "--gan-ratio, classifier...): give another --out")
     if (folder / "last.pt").is_file():
         log.info("%s: resuming the interrupted run", folder)
         rcfg = dataclasses.replace(rcfg, resume=True)
@@ -256,16 +261,17 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     counts = Counter(s.label for s in low.split("train"))
     n_syn = sum(round(cfg.gan_ratio * n) for n in counts.values())
     epochs_gan = cfg.lowdata_epochs
-    if cfg.equal_steps:
+    if cfg.equal_steps and cfg.gan_mode == "mix":  # add mode keeps the real arm's steps by construction
         epochs_gan = max(1, round(cfg.lowdata_epochs * _steps(n_real, ref.batch_size)
                                   / _steps(n_real + n_syn, ref.batch_size)))
     arms = {"real_only": dict(epochs=cfg.lowdata_epochs),
             "real_plus_gan": dict(epochs=epochs_gan, gan_augment=cfg.lowdata_generator,
-                                  gan_augment_ratio=cfg.gan_ratio)}
+                                  gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode)}
     runs = {name: [] for name in arms}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for name, extra in arms.items():
-            rcfg = recipe(clf_ckpt, data=cfg.lowdata_data, out=str(out / "lowdata" / f"{name}_seed{seed}"),
+            folder = name + ("_add" if name == "real_plus_gan" and cfg.gan_mode == "add" else "")
+            rcfg = recipe(clf_ckpt, data=cfg.lowdata_data, out=str(out / "lowdata" / f"{folder}_seed{seed}"),
                           seed=seed, **{**base, **extra})
             m = _train_once(rcfg, train)
             runs[name].append({"seed": seed, "test_top1": m["eval"]["top1"], "epochs": rcfg.epochs,
@@ -280,7 +286,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     diffs = [100 * (b["test_top1"] - a["test_top1"]) for a, b in zip(runs["real_only"], runs["real_plus_gan"])]
     return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
-            "n_synthetic_per_epoch": n_syn, "gan_ratio": cfg.gan_ratio,
+            "n_synthetic_per_epoch": n_syn, "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode,
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
