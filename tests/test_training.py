@@ -100,7 +100,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
 
 
 def test_cutmix_mixup_keeps_shapes_and_label_weights():
-    from skulens.training.trainer import _mix
+    from skulens.training.losses import cutmix_or_mixup as _mix
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.arange(8)

@@ -40,7 +40,7 @@ from .checkpoint import (check_run_folder, load_checkpoint, remove_partial_write
 from .config import TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch
 from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
 from .distill import Teacher, distill_loss
-from .losses import GroupSmoothedCrossEntropy
+from .losses import GroupSmoothedCrossEntropy, cutmix_or_mixup
 from .models import create_model, list_models, preprocess_facts
 from .plots import confusion_matrix, save_confusion, save_curves
 
@@ -128,24 +128,6 @@ def _init_from(model, path) -> None:
     matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
     model.load_state_dict(matched, strict=False)
     log.info("init-from %s: %d/%d tensors copied", path, len(matched), len(own))
-
-
-def _mix(x, y, prob: float, gen: torch.Generator):
-    """With probability ``prob``: CutMix (a random box from a shuffled batch) or MixUp (a blend),
-    half the time each; returns (x, y_b, lam) for loss = lam*CE(y) + (1-lam)*CE(y_b)."""
-    if prob <= 0 or torch.rand(1, generator=gen).item() >= prob:
-        return x, y, 1.0
-    perm = torch.randperm(len(x), generator=gen)
-    lam = torch.rand(1, generator=gen).item()  # Beta(1, 1)
-    if torch.rand(1, generator=gen).item() < 0.5:  # MixUp
-        return lam * x + (1 - lam) * x[perm], y[perm], lam
-    h, w = x.shape[2:]
-    ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
-    cy, cx = torch.randint(h, (1,), generator=gen).item(), torch.randint(w, (1,), generator=gen).item()
-    y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    x = x.clone()
-    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-    return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 @torch.no_grad()
@@ -330,7 +312,7 @@ def train(cfg: TrainConfig) -> dict:
                 batch = [torch.cat(pair) for pair in zip(batch, next(syn_batches))]
             x = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = batch[1].to(device, non_blocking=True)
-            x, y_b, lam = _mix(x, y, cfg.mix_prob, mix_gen)
+            x, y_b, lam = cutmix_or_mixup(x, y, cfg.mix_prob, mix_gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(x)                # [B, K]
             logits = logits.float()
