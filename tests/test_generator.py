@@ -103,6 +103,7 @@ def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(ge
 
     from skulens import PreprocessConfig
     from skulens.training import AugmentConfig, TrainConfig, train
+    from skulens.training.checkpoint import load_checkpoint
     from skulens.training.config import TrainConfigError
     from skulens.training.gan.augment_hook import GanAugment, SyntheticBatches
 
@@ -123,8 +124,6 @@ def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(ge
     plain = train(TrainConfig(out=str(tmp_path / "plain"), **common))
     add = train(TrainConfig(out=str(tmp_path / "add"), gan_augment=str(gen_path), gan_augment_mode="add", **common))
     mix = train(TrainConfig(out=str(tmp_path / "mix"), gan_augment=str(gen_path), **common))
-    from skulens.training.checkpoint import load_checkpoint
-
     ck = {name: load_checkpoint(tmp_path / name / "best.pt") for name in ("plain", "add", "mix")}
     steps = {name: c["scheduler"]["last_epoch"] for name, c in ck.items()}  # optimiser steps taken
     assert add["n_train"] == plain["n_train"] == mix["n_train"] == 48
@@ -134,6 +133,26 @@ def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(ge
     with pytest.raises(TrainConfigError, match="add does not combine"):
         train(TrainConfig(out=str(tmp_path / "bad"), gan_augment=str(gen_path), gan_augment_mode="add",
                           mix_prob=0.5, **common))
+
+
+def test_gan_eval_reuses_a_finished_run_of_the_same_settings_and_refuses_another(tmp_path):
+    from skulens.training import TrainConfig
+    from skulens.training.gan.config import GanConfigError
+    from skulens.training.gan.evaluate import _train_once
+
+    cfg = TrainConfig(data="d", out=str(tmp_path / "run"), epochs=60, gan_augment="g.onnx")
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "gan_augment_mode"}  # written before the field existed
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"eval": {"top1": 0.5}, "config": stored}))
+
+    def never(_):
+        raise AssertionError("trained again")
+
+    assert _train_once(cfg, never)["eval"]["top1"] == 0.5
+    with pytest.raises(GanConfigError, match="finished run of other settings"):
+        _train_once(dataclasses.replace(cfg, epochs=30), never)
+    with pytest.raises(GanConfigError, match="finished run of other settings"):
+        _train_once(dataclasses.replace(cfg, gan_augment_mode="add"), never)
 
 
 def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):

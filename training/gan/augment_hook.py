@@ -68,12 +68,14 @@ class SyntheticBatches:
     """Batches of a :class:`GanAugment` hook's images, augmented as real ones, for ``add`` mode.
 
     Each epoch draws ``batches x batch_size`` slots (whole permutations of the slots, then part of
-    one); the draws and the augmentation
-    are a pure function of (seed, epoch), so a resumed run continues exactly."""
+    one); the draws and the augmentation are a pure function of (seed, epoch), so a resumed run
+    continues exactly."""
 
     def __init__(self, hook: GanAugment, preprocess, augment_cfg, seed: int = 0):
         self.set = TrainSet([], [], preprocess, augment_cfg, seed=seed + 1, extra=hook)
         self.seed = seed
+        log.info("gan-augment add mode: a batch of synthetic images beside each real batch, drawn from %d slots",
+                 len(hook))
 
     def epoch(self, epoch: int, batches: int, batch_size: int, num_workers: int = 0):
         """An iterator of ``batches`` pairs (x [S, C, H, W] float32, y [S] int64), S = ``batch_size``."""

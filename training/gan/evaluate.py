@@ -190,8 +190,8 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
 
 def _train_once(rcfg: TrainConfig, train) -> dict:
     """``train(rcfg)``, where an interrupted evaluation left it: a finished run of the same
-    config (its metrics.json has the test figures) is read back, a run with a last.pt is resumed,
-    else trained afresh."""
+    config (its metrics.json has the test figures) is read back, a finished run of another config
+    is refused (GanConfigError), a run with a last.pt is resumed, else trained afresh."""
     folder = Path(rcfg.out)
     done = folder / "metrics.json"
     if done.is_file():
