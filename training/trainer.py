@@ -304,7 +304,8 @@ def train(cfg: TrainConfig) -> dict:
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
-        syn_batches = synthetic.epoch(epoch, steps, round(cfg.gan_augment_ratio * cfg.batch_size),
+        # ratio x the real batch: batch_size, or the whole set where it is smaller (one batch, none dropped)
+        syn_batches = synthetic.epoch(epoch, steps, round(cfg.gan_augment_ratio * min(cfg.batch_size, len(train_set))),
                                       cfg.num_workers) if synthetic else None
         for batch in bar:                      # x [B, C, H, W] float32, y [B] (+ soft [B, K])
             n_real = len(batch[1])
