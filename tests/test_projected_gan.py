@@ -178,3 +178,46 @@ def test_kid_is_unbiased_and_sees_a_shift():
     same, _ = kernel_distance(a, b, subsets=20, subset_size=300)
     shifted, _ = kernel_distance(a, b + 0.5, subsets=20, subset_size=300)
     assert abs(same) < 0.02 < shifted
+
+
+def test_mode_seeking_in_imagenet_features_pushes_a_pair_apart_where_the_network_looks():
+    """--mode-seeking-space features: the MSGAN term measured as the cosine distance of the frozen
+    network's pooled features. Minimising it on a tiny generator makes two latents of one class
+    look more different *to the ImageNet network*; the pixel form is another loss on the same
+    images; the tail is built (without guidance) only where this asks for it."""
+    from skulens.training.gan.models import Generator
+    from skulens.training.gan.projected import pooled_features
+    from skulens.training.gan.trainer import mode_seeking_loss
+
+    with pytest.raises(GanConfigError, match="features needs the projected discriminator"):
+        GanConfig(data="x", discriminator="dcgan", mode_seeking_space="features")
+    with pytest.raises(ValueError, match="without the pooled features"):
+        ProjectedDiscriminator(3, 32, pretrained=False).scores_logits_pooled(torch.zeros(1, 3, 32, 32),
+                                                                             torch.tensor([0]), pooled=True)
+    torch.manual_seed(0)
+    d = ProjectedDiscriminator(num_classes=3, image_size=32, feature_size=128, pooled=True)
+    assert d.classifier is None and d.features.tail is not None
+    G = Generator(num_classes=3, z_dim=16, embed_dim=8, image_size=32, width=32)
+    z, y = torch.randn(8, 16), torch.tensor([0, 1, 2, 0] * 2)      # pairs (i, i + 4) share a class
+
+    def feature_distance() -> float:
+        with torch.no_grad():
+            x = ((G(z, y).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            f = pooled_features(d, x)
+        return float((1 - torch.nn.functional.cosine_similarity(f[:4], f[4:], dim=1)).mean())
+
+    fake = G(z, y)
+    _, logits, feats = d.scores_logits_pooled(fake, y, pooled=True)
+    assert logits is None and feats.shape == (8, 1280)
+    by_features, by_pixels = mode_seeking_loss(1.0, fake, z, feats), mode_seeking_loss(1.0, fake, z)
+    assert by_features > 0 and by_pixels > 0 and not torch.isclose(by_features, by_pixels)
+    assert float(mode_seeking_loss(0.0, fake, z, feats)) == 0.0
+    before = feature_distance()
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+    for _ in range(15):
+        fake = G(z, y)
+        loss = mode_seeking_loss(1.0, fake, z, d.scores_logits_pooled(fake, y, pooled=True)[2])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert feature_distance() > 2 * before, (before, feature_distance())

@@ -54,6 +54,10 @@ class GanConfig:
     beta2: float = option(0.999, "Adam beta2 of both optimisers")
     ema_decay: float = option(0.999, "decay of the generator's moving average (the exported generator), in [0, 1)")
     mode_seeking: float = option(1.0, "MSGAN mode-seeking weight against intra-class mode collapse (0 = off)")
+    mode_seeking_space: Literal["pixels", "features"] = option(
+        "pixels", "where mode seeking measures how far apart two images of one class are: pixels (MSGAN's L1 "
+                  "distance) or features (cosine distance of the frozen ImageNet network's pooled features, the "
+                  "space the within-class spread is measured in; projected discriminator only)")
     diffaug: str = option("color,translation,cutout", "comma-separated DiffAugment policies applied to real "
                           f"and generated images, from {', '.join(DIFFAUG_POLICIES)} (\"\" = none)")
     hflip: bool = option(True, "random horizontal flips of the real images")
@@ -91,6 +95,10 @@ class GanConfig:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         if self.mode_seeking < 0:
             problems.append(f"mode_seeking must be >= 0, got {self.mode_seeking}")
+        if self.mode_seeking_space not in ("pixels", "features"):
+            problems.append(f"mode_seeking_space must be pixels or features, got {self.mode_seeking_space!r}")
+        if self.mode_seeking_space == "features" and self.discriminator == "dcgan":
+            problems.append("mode_seeking_space features needs the projected discriminator (its ImageNet features)")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         unknown = [p for p in self.policies if p not in DIFFAUG_POLICIES]

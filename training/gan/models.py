@@ -117,9 +117,11 @@ def disc_kwargs(cfg, num_classes: int) -> dict:
     """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`)."""
     base = {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.resolved_discriminator() == "projected":
-        guidance = {"guidance": True} if cfg.class_guidance > 0 else {}  # absent when off: older checkpoints match
+        # keys absent when off, so older checkpoints match
+        guidance = {"guidance": True} if cfg.class_guidance > 0 else {}
+        pooled = {"pooled": True} if cfg.mode_seeking > 0 and cfg.mode_seeking_space == "features" else {}
         return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed,
-                "pixel_width": cfg.pixel_d_width, **guidance}
+                "pixel_width": cfg.pixel_d_width, **guidance, **pooled}
     return {"arch": "dcgan", **base, "width": cfg.d_width}
 
 

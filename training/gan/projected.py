@@ -132,14 +132,16 @@ class ProjectedDiscriminator(nn.Module):
     """(images [B, 3, S, S] in [-1, 1], label [B]) -> scores [B, n_scores] (hinge loss)."""
 
     def __init__(self, num_classes: int, image_size: int = 64, channels: int = 3, feature_size: int = 128,
-                 projection_seed: int = 0, pixel_width: int = 0, guidance: bool = False, pretrained: bool = True):
+                 projection_seed: int = 0, pixel_width: int = 0, guidance: bool = False, pooled: bool = False,
+                 pretrained: bool = True):
         super().__init__()
         if channels != 3:
             raise ValueError("the projected discriminator looks through an RGB ImageNet network: channels must be 3")
         if feature_size % 32 or feature_size < 128:
             raise ValueError(f"feature_size must be a multiple of 32 and >= 128, got {feature_size}")
         self.image_size, self.feature_size = image_size, feature_size
-        self.features = FrozenLiteFeatures(pretrained, pooled=guidance)
+        # the network's tail (to the pooled 1280-d features): for guidance and feature-space mode seeking
+        self.features = FrozenLiteFeatures(pretrained, pooled=guidance or pooled)
         self.classifier = None
         if guidance:  # frozen; its weights come from fit_guidance (and are saved with the discriminator)
             self.classifier = nn.Linear(1280, num_classes).requires_grad_(False)
@@ -159,12 +161,22 @@ class ProjectedDiscriminator(nn.Module):
     def scores_and_logits(self, x, label, logits: bool = True) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         """-> (the scores of :meth:`forward`, the guidance classifier's logits [B, K]; None without
         guidance or with ``logits=False``, which skips the network's tail)."""
+        scores, logits, _ = self.scores_logits_pooled(x, label, logits=logits)
+        return scores, logits
+
+    def scores_logits_pooled(self, x, label, logits: bool = True, pooled: bool = False):
+        """-> (scores, guidance logits [B, K] or None, the frozen network's pooled features [B, 1280]
+        or None). The tail runs only where logits (with guidance) or ``pooled`` are asked for."""
         pixel = (self.pixel(x, label),) if self.pixel is not None else ()
-        want = logits and self.classifier is not None
-        feats, pooled = self.features(self.resize(x), pooled=want)
+        want_logits = logits and self.classifier is not None
+        want_pooled = want_logits or pooled
+        if want_pooled and self.features.tail is None:
+            raise ValueError("this discriminator was built without the pooled features (guidance or pooled=True)")
+        feats, feat_pooled = self.features(self.resize(x), pooled=want_pooled)
         maps = self.project(feats)
-        logits = self.classifier(pooled) if want else None
-        return (torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1),) + pixel, logits
+        out_logits = self.classifier(feat_pooled) if want_logits else None
+        scores = (torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1),) + pixel
+        return scores, out_logits, (feat_pooled if pooled else None)
 
     def resize(self, x):  # [B, 3, S, S] -> [B, 3, F, F], the frozen network's input
         if x.shape[-1] == self.feature_size:

@@ -29,7 +29,7 @@ from skulens.internal import atomic_write, cpu_seconds, make_grid, write_png
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..trainer import _bf16
-from .config import GanConfig
+from .config import GanConfig, GanConfigError
 from .data import RealImages, load_real, parse_classes, select_classes
 from .diffaug import diff_augment
 from .models import EMA, Generator, build_discriminator, disc_kwargs, gen_kwargs, standing_stats
@@ -92,6 +92,24 @@ def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
         torch.set_num_threads(threads_before)
 
 
+
+def mode_seeking_loss(weight: float, fake: torch.Tensor, z: torch.Tensor,
+                      features: torch.Tensor | None = None) -> torch.Tensor:
+    """MSGAN (Mao et al. 2019) against intra-class mode collapse: ``weight / mean(d(G(z1, c), G(z2, c))
+    / d(z1, z2))`` over the pairs (i, i + half) of a batch whose two halves share their classes.
+    d(z1, z2): mean absolute difference of the latents. d(images): the mean absolute pixel difference
+    of ``fake`` [B, C, S, S], or, given ``features`` [B, F] of the same images, their cosine distance
+    (diverse in what an ImageNet network sees, not only in colour and position). 0 when weight is 0."""
+    if weight <= 0:
+        return torch.zeros(())
+    half = len(z) // 2
+    if features is not None:
+        d_img = 1 - F.cosine_similarity(features[:half], features[half:2 * half], dim=1)   # [half]
+    else:
+        d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))                # [half]
+    d_z = (z[:half] - z[half:2 * half]).abs().mean(dim=1)                                   # [half]
+    return weight / ((d_img / d_z).mean() + 1e-5)
+
 def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -128,14 +146,22 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
 
     guided = cfg.class_guidance > 0
+    ms_features = cfg.mode_seeking > 0 and cfg.mode_seeking_space == "features"
+    if ms_features and dk["arch"] != "projected":
+        raise GanConfigError("mode_seeking_space features needs the projected discriminator (pretrained extra)")
 
-    def disc(x, y, logits: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """-> float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K]
-        (only with ``logits`` and guidance on) or None"""
+    def disc(x, y, logits: bool = False, pooled: bool = False):
+        """-> (float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K]
+        (only with ``logits`` and guidance on) or None, pooled ImageNet features [B, 1280] (only with
+        ``pooled``) or None)"""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            scores, logits = D.scores_and_logits(x, y) if guided and logits else (D(x, y), None)
+            if (guided and logits) or pooled:
+                scores, logits, feats = D.scores_logits_pooled(x, y, logits=guided and logits, pooled=pooled)
+            else:
+                scores, logits, feats = D(x, y), None, None
         scores = scores if isinstance(scores, tuple) else (scores,)
-        return [s.float() for s in scores], (logits.float() if logits is not None else None)
+        return ([s.float() for s in scores], logits.float() if logits is not None else None,
+                feats.float() if feats is not None else None)
     rng = torch.Generator().manual_seed(cfg.seed)
     grid_ids = parse_classes(cfg.grid_classes, real.classes)[:64] if cfg.grid_classes else list(range(min(k, 10)))
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -201,7 +227,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # discriminator: hinge loss on augmented real and fake (one forward pass)
             for p in d_params:
                 p.requires_grad_(True)
-            scores, _ = disc(torch.cat([diff_augment(x_real, policies, rng),
+            scores, _, _ = disc(torch.cat([diff_augment(x_real, policies, rng),
                                   diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
             # hinge per branch, summed over branches (projected heads and the pixel discriminator)
             loss_d = sum(F.relu(1 - s[:cfg.batch_size]).mean() + F.relu(1 + s[cfg.batch_size:]).mean() for s in scores)
@@ -214,17 +240,13 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in d_params:
                 p.requires_grad_(False)
-            scores, logits = disc(diff_augment(fake, policies, rng), y_fake, logits=True)
+            scores, logits, pooled = disc(diff_augment(fake, policies, rng), y_fake, logits=True, pooled=ms_features)
             loss_g = -sum(s.mean() for s in scores)
             loss_cls, fake_top1 = torch.zeros(()), torch.zeros(())
             if logits is not None:  # classifier guidance: the frozen classifier should name the class
                 loss_cls = F.cross_entropy(logits, y_fake)
                 fake_top1 = (logits.argmax(1) == y_fake).float().mean()
-            loss_ms = torch.zeros(())
-            if cfg.mode_seeking > 0:  # MSGAN (Mao et al. 2019): penalise G(z1, c) ~= G(z2, c)
-                d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))
-                d_z = (z[:half] - z[half:2 * half]).abs().mean(dim=1)
-                loss_ms = cfg.mode_seeking / ((d_img / d_z).mean() + 1e-5)
+            loss_ms = mode_seeking_loss(cfg.mode_seeking, fake, z, pooled if ms_features else None)
             opt_g.zero_grad(set_to_none=True)
             (loss_g + loss_ms + cfg.class_guidance * loss_cls).backward()
             opt_g.step()
