@@ -19,7 +19,7 @@ def register(sub) -> None:
     add_dataclass_flags(t, GanConfig)
     t.set_defaults(func=_gan_train)
     e = gsub.add_parser("eval", help="FID (classifier features), CAS, low-data augmentation, latency "
-                        "-> gan_eval.json + gan_eval.png")
+                        "-> gan_eval.json + gan_eval.png (gan_eval_add.* with --gan-mode add)")
     add_dataclass_flags(e, GanEvalConfig, positional=("generator",))
     e.set_defaults(func=_gan_eval)
 

@@ -211,3 +211,25 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert stream["cas"]["equal_steps"] and stream["cas"]["epochs"] == 1 == twice["cas"]["epochs"] // 2
     run = json.loads((tmp_path / "eval" / "cas_x2_equal_steps" / "run" / "metrics.json").read_text())
     assert len(run["history"]) == 1 and run["n_train"] == 96
+    # the low-data arm in add mode, into the same folder: its own summary beside the mix one, which stays;
+    # it counts the generated images it draws (a batch beside each real batch), not mix's slots
+    mix_summary = (tmp_path / "eval" / "gan_eval.json").read_bytes()
+    add = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False, cas=False, gan_mode="add"))
+    assert (tmp_path / "eval" / "gan_eval.json").read_bytes() == mix_summary
+    add_summary = json.loads((tmp_path / "eval" / "gan_eval_add.json").read_text())
+    assert add_summary["lowdata"]["arms"] == add["lowdata"]["arms"]
+    assert (tmp_path / "eval" / "gan_eval_add.png").stat().st_size > 1000
+    assert add["lowdata"]["gan_mode"] == "add"
+    assert add["lowdata"]["arms"]["real_only"] == saved["lowdata"]["arms"]["real_only"]  # shared, not retrained
+    assert add["lowdata"]["n_synthetic_per_epoch"] == saved["lowdata"]["n_synthetic_per_epoch"] == 12
+
+
+def test_gan_eval_counts_the_generated_images_each_mode_draws():
+    from skulens.training.gan.evaluate import synthetic_per_epoch
+
+    # 405 photos in batches of 32: mix adds a slot per photo; add draws 12 batches of 32 (the last real
+    # batch is dropped), 384
+    counts = [5] * 81
+    assert synthetic_per_epoch("mix", counts, 1.0, 32) == 405 and synthetic_per_epoch("add", counts, 1.0, 32) == 384
+    assert synthetic_per_epoch("mix", counts, 0.5, 32) == 81 * 2 and synthetic_per_epoch("add", counts, 0.5, 32) == 192
+    assert synthetic_per_epoch("add", [3, 4], 2.0, 32) == 14  # fewer photos than a batch: one batch of them

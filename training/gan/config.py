@@ -137,7 +137,8 @@ class GanEvalConfig:
         "imagenet", "FID/KID features: the fixed ImageNet EfficientNet-Lite0 (pretrained extra) or --classifier's")
     sample_classes: str | None = option(None, "comma-separated classes of the real-vs-generated sample grid "
                                         "(unset: the first 10)")
-    out: str = option("runs/gan_eval", "folder for gan_eval.json, gan_eval.png and the runs it trains")
+    out: str = option("runs/gan_eval", "folder for gan_eval.json, gan_eval.png (gan_eval_add.* for the low-data "
+                      "arm with --gan-mode add) and the runs it trains")
     int8: str | None = option(None, "the INT8 generator to time; unset: <generator>.int8.onnx or "
                               ".int8.rejected.onnx beside it")
     lowdata_data: str | None = option(None, "a low-data subset of --data for the augmentation experiment "

@@ -1,4 +1,5 @@
-"""What does the GAN buy the classifier? ``skulens gan eval`` -> gan_eval.json + gan_eval.png.
+"""What does the GAN buy the classifier? ``skulens gan eval`` -> gan_eval.json + gan_eval.png
+(gan_eval_add.* when the low-data arm runs with ``--gan-mode add``).
 
 1. FID in the classifier's feature space (see :mod:`skulens.training.gan.metrics`): generated images
    (as many per class as the real train split has, fixed seeds) vs real test, beside real
@@ -137,6 +138,15 @@ def _steps(n: int, batch: int) -> int:
     return n // batch if n > batch else 1  # the trainer drops the last batch when n > batch
 
 
+def synthetic_per_epoch(mode: str, counts, ratio: float, batch: int) -> int:
+    """Generated images a real + GAN run draws per epoch from real per-class ``counts``: mix, one per
+    slot (round(ratio * count) a class); add, a batch of round(ratio * real batch) per real batch."""
+    if mode == "add":
+        n = sum(counts)
+        return _steps(n, batch) * round(ratio * min(batch, n))
+    return sum(round(ratio * c) for c in counts)
+
+
 def evaluate_gan(cfg: GanEvalConfig) -> dict:
     from ..trainer import train
 
@@ -163,7 +173,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
         result["classifier_on_real_test_top1"] = float((l_te.argmax(1) == y_test).mean())
     if cfg.fid:
         result.update(_fid(cfg, ds, train_s, test_s, size, clf))
-        _save(out, result)
+        _save(out, result, summary_name(cfg))
 
     base_overrides = dict(threads=cfg.threads or 1, num_workers=0, resume=False, gan_augment=None)
     if cfg.cas:
@@ -175,15 +185,15 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
                                                                     for c in range(len(ds.classes))}, cfg.seed + 1)
         result["cas"] = _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base_overrides, train,
                              real_top1=result["classifier_on_real_test_top1"])
-        _save(out, result)
+        _save(out, result, summary_name(cfg))
     if cfg.lowdata_data:
         result["lowdata"] = _lowdata(cfg, clf_ckpt, out, base_overrides, train)
-        _save(out, result)
+        _save(out, result, summary_name(cfg))
     if cfg.latency:
         result["latency"] = _latency(cfg)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    _save(out, result)
-    _plot(out, result)
+    _save(out, result, summary_name(cfg))
+    _plot(out, result, summary_name(cfg))
     _samples(out, ds, test_s, cfg)
     return result
 
@@ -259,7 +269,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
         seen = (g.metadata.metrics.get("training") or {}).get("n_train")
     ref = recipe(clf_ckpt, data=cfg.lowdata_data, **base)
     counts = Counter(s.label for s in low.split("train"))
-    n_syn = sum(round(cfg.gan_ratio * n) for n in counts.values())
+    n_syn = synthetic_per_epoch("mix", counts.values(), cfg.gan_ratio, ref.batch_size)
     epochs_gan = cfg.lowdata_epochs
     if cfg.equal_steps and cfg.gan_mode == "mix":  # add mode keeps the real arm's steps by construction
         epochs_gan = max(1, round(cfg.lowdata_epochs * _steps(n_real, ref.batch_size)
@@ -286,7 +296,8 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     diffs = [100 * (b["test_top1"] - a["test_top1"]) for a, b in zip(runs["real_only"], runs["real_plus_gan"])]
     return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
-            "n_synthetic_per_epoch": n_syn, "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode,
+            "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio,
+                                                         ref.batch_size), "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode,
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
@@ -321,11 +332,16 @@ def _latency(cfg) -> dict:
     return res
 
 
-def _save(out: Path, result: dict) -> None:
-    atomic_write(out / "gan_eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+def summary_name(cfg: GanEvalConfig) -> str:
+    """gan_eval, or gan_eval_add for the low-data arm in add mode (both modes can share one --out)."""
+    return "gan_eval_add" if cfg.lowdata_data and cfg.gan_mode == "add" else "gan_eval"
 
 
-def _plot(out: Path, r: dict) -> None:
+def _save(out: Path, result: dict, name: str) -> None:
+    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+
+
+def _plot(out: Path, r: dict, name: str) -> None:
     from ..plots import _plt
 
     plt = _plt()
@@ -361,7 +377,7 @@ def _plot(out: Path, r: dict) -> None:
         axes[3].set(title="generator latency (SDK, 1 thread)", ylabel="ms")
         axes[3].legend()
     fig.tight_layout()
-    atomic_write(out / "gan_eval.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
