@@ -17,7 +17,8 @@ photos (other stores). Reported through the SDK (INT8 model, ProductGallery):
   AUROC of the top similarity (known test photos vs new ones), and at the gallery's own
   calibrated threshold (``ProductGallery.calibrate``, never the test split) the precision of the
   accepted answers and the known-class accuracy kept; the same for the classifier's softmax
-  with its validation-calibrated threshold.
+  with its validation-calibrated threshold; and the AUROC of other unknown scores (nearest
+  photo, margin, logits, energy, Mahalanobis; :mod:`._unknown_scores`).
 
 ``--queries val`` queries with the validation split's photos instead (Grocery: 145 photos of 29
 of the new products, 151 of 31 known ones), to choose a recipe without looking at the test
@@ -37,6 +38,7 @@ from skulens import ClassifierOptions, ImageClassifier, ProductGallery, load_dat
 from skulens.internal import atomic_write, auroc, selective_report, softmax, subset, write_split_lists
 
 from ._files import write_result_files
+from ._unknown_scores import unknown_score_aurocs
 
 log = logging.getLogger("skulens.bench.retrieval")  # also when run as __main__
 
@@ -130,6 +132,8 @@ def retrieval_metrics(spec, train_emb, train_y, test_emb, test_y, test_logits, n
                                  "known_accuracy_no_threshold": float(cls_correct[is_known].mean()),
                                  "known_accuracy_kept": selective_report(p.max(1)[is_known], cls_correct[is_known],
                                                                          t)["accuracy_kept"]}
+    # other unknown scores, AUROC only (enrolled: every known photo, as the rejection gallery above)
+    res["unknown_scores_auroc"] = unknown_score_aurocs(train_emb, train_y, test_emb, test_y, test_logits, known)
     return res
 
 
@@ -157,6 +161,12 @@ def _markdown(summary) -> str:
             prec = "-" if at["precision"] is None else f"{at['precision']:.3f}"
             lines.append(f"| {name} | {key.split('_')[1]} | {u['auroc']:.3f} | {thr} | {prec} | {at['coverage']:.3f} | "
                          f"{u['known_accuracy_kept']:.3f} ({u['known_accuracy_no_threshold']:.3f}) |")
+    scores = [name for name, r in summary["models"].items() if "unknown_scores_auroc" in r]
+    if scores:  # the other unknown scores: one row per score, one column per model
+        lines += ["", "| unknown score (AUROC) | " + " | ".join(scores) + " |", "|---|" + "---|" * len(scores)]
+        for key in summary["models"][scores[0]]["unknown_scores_auroc"]:
+            lines.append(f"| {key} | " + " | ".join(f"{summary['models'][m]['unknown_scores_auroc'][key]:.3f}"
+                                                    for m in scores) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -187,8 +187,42 @@ def test_retrieval_protocol_metrics_on_hand_made_embeddings():
     assert r["new_products"]["5"]["recall@5"] == 1.0 and r["new_products"]["5"]["draws"] == 3
     assert r["all_products"]["all"]["recall@1"] == pytest.approx(5 / 6) and r["all_products"]["all"]["draws"] == 1
     assert r["unknown_retrieval"]["auroc"] == pytest.approx(1.0)  # new products are far from the known ones
+    other = r["unknown_scores_auroc"]
+    assert other["gallery_similarity"] == pytest.approx(r["unknown_retrieval"]["auroc"])  # the same rule twice
+    assert other["nearest_photo"] == pytest.approx(1.0) and other["softmax"] == pytest.approx(
+        r["unknown_classifier"]["auroc"])
+    assert all(0 <= v <= 1 for v in other.values()) and len(other) == 11
     assert _describe({"dim": 64, "source": "pooled"}) == "64-d pooled"
     assert _describe({"dim": 64, "source": "pooled", "colour": {"weight": 1.0}}) == "64-d pooled + colour x1"
+
+
+def test_mahalanobis_unknown_score_discounts_the_directions_products_vary_in():
+    """Known products vary a lot along one direction (light, say) and little along another; a new
+    product differs from a known one a little along the second. By cosine the new product's photos
+    are nearer their neighbour than the known products' own test photos taken in other light, so the
+    gallery's similarity ranks them backwards; the Mahalanobis score, which measures distance in
+    units of the within-product spread, ranks them right."""
+    from skulens.bench._unknown_scores import unknown_score_aurocs
+
+    rng = np.random.default_rng(0)
+    dim, known = 8, np.arange(3)
+    centres = np.zeros((3, dim))
+    centres[np.arange(3), np.arange(3) + 2] = 1.0                     # products along dims 2..4
+
+    def photos(c, n, light, shift=0.0):                              # light: dim 0; shift: dim 1
+        v = np.repeat(centres[c][None], n, 0) + 0.01 * rng.standard_normal((n, dim))
+        v[:, 0] += light * rng.standard_normal(n)
+        v[:, 1] += shift
+        return v.astype(np.float32)
+
+    train = np.concatenate([photos(c, 40, 0.4) for c in known])
+    train_y = np.repeat(known, 40)
+    test = np.concatenate([photos(c, 20, 0.6) for c in known] + [photos(0, 20, 0.0, shift=0.15)])
+    test_y = np.r_[np.repeat(known, 20), np.full(20, 3)]                # class 3: the new product
+    logits = np.zeros((len(test), 3), np.float32)
+    a = unknown_score_aurocs(train, train_y, test, test_y, logits, known, pca_dim=dim, shrinkage=1e-3)
+    assert a["gallery_similarity"] < 0.5 < 0.95 < a["mahalanobis"], a
+    assert a["softmax"] == pytest.approx(0.5)  # constant logits cannot tell
 
 
 def test_retrieval_class_split():
