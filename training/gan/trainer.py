@@ -92,7 +92,6 @@ def train_gan(cfg: GanConfig, real: RealImages | None = None) -> dict:
         torch.set_num_threads(threads_before)
 
 
-
 def mode_seeking_loss(weight: float, fake: torch.Tensor, z: torch.Tensor,
                       features: torch.Tensor | None = None) -> torch.Tensor:
     """MSGAN (Mao et al. 2019) against intra-class mode collapse: ``weight / mean(d(G(z1, c), G(z2, c))
@@ -109,6 +108,7 @@ def mode_seeking_loss(weight: float, fake: torch.Tensor, z: torch.Tensor,
         d_img = (fake[:half] - fake[half:2 * half]).abs().mean(dim=(1, 2, 3))                # [half]
     d_z = (z[:half] - z[half:2 * half]).abs().mean(dim=1)                                   # [half]
     return weight / ((d_img / d_z).mean() + 1e-5)
+
 
 def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     t_start = time.perf_counter()
@@ -228,7 +228,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             for p in d_params:
                 p.requires_grad_(True)
             scores, _, _ = disc(torch.cat([diff_augment(x_real, policies, rng),
-                                  diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
+                                           diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
             # hinge per branch, summed over branches (projected heads and the pixel discriminator)
             loss_d = sum(F.relu(1 - s[:cfg.batch_size]).mean() + F.relu(1 + s[cfg.batch_size:]).mean() for s in scores)
             d_real = torch.stack([s[:cfg.batch_size].mean() for s in scores])
