@@ -296,8 +296,8 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     diffs = [100 * (b["test_top1"] - a["test_top1"]) for a, b in zip(runs["real_only"], runs["real_plus_gan"])]
     return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
-            "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio,
-                                                         ref.batch_size), "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode,
+            "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio, ref.batch_size),
+            "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode,
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
