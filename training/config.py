@@ -209,6 +209,12 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return n_train // batch_size if n_train > batch_size else 1
 
 
+def synthetic_batch_size(ratio: float, batch_size: int, n_train: int) -> int:
+    """Generated images beside each real batch in ``--gan-augment-mode add``: ``ratio`` x the real
+    batch (``batch_size``, or the whole set where it is smaller: one batch, none dropped)."""
+    return round(ratio * min(batch_size, n_train))
+
+
 def _derive(fields: dict, given: set[str], n_train: int) -> dict:
     """The recipe's ``fields`` adjusted to a run on ``n_train`` images, except those the user
     gave (names in ``given``); see MIN_BATCH and the constants below it."""

@@ -37,7 +37,8 @@ from skulens.internal import accuracy_report, atomic_write_text, config_to_dict,
 from . import _distributed as _ddp
 from .checkpoint import (check_run_folder, load_checkpoint, remove_partial_writes, resume_training, rng_states,
                          save_checkpoint, write_args, write_results)
-from .config import TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch
+from .config import (TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch,
+                     synthetic_batch_size)
 from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
 from .distill import Teacher, distill_loss
 from .losses import GroupSmoothedCrossEntropy, cutmix_or_mixup
@@ -304,8 +305,8 @@ def train(cfg: TrainConfig) -> dict:
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(DataLoader(train_set, **loader_kw), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", leave=False)
-        # ratio x the real batch: batch_size, or the whole set where it is smaller (one batch, none dropped)
-        syn_batches = synthetic.epoch(epoch, steps, round(cfg.gan_augment_ratio * min(cfg.batch_size, len(train_set))),
+        syn_batches = synthetic.epoch(epoch, steps, synthetic_batch_size(cfg.gan_augment_ratio, cfg.batch_size,
+                                                                         len(train_set)),
                                       cfg.num_workers) if synthetic else None
         for batch in bar:                      # x [B, C, H, W] float32, y [B] (+ soft [B, K])
             n_real = len(batch[1])

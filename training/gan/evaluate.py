@@ -32,7 +32,7 @@ from skulens.internal import Dataset, Sample, atomic_write, make_grid, write_png
 from ..augment import AugmentConfig
 
 from ..checkpoint import load_checkpoint
-from ..config import TrainConfig, resolve
+from ..config import TrainConfig, resolve, steps_per_epoch, synthetic_batch_size
 from .config import GanConfigError, GanEvalConfig
 from .metrics import FeatureExtractor, ImageNetFeatures, frechet_distance, kernel_distance, within_class_spread
 
@@ -134,16 +134,12 @@ def _check_classes(ds: Dataset, extract: FeatureExtractor | None, gen_labels) ->
         raise GanConfigError(f"the generator does not know dataset classes {missing[:5]}")
 
 
-def _steps(n: int, batch: int) -> int:
-    return n // batch if n > batch else 1  # the trainer drops the last batch when n > batch
-
-
 def synthetic_per_epoch(mode: str, counts, ratio: float, batch: int) -> int:
     """Generated images a real + GAN run draws per epoch from real per-class ``counts``: mix, one per
     slot (round(ratio * count) a class); add, a batch of round(ratio * real batch) per real batch."""
     if mode == "add":
         n = sum(counts)
-        return _steps(n, batch) * round(ratio * min(batch, n))
+        return steps_per_epoch(n, batch) * synthetic_batch_size(ratio, batch, n)
     return sum(round(ratio * c) for c in counts)
 
 
@@ -151,7 +147,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
     from ..trainer import train
 
     t0 = time.perf_counter()
-    out = Path(cfg.out)
+    out, name = Path(cfg.out), summary_name(cfg)    # name: of the summary files (gan_eval[_add])
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg.data)
     clf_ckpt = load_checkpoint(cfg.classifier) if cfg.classifier else None
@@ -173,7 +169,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
         result["classifier_on_real_test_top1"] = float((l_te.argmax(1) == y_test).mean())
     if cfg.fid:
         result.update(_fid(cfg, ds, train_s, test_s, size, clf))
-        _save(out, result, summary_name(cfg))
+        _save(out, result, name)
 
     base_overrides = dict(threads=cfg.threads or 1, num_workers=0, resume=False, gan_augment=None)
     if cfg.cas:
@@ -185,15 +181,15 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
                                                                     for c in range(len(ds.classes))}, cfg.seed + 1)
         result["cas"] = _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base_overrides, train,
                              real_top1=result["classifier_on_real_test_top1"])
-        _save(out, result, summary_name(cfg))
+        _save(out, result, name)
     if cfg.lowdata_data:
         result["lowdata"] = _lowdata(cfg, clf_ckpt, out, base_overrides, train)
-        _save(out, result, summary_name(cfg))
+        _save(out, result, name)
     if cfg.latency:
         result["latency"] = _latency(cfg)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    _save(out, result, summary_name(cfg))
-    _plot(out, result, summary_name(cfg))
+    _save(out, result, name)
+    _plot(out, result, name)
     _samples(out, ds, test_s, cfg)
     return result
 
@@ -272,8 +268,8 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     n_syn = synthetic_per_epoch("mix", counts.values(), cfg.gan_ratio, ref.batch_size)
     epochs_gan = cfg.lowdata_epochs
     if cfg.equal_steps and cfg.gan_mode == "mix":  # add mode keeps the real arm's steps by construction
-        epochs_gan = max(1, round(cfg.lowdata_epochs * _steps(n_real, ref.batch_size)
-                                  / _steps(n_real + n_syn, ref.batch_size)))
+        epochs_gan = max(1, round(cfg.lowdata_epochs * steps_per_epoch(n_real, ref.batch_size)
+                                  / steps_per_epoch(n_real + n_syn, ref.batch_size)))
     arms = {"real_only": dict(epochs=cfg.lowdata_epochs),
             "real_plus_gan": dict(epochs=epochs_gan, gan_augment=cfg.lowdata_generator,
                                   gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode)}
