@@ -31,6 +31,8 @@ def register(sub) -> None:
     g.add_argument("--out", default="grid.png", help="PNG grid of the images (default: grid.png)")
     g.add_argument("--scale", type=int, default=0, help="integer upscaling of each tile (0 = to ~64 px)")
     g.add_argument("--num-threads", type=int, default=0, help="onnxruntime threads (default: 0 = all cores)")
+    g.add_argument("--latent-scale", type=float, default=1.0, help="latent drawn from N(0, s^2): < 1 more typical "
+                   "and alike images, > 1 more varied and less faithful (default: 1, as trained)")
     g.set_defaults(func=_generate)
 
 
@@ -62,7 +64,11 @@ def _generate(args) -> int:
 
     require_model(args.model)
     label = int(args.label) if args.label.isdigit() else args.label
-    with ImageGenerator.from_path(args.model, GeneratorOptions(num_threads=args.num_threads)) as gen:
+    try:
+        options = GeneratorOptions(num_threads=args.num_threads, latent_scale=args.latent_scale)
+    except ValueError as exc:
+        raise GenerationError(f"--num-threads / --latent-scale: {exc}") from None
+    with ImageGenerator.from_path(args.model, options) as gen:
         if isinstance(label, int) and str(label) in gen.labels:  # a label that looks like a number
             label = str(label)
         images = gen.generate(label, n=args.n, seed=args.seed)

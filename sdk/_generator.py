@@ -27,15 +27,20 @@ class GenerationError(SkulensError, ValueError):
 @dataclass(frozen=True)
 class GeneratorOptions:
     """num_threads: onnxruntime intra-op threads (0 = default); max_batch: the largest batch
-    sent to the model at once (results do not depend on it)."""
+    sent to the model at once (results do not depend on it); latent_scale: the latent is drawn
+    from N(0, latent_scale^2) ("temperature"): below 1 the samples are more typical of their class
+    and alike, above 1 more varied and less faithful (1 = the distribution the generator trained on)."""
 
     num_threads: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     max_batch: int = 64
+    latent_scale: float = 1.0
 
     def __post_init__(self):
         if self.num_threads < 0 or self.max_batch < 1:
             raise ValueError("num_threads must be >= 0 and max_batch >= 1")
+        if not (isinstance(self.latent_scale, (int, float)) and 0 < self.latent_scale <= 10):
+            raise ValueError(f"latent_scale must be in (0, 10], got {self.latent_scale!r}")
 
 
 class ImageGenerator(OnnxTask):
@@ -91,12 +96,14 @@ class ImageGenerator(OnnxTask):
                               f"labels" + (f", e.g. {close}" if close else f": {list(self.labels[:10])}"))
 
     def latent(self, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` latent vectors [n, z_dim] float32 from N(0, 1), drawn with numpy's default_rng(seed)."""
+        """``n`` latent vectors [n, z_dim] float32 from N(0, latent_scale^2) (options), drawn with
+        numpy's default_rng(seed)."""
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
             raise GenerationError(f"n must be a positive integer, got {n!r}")
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
             raise GenerationError(f"seed must be a non-negative integer or None, got {seed!r}")
-        return np.random.default_rng(seed).standard_normal((int(n), self.z_dim)).astype(np.float32)
+        z = np.random.default_rng(seed).standard_normal((int(n), self.z_dim))
+        return (z * self.options.latent_scale).astype(np.float32)
 
     def run(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Model only: z [N, z_dim] float32, labels [N] int64 -> raw output [N, C, H, W]."""

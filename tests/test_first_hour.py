@@ -145,6 +145,9 @@ def test_model_names_are_the_registry_and_bad_values_are_refused_in_python_too(t
         TrainConfig(data="x", optimizer="adam")
     with pytest.raises(TrainConfigError, match="ema_decay must be in"):
         TrainConfig(data="x", ema_decay=1.0)
+    for bad in ({"gan_augment_ratio": 0}, {"gan_augment_latent_scale": 0}, {"gan_augment_latent_scale": 12}):
+        with pytest.raises(TrainConfigError, match="gan_augment_latent_scale in"):
+            TrainConfig(data="x", **bad)
     with pytest.raises(TrainConfigError, match="unknown model 'resnet50'"):
         train(TrainConfig(data="x", model="resnet50", out=str(tmp_path / "r")))
 

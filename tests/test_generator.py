@@ -35,6 +35,21 @@ def test_generate_is_bgr_uint8_and_deterministic_for_a_seed(gen_path):
         assert np.array_equal(g.generate("Lime", n=5, seed=7), a)
 
 
+def test_latent_scale_widens_the_latent_and_what_the_generator_draws(gen_path):
+    with ImageGenerator.from_path(gen_path, GeneratorOptions(num_threads=1)) as g1, \
+            ImageGenerator.from_path(gen_path, GeneratorOptions(num_threads=1, latent_scale=2.5)) as g2:
+        z1, z2 = g1.latent(64, seed=3), g2.latent(64, seed=3)
+        assert np.allclose(z2, 2.5 * z1) and 2.2 < z2.std() < 2.8   # the same draw, wider
+        # the images are the generator's at that latent: varied further from one noise vector to the next
+        assert np.allclose(g2.generate_raw("Lime", n=64, seed=3), g2.run(z2, np.full(64, g2.labels.index("Lime"))),
+                           atol=1e-6)
+        spread = [g.generate_raw("Lime", n=64, seed=3).std(0).mean() for g in (g1, g2)]
+        assert spread[1] > spread[0]
+    for bad in (0, -1.0, 11, float("nan")):
+        with pytest.raises(ValueError, match="latent_scale"):
+            GeneratorOptions(latent_scale=bad)
+
+
 def test_generator_errors(gen_path, tiny_models):
     with ImageGenerator.from_path(gen_path) as g:
         with pytest.raises(GenerationError, match="unknown label 'Lemon'"):
@@ -73,6 +88,12 @@ def test_generate_cli_writes_a_deterministic_grid(gen_path, tmp_path, capsys):
     assert grid.shape == (4 * (64 + 2) + 2, 4 * (64 + 2) + 2, 3)  # 4x4 tiles of 16 px scaled x4
     assert main(["generate", str(gen_path), "--label", "Nope", "--out", str(tmp_path / "c.png")]) == 2
     assert "unknown label 'Nope'" in capsys.readouterr().err
+    wide = tmp_path / "wide.png"
+    assert main(["generate", str(gen_path), "--label", "Lime", "--n", "16", "--latent-scale", "2",
+                 "--out", str(wide)]) == 0
+    assert wide.read_bytes() != a.read_bytes() and cv2.imread(str(wide)).shape == grid.shape
+    assert main(["generate", str(gen_path), "--label", "Lime", "--latent-scale", "0", "--out", str(wide)]) == 2
+    assert "latent_scale must be in (0, 10]" in capsys.readouterr().err
 
 
 def test_gan_augment_hook_adds_synthetic_samples(gen_path, grocery_subset, tmp_path):
@@ -86,6 +107,10 @@ def test_gan_augment_hook_adds_synthetic_samples(gen_path, grocery_subset, tmp_p
     real_labels = [0, 0, 1, 2, 6, 6]
     extra = GanAugment(gen_path, classes, real_labels, ratio=1.5, seed=0)
     assert len(extra) == 3 + 2 + 2 and set(extra.slot_labels.tolist()) == {0, 1, 2}  # none for class 6
+    assert [len(extra.pools[c]) for c in (0, 1, 2)] == [12, 8, 8]  # 4 distinct images per slot by default
+    wide = GanAugment(gen_path, classes, real_labels, ratio=1.5, seed=0, pool_factor=16, latent_scale=3.0)
+    assert [len(wide.pools[c]) for c in (0, 1, 2)] == [48, 32, 32]
+    assert wide.pools[0].std(0).mean() > extra.pools[0].std(0).mean()  # the wider latent varies them more
     pre = PreprocessConfig(input_size=(32, 32))
     images = [np.zeros((40, 40, 3), np.uint8)] * len(real_labels)
     ts = TrainSet(images, real_labels, pre, AugmentConfig(), seed=0, extra=extra)
@@ -222,6 +247,16 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert add["lowdata"]["gan_mode"] == "add"
     assert add["lowdata"]["arms"]["real_only"] == saved["lowdata"]["arms"]["real_only"]  # shared, not retrained
     assert add["lowdata"]["n_synthetic_per_epoch"] == saved["lowdata"]["n_synthetic_per_epoch"] == 12
+    # a wider latent for the generated images: its own summary and GAN arm, the real-only arm shared
+    add_bytes = (tmp_path / "eval" / "gan_eval_add.json").read_bytes()
+    wide = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False, cas=False, gan_mode="add",
+                                            latent_scale=2.0, seeds=1))
+    assert (tmp_path / "eval" / "gan_eval_add.json").read_bytes() == add_bytes
+    assert json.loads((tmp_path / "eval" / "gan_eval_add_z2.json").read_text())["lowdata"]["latent_scale"] == 2.0
+    assert (tmp_path / "eval" / "samples_real_vs_generated_z2.png").stat().st_size > 1000
+    assert wide["lowdata"]["arms"]["real_only"]["runs"][0] == add["lowdata"]["arms"]["real_only"]["runs"][0]
+    run = json.loads((tmp_path / "eval" / "lowdata" / "real_plus_gan_add_z2_seed0" / "metrics.json").read_text())
+    assert run["config"]["gan_augment_latent_scale"] == 2.0 and run["config"]["gan_augment_mode"] == "add"
 
 
 def test_gan_eval_counts_the_generated_images_each_mode_draws():

@@ -221,3 +221,73 @@ def test_mode_seeking_in_imagenet_features_pushes_a_pair_apart_where_the_network
         loss.backward()
         opt.step()
     assert feature_distance() > 2 * before, (before, feature_distance())
+
+
+def test_subclasses_split_a_class_where_its_photos_differ_and_the_latent_picks_one_by_its_share():
+    """--subclasses: k-means within each class finds its groups (largest first, bounds = cumulative
+    shares); the generator reads the group from z[:, 0] by those shares, so N(0, 1) latents draw the
+    groups as often as the real photos show them, and place_latents puts a latent in the group asked."""
+    from skulens.training.gan.models import Generator
+    from skulens.training.gan.modes import mode_offsets, num_modes, place_latents, split_modes
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.zeros(30, 16), torch.zeros(10, 16)   # class 0: two looks, 30 and 10 photos
+    a[:, 0], b[:, 1] = 1, 1
+    feats = torch.cat([a, b, torch.randn(9, 16, generator=g)]) + 0.01 * torch.randn(49, 16, generator=g)
+    labels = torch.tensor([0] * 40 + [1] * 9)
+    modes, bounds = split_modes(feats, labels, 2, k=3, min_images=8)
+    # class 0: 40 // 8 = 5 >= 3 groups allowed; the two looks never share a group; class 1 (9 photos): one group
+    assert set(modes[:30].tolist()).isdisjoint(modes[30:40].tolist()) and set(modes[40:].tolist()) == {num_modes(bounds) - 1}
+    assert len(bounds) == 2 and all(len(r) == 2 for r in bounds) and bounds[1] == [2.0, 2.0]
+    assert mode_offsets(bounds) == [0, num_modes(bounds) - 1]
+    sizes = torch.bincount(modes[:40]).tolist()
+    assert sizes == sorted(sizes, reverse=True) and bounds[0][0] == pytest.approx(sizes[0] / 40, abs=1e-6)
+
+    G = Generator(num_classes=2, z_dim=8, embed_dim=4, image_size=16, width=16, mode_bounds=bounds)
+    assert G.embed.num_embeddings == num_modes(bounds) and "mode_bounds" not in G.state_dict()
+    z = torch.randn(20000, 8, generator=g)
+    drawn = torch.bincount(G.mode_of(z, torch.zeros(20000, dtype=torch.long)), minlength=num_modes(bounds))
+    shares = drawn[:num_modes(bounds) - 1].float() / 20000
+    assert torch.allclose(shares, torch.tensor(sizes).float() / 40, atol=0.015)
+    assert set(G.mode_of(z[:50], torch.ones(50, dtype=torch.long)).tolist()) == {num_modes(bounds) - 1}
+    want = torch.tensor([2, 0, 1, 2, 1] * 4)
+    placed = place_latents(z[:20], want, torch.zeros(20, dtype=torch.long), G.mode_bounds, G.mode_offsets, g)
+    assert torch.equal(G.mode_of(placed, torch.zeros(20, dtype=torch.long)), want)
+    assert torch.equal(placed[:, 1:], z[:20, 1:])   # only the coordinate that picks the group moves
+    with pytest.raises(GanConfigError, match="subclasses"):
+        GanConfig(data="x", discriminator="dcgan", subclasses=3)
+    with pytest.raises(GanConfigError, match="subclasses must be in"):
+        GanConfig(data="x", subclasses=0)
+
+
+def test_subclass_gan_trains_resumes_with_its_groups_and_exports_a_plain_class_conditional_model(grocery_subset,
+                                                                                              tmp_path):
+    from skulens import GeneratorOptions, ImageGenerator
+    from skulens.cli import main
+    from skulens.training.checkpoint import load_checkpoint
+    from skulens.training.gan import train_gan
+    from skulens.training.gan.trainer import generator_from_checkpoint
+
+    cfg = GanConfig(data=str(grocery_subset), out=str(tmp_path / "gan"), image_size=32, z_dim=16, embed_dim=8,
+                    g_width=32, batch_size=8, steps_per_epoch=2, epochs=1, threads=1, class_guidance=1.0,
+                    subclasses=2, subclass_min_images=4)
+    m = train_gan(cfg)
+    ckpt = load_checkpoint(tmp_path / "gan" / "last.pt")
+    bounds, modes = ckpt["gen_kwargs"]["mode_bounds"], ckpt["real_modes"]
+    assert m["num_classes"] == 6 and m["conditions"] == 12  # 8 photos per class: 2 groups of >= 4
+    assert len(modes) == m["n_train"] and ckpt["disc_kwargs"]["num_classes"] == 12
+    assert ckpt["discriminator"]["classifier.weight"].shape[0] == 12  # guidance names the groups
+    m2 = train_gan(GanConfig(**{**cfg.to_dict(), "resume": True, "epochs": 2}))
+    assert m2["epochs_done"] == 2 and torch.equal(load_checkpoint(tmp_path / "gan" / "last.pt")["real_modes"], modes)
+    path = tmp_path / "gen.onnx"
+    assert main(["-q", "export", str(tmp_path / "gan" / "last.pt"), "--out", str(path)]) == 0
+    G = generator_from_checkpoint(load_checkpoint(tmp_path / "gan" / "last.pt"))
+    with ImageGenerator.from_path(path, GeneratorOptions(num_threads=1)) as gen:
+        assert list(gen.labels) == ckpt["labels"] and gen.z_dim == 16
+        z = gen.latent(32, seed=1)
+        y = np.repeat(np.arange(4), 8)
+        with torch.no_grad():
+            ref = G(torch.from_numpy(z), torch.from_numpy(y)).numpy()
+            groups = G.mode_of(torch.from_numpy(z), torch.from_numpy(y))
+        assert np.abs(gen.run(z, y) - ref).max() < 1e-4   # the graph picks the group as torch does
+    assert len(set(groups.tolist())) > 4   # the 32 latents drew more than one group per class

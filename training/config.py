@@ -159,6 +159,10 @@ class TrainConfig:
                                           "(None = 2 x the input size)")
     gan_augment: str | None = option(None, "generator .onnx whose images are mixed into training (off by default)")
     gan_augment_ratio: float = option(1.0, "synthetic images per real image of each class, per epoch")
+    gan_augment_pool: int = option(4, "distinct generated images per synthetic slot: each class's pool holds pool x "
+                                   "its slots, generated once before training, and every draw picks one")
+    gan_augment_latent_scale: float = option(1.0, "draw the synthetic images' latents from N(0, s^2): > 1 more "
+                                             "varied, less faithful images (skulens GeneratorOptions.latent_scale)")
     gan_augment_mode: Literal["mix", "add"] = option(
         "mix", "mix = the synthetic images join the epoch's dataset (more steps per epoch, or fewer epochs at "
                "equal steps); add = each real batch gets ratio x as many synthetic images beside it, their loss "
@@ -182,6 +186,11 @@ class TrainConfig:
             raise TrainConfigError(f"reduced_decode must be 0 (decode in full) or >= 1, got {self.reduced_decode}")
         if not 0 <= self.coarse_smoothing <= 1:
             raise TrainConfigError(f"coarse_smoothing must be in [0, 1], got {self.coarse_smoothing}")
+        if not (self.gan_augment_ratio > 0 and 0 < self.gan_augment_latent_scale <= 10
+                and 1 <= self.gan_augment_pool <= 256):
+            raise TrainConfigError(f"gan_augment_ratio must be > 0, gan_augment_latent_scale in (0, 10] and "
+                                   f"gan_augment_pool in [1, 256], got {self.gan_augment_ratio}, "
+                                   f"{self.gan_augment_latent_scale} and {self.gan_augment_pool}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise TrainConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

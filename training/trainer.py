@@ -218,7 +218,8 @@ def train(cfg: TrainConfig) -> dict:
     extra = synthetic = None
     if cfg.gan_augment:  # synthetic images from an exported generator (training/gan/augment_hook.py)
         from .gan.augment_hook import GanAugment, SyntheticBatches
-        extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed)
+        extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed,
+                           pool_factor=cfg.gan_augment_pool, latent_scale=cfg.gan_augment_latent_scale)
         if cfg.gan_augment_mode == "add":  # not in the dataset: a synthetic batch beside each real one
             synthetic, extra = SyntheticBatches(extra, train_pre, cfg.augment, cfg.seed), None
     train_set = TrainSet(images, [s.label for s in train_samples], train_pre, cfg.augment, seed=cfg.seed, extra=extra)

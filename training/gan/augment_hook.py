@@ -29,13 +29,16 @@ log = logging.getLogger(__name__)
 
 class GanAugment:
     def __init__(self, model_path, classes, real_labels, ratio: float = 1.0, seed: int = 0,
-                 pool_factor: int = 4):
+                 pool_factor: int = 4, latent_scale: float = 1.0):
         if ratio <= 0:
             raise ValueError(f"gan_augment_ratio must be > 0, got {ratio}")
+        if not 0 < latent_scale <= 10 or pool_factor < 1:
+            raise ValueError(f"gan_augment_latent_scale must be in (0, 10] and gan_augment_pool >= 1, got "
+                             f"{latent_scale} and {pool_factor}")
         counts = Counter(int(v) for v in real_labels)
         self.pools: dict[int, np.ndarray] = {}
         slots = []
-        with ImageGenerator.from_path(model_path, GeneratorOptions(num_threads=1)) as gen:
+        with ImageGenerator.from_path(model_path, GeneratorOptions(num_threads=1, latent_scale=latent_scale)) as gen:
             known = set(gen.labels)
             missing = [c for c in classes if c not in known]
             if len(missing) == len(classes):

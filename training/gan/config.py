@@ -58,6 +58,12 @@ class GanConfig:
         "pixels", "where mode seeking measures how far apart two images of one class are: pixels (MSGAN's L1 "
                   "distance) or features (cosine distance of the frozen ImageNet network's pooled features, the "
                   "space the within-class spread is measured in; projected discriminator only)")
+    subclasses: int = option(1, "projected: split each class into up to this many sub-classes by k-means of the "
+                             "frozen ImageNet features of its real images (--subclass-min-images each) and condition "
+                             "G, D and guidance on them; the generator picks one from the latent by their shares, "
+                             "so it must draw every way a product is photographed (1 = off)")
+    subclass_min_images: int = option(8, "with --subclasses: the fewest real images a sub-class may have (a class "
+                                      "with n images gets at most n // this many)")
     diffaug: str = option("color,translation,cutout", "comma-separated DiffAugment policies applied to real "
                           f"and generated images, from {', '.join(DIFFAUG_POLICIES)} (\"\" = none)")
     hflip: bool = option(True, "random horizontal flips of the real images")
@@ -99,6 +105,11 @@ class GanConfig:
             problems.append(f"mode_seeking_space must be pixels or features, got {self.mode_seeking_space!r}")
         if self.mode_seeking_space == "features" and self.discriminator == "dcgan":
             problems.append("mode_seeking_space features needs the projected discriminator (its ImageNet features)")
+        if not 1 <= self.subclasses <= 16 or self.subclass_min_images < 1:
+            problems.append(f"subclasses must be in [1, 16] and subclass_min_images >= 1, got {self.subclasses} "
+                            f"and {self.subclass_min_images}")
+        if self.subclasses > 1 and self.discriminator == "dcgan":
+            problems.append("subclasses needs the projected discriminator (the groups are found in its ImageNet features)")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         unknown = [p for p in self.policies if p not in DIFFAUG_POLICIES]
@@ -161,15 +172,20 @@ class GanEvalConfig:
     cas_equal_steps: bool = option(False, "with --cas-per-real K > 1: the recipe's epochs and warm-up divided by K, "
                                    "so the CAS classifier takes the optimiser steps of CAS at 1x and sees each "
                                    "generated image about once (a stream of fresh images, not longer training)")
+    gan_pool: int = option(4, "distinct generated images per synthetic slot in the real + GAN arm "
+                           "(skulens train --gan-augment-pool)")
+    latent_scale: float = option(1.0, "draw the generated images' latents from N(0, s^2) (skulens GeneratorOptions."
+                                 "latent_scale): > 1 more varied and less faithful samples, for FID, CAS and "
+                                 "the low-data arm")
     latency: bool = option(True, "time the fp32 and INT8 generators (1 thread)")
     threads: int = option(1, "CPU threads for generation and the training runs (0 = all)")
     seed: int = option(0, "first random seed (generation and the training runs)")
 
     def __post_init__(self):
         if (self.seeds < 1 or self.lowdata_epochs < 1 or self.gan_ratio <= 0 or self.threads < 0
-                or not self.cas_per_real > 0):
+                or not self.cas_per_real > 0 or not 0 < self.latent_scale <= 10 or not 1 <= self.gan_pool <= 256):
             raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio and cas_per_real > 0, "
-                                 "threads >= 0")
+                                 "threads >= 0, latent_scale in (0, 10], gan_pool in [1, 256]")
         if self.cas_equal_steps and not self.cas_per_real > 1:
             raise GanConfigError(f"cas_equal_steps needs cas_per_real > 1 (got {self.cas_per_real:g}): at 1x the "
                                  "steps are already those of CAS")

@@ -1,5 +1,7 @@
 """What does the GAN buy the classifier? ``skulens gan eval`` -> gan_eval.json + gan_eval.png
-(gan_eval_add.* when the low-data arm runs with ``--gan-mode add``).
+(gan_eval_add.* when the low-data arm runs with ``--gan-mode add``; a suffix _z<s> / _p<n> on the
+summaries, the sample grid and the runs that differ when the images are drawn with another
+``--latent-scale`` or ``--gan-pool``, so variants share one --out and its real-only runs).
 
 1. FID in the classifier's feature space (see :mod:`skulens.training.gan.metrics`): generated images
    (as many per class as the real train split has, fixed seeds) vs real test, beside real
@@ -19,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from skulens import GeneratorOptions, ImageGenerator, decode_image, load_dataset
-from skulens.internal import Dataset, Sample, atomic_write, make_grid, write_png, write_split_lists
+from skulens.internal import Dataset, Sample, atomic_write, write_png, write_split_lists
 
 from ..augment import AugmentConfig
 
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, resolve, steps_per_epoch, synthetic_batch_size
 from .config import GanConfigError, GanEvalConfig
+from .eval_report import generator_latency, plot_summary, sample_grid
 from .metrics import FeatureExtractor, ImageNetFeatures, frechet_distance, kernel_distance, within_class_spread
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ def recipe(classifier_ckpt: dict, **overrides) -> TrainConfig:
     return TrainConfig(**kw)
 
 
+def _gen_options(cfg: GanEvalConfig) -> GeneratorOptions:
+    return GeneratorOptions(num_threads=cfg.threads, latent_scale=cfg.latent_scale)
+
+
 def _generate_matched(gen: ImageGenerator, classes, counts, seed: int):
     images, labels = [], []
     for c, name in enumerate(classes):
@@ -90,7 +96,7 @@ def _fid(cfg, ds, train_s, test_s, size: int, clf) -> dict:
     n = min(len(train_s), len(test_s))
     test_sub = [test_s[i] for i in sorted(rng.choice(len(test_s), n, replace=False))]
     train_sub = [train_s[i] for i in sorted(rng.choice(len(train_s), n, replace=False))]
-    with ImageGenerator.from_path(cfg.generator, GeneratorOptions(num_threads=cfg.threads)) as gen:
+    with ImageGenerator.from_path(cfg.generator, _gen_options(cfg)) as gen:
         generated, y_gen = _generate_matched(gen, ds.classes, Counter(s.label for s in test_sub), cfg.seed)
     if cfg.feature_space == "imagenet":
         extract = ImageNetFeatures(size)
@@ -153,7 +159,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
     clf_ckpt = load_checkpoint(cfg.classifier) if cfg.classifier else None
     clf = FeatureExtractor(cfg.classifier) if cfg.classifier else None
     train_s, test_s = ds.split("train"), ds.split("test")
-    with ImageGenerator.from_path(cfg.generator, GeneratorOptions(num_threads=cfg.threads)) as gen:
+    with ImageGenerator.from_path(cfg.generator, _gen_options(cfg)) as gen:
         _check_classes(ds, clf, gen.labels)
         gen_meta = gen.metadata
         size = gen.output_size[0]
@@ -173,7 +179,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
 
     base_overrides = dict(threads=cfg.threads or 1, num_workers=0, resume=False, gan_augment=None)
     if cfg.cas:
-        with ImageGenerator.from_path(cfg.generator, GeneratorOptions(num_threads=cfg.threads)) as gen:
+        with ImageGenerator.from_path(cfg.generator, _gen_options(cfg)) as gen:
             counts = {c: max(1, round(cfg.cas_per_real * n)) for c, n in Counter(s.label for s in train_s).items()}
             gen_train, y_gen = _generate_matched(gen, ds.classes, counts, cfg.seed)
             val_counts = Counter(s.label for s in ds.splits.get("val") or [])
@@ -186,11 +192,11 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
         result["lowdata"] = _lowdata(cfg, clf_ckpt, out, base_overrides, train)
         _save(out, result, name)
     if cfg.latency:
-        result["latency"] = _latency(cfg)
+        result["latency"] = generator_latency(cfg)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     _save(out, result, name)
-    _plot(out, result, name)
-    _samples(out, ds, test_s, cfg)
+    plot_summary(out, result, name)
+    sample_grid(out, ds, test_s, cfg, _gen_options(cfg), _sampling_suffix(cfg))
     return result
 
 
@@ -229,8 +235,10 @@ def _equal_step_schedule(rcfg: TrainConfig, per_real: float) -> dict:
 
 def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1) -> dict:
     # its own folder per set size: a finished run is reused by its config, which the size does not change
-    folder = out / ("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}"
-                    + ("_equal_steps" if cfg.cas_equal_steps else ""))
+    # (and per latent scale: the generated images differ, the training config does not)
+    folder = out / (("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}"
+                     + ("_equal_steps" if cfg.cas_equal_steps else ""))
+                    + ("" if cfg.latent_scale == 1 else f"_z{cfg.latent_scale:g}"))
     splits = {"train": _write_generated(gen_train, y_gen, folder / "generated", "train"),
               "val": _write_generated(gen_val, y_gen_val, folder / "generated", "val"),
               "test": list(ds.split("test"))}
@@ -272,11 +280,13 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
                                   / steps_per_epoch(n_real + n_syn, ref.batch_size)))
     arms = {"real_only": dict(epochs=cfg.lowdata_epochs),
             "real_plus_gan": dict(epochs=epochs_gan, gan_augment=cfg.lowdata_generator,
-                                  gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode)}
+                                  gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode,
+                                  gan_augment_latent_scale=cfg.latent_scale, gan_augment_pool=cfg.gan_pool)}
     runs = {name: [] for name in arms}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for name, extra in arms.items():
-            folder = name + ("_add" if name == "real_plus_gan" and cfg.gan_mode == "add" else "")
+            folder = name + ("" if name == "real_only" else ("_add" if cfg.gan_mode == "add" else "")
+                             + _sampling_suffix(cfg))
             rcfg = recipe(clf_ckpt, data=cfg.lowdata_data, out=str(out / "lowdata" / f"{folder}_seed{seed}"),
                           seed=seed, **{**base, **extra})
             m = _train_once(rcfg, train)
@@ -293,113 +303,25 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
             "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio, ref.batch_size),
-            "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode,
+            "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode, "latent_scale": cfg.latent_scale,
+            "gan_pool": cfg.gan_pool,
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
             "goal": ">= +2 pp at 5 real photos per class", "n_test": len(low.split("test"))}
 
 
-def _latency(cfg) -> dict:
-    from skulens.internal import int8_path_for, rejected_path_for, time_callables
-
-    q = Path(cfg.int8) if cfg.int8 else next((p for p in (int8_path_for(cfg.generator),
-                                                          rejected_path_for(cfg.generator)) if p.is_file()), None)
-    paths = {"fp32": Path(cfg.generator), **({"int8": q} if q else {})}
-    gens = {k: ImageGenerator.from_path(p, GeneratorOptions(num_threads=1)) for k, p in paths.items()}
-    res = {"threads": 1, "what": "ImageGenerator.generate(label 0, n, seed=0): latent + ONNX + uint8 BGR",
-           "loadavg_before": [round(v, 2) for v in os.getloadavg()],
-           "paths": {k: str(p) for k, p in paths.items()}}
-    try:
-        if q:
-            gate = gens["int8"].metadata.metrics.get("int8_gate") or {}
-            res["int8_shipped"] = bool(gate.get("passed"))
-            res["int8_gate"] = {k: gate.get(k) for k in ("psnr_db", "feature_distance", "reason")}
-        for n in (1, 16):
-            fns = [lambda g=g, n=n: g.generate(0, n=n, seed=0) for g in gens.values()]
-            secs = time_callables(fns, rounds=15, iters=max(3, 40 // n))
-            res[f"batch{n}_ms"] = {k: round(s * 1e3, 3) for k, s in zip(gens, secs)}
-            if q:
-                res[f"batch{n}_int8_speedup"] = round(secs[0] / secs[1], 3)
-    finally:
-        for g in gens.values():
-            g.close()
-    res["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
-    return res
-
-
 def summary_name(cfg: GanEvalConfig) -> str:
-    """gan_eval, or gan_eval_add for the low-data arm in add mode (both modes can share one --out)."""
-    return "gan_eval_add" if cfg.lowdata_data and cfg.gan_mode == "add" else "gan_eval"
+    """gan_eval, gan_eval_add for the low-data arm in add mode, and _z<s> for another latent scale:
+    the modes and scales can share one --out (and its real-only runs)."""
+    return "gan_eval" + ("_add" if cfg.lowdata_data and cfg.gan_mode == "add" else "") + _sampling_suffix(cfg)
+
+
+def _sampling_suffix(cfg: GanEvalConfig) -> str:
+    """'' for the default sampling of generated images, else _z<latent scale> and _p<pool> (low data)."""
+    return (("" if cfg.latent_scale == 1 else f"_z{cfg.latent_scale:g}")
+            + ("" if cfg.gan_pool == 4 or not cfg.lowdata_data else f"_p{cfg.gan_pool}"))
 
 
 def _save(out: Path, result: dict, name: str) -> None:
     atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-
-
-def _plot(out: Path, r: dict, name: str) -> None:
-    from ..plots import _plt
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    f = r.get("fid")
-    if f:
-        axes[0].bar(["generated\nvs real test", "real train\nvs real test"],
-                    [f["generated_vs_real_test"], f["real_train_vs_real_test"]], color=["tab:orange", "tab:blue"])
-        axes[0].set(title=f"FID ({f.get('feature_space', 'classifier')} features)", ylabel="Frechet distance (lower is better)")
-    if "cas" in r:
-        c = r["cas"]
-        axes[1].bar(["real train", "generated only"], [c["top1_real_recipe"] or 0, c["top1_generated_only"]],
-                    color=["tab:blue", "tab:orange"])
-        frac = c["fraction_of_real"]
-        axes[1].set(title=f"CAS: {frac:.0%} of real" if frac is not None else "CAS", ylabel="real test top-1",
-                    ylim=(0, 1))
-    if "lowdata" in r:
-        lo = r["lowdata"]["arms"]
-        names = list(lo)
-        axes[2].bar(names, [lo[k]["mean"] for k in names], yerr=[lo[k]["std"] for k in names], capsize=6,
-                    color=["tab:blue", "tab:orange"], alpha=0.7)
-        for i, k in enumerate(names):
-            axes[2].scatter([i] * len(lo[k]["runs"]), [x["test_top1"] for x in lo[k]["runs"]], color="k", s=12)
-        axes[2].set(title=f"low data: {r['lowdata']['gain_pp']:+.1f} pp", ylabel="real test top-1 (mean ± std)",
-                    ylim=(0, 1))
-    if "latency" in r:
-        lat = r["latency"]
-        keys = [k for k in ("fp32", "int8") if k in lat["paths"]]
-        x = np.arange(2)
-        for j, k in enumerate(keys):
-            axes[3].bar(x + j * 0.4, [lat["batch1_ms"][k], lat["batch16_ms"][k]], width=0.4, label=k)
-        axes[3].set_xticks(x + 0.2, ["batch 1", "batch 16"])
-        axes[3].set(title="generator latency (SDK, 1 thread)", ylabel="ms")
-        axes[3].legend()
-    fig.tight_layout()
-    atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
-def _bgr(img: np.ndarray) -> np.ndarray:
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-    return np.ascontiguousarray(img[:, :, :3])
-
-
-def _samples(out: Path, ds: Dataset, test_s, cfg, per_row: int = 8) -> None:
-    """Real test images beside generated images, two rows per class (--sample-classes, else the first 10)."""
-    from .data import crop_contract, parse_classes
-
-    ids = parse_classes(cfg.sample_classes, list(ds.classes)) if cfg.sample_classes else range(min(10, len(ds.classes)))
-    with ImageGenerator.from_path(cfg.generator) as gen:
-        h = gen.output_size[0]
-        contract = crop_contract(h, 3)  # geometry only: centre crop + area resize to the GAN size
-        tiles, names = [], []
-        for c in ids:
-            name = ds.classes[c]
-            paths = [s.path for s in test_s if s.label == c][:per_row]
-            real = [_bgr(contract.resize_and_crop(decode_image(p))) for p in paths]
-            real += [np.full((h, h, 3), 255, np.uint8)] * (per_row - len(real))
-            tiles += real + [_bgr(t) for t in gen.generate(name, n=per_row, seed=cfg.seed)]
-            names += [f"{name} real", f"{name} GAN"]
-    write_png(out / "samples_real_vs_generated.png",
-              make_grid(tiles, ncol=per_row, scale=max(1, 64 // h), row_labels=names))

@@ -58,13 +58,28 @@ class UpBlock(nn.Module):
 
 
 class Generator(nn.Module):
+    """``mode_bounds`` (sub-class conditioning, :mod:`.modes`): the embedding is of the class's
+    sub-classes, the one drawn chosen from z[:, 0] by these cumulative shares; None = of the class."""
+
     def __init__(self, num_classes: int, z_dim: int = 128, image_size: int = 64, channels: int = 3,
-                 width: int = 256, embed_dim: int = 64, min_width: int = 16):
+                 width: int = 256, embed_dim: int = 64, min_width: int = 16,
+                 mode_bounds: list[list[float]] | None = None):
         super().__init__()
         self.num_classes, self.z_dim, self.image_size, self.channels = num_classes, z_dim, image_size, channels
         self.s0, n_up = upsampling_plan(image_size)
         self.width = width
-        self.embed = nn.Embedding(num_classes, embed_dim)
+        n_embed = num_classes
+        if mode_bounds is not None:
+            from .modes import mode_offsets, num_modes
+
+            if len(mode_bounds) != num_classes:
+                raise ValueError(f"mode_bounds has {len(mode_bounds)} classes, the generator {num_classes}")
+            n_embed = num_modes(mode_bounds)
+            # derived from the kwargs, not weights: kept out of the state dict
+            self.register_buffer("mode_bounds", torch.tensor(mode_bounds, dtype=torch.float32), persistent=False)
+            self.register_buffer("mode_offsets", torch.tensor(mode_offsets(mode_bounds)), persistent=False)
+        self.has_modes = mode_bounds is not None
+        self.embed = nn.Embedding(n_embed, embed_dim)
         self.fc = nn.Linear(z_dim + embed_dim, width * self.s0 * self.s0)
         self.norm0 = CondBatchNorm2d(width, embed_dim)
         blocks, cin = [], width
@@ -75,8 +90,16 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.out = nn.Conv2d(cin, channels, 3, 1, 1)
 
+    def mode_of(self, z, label):  # -> [B] the embedding row: the class, or its sub-class chosen by z[:, 0]
+        if not self.has_modes:
+            return label
+        from .modes import latent_share
+
+        u = latent_share(z[:, :1])                                              # [B, 1] in (0, 1)
+        return self.mode_offsets[label] + (u >= self.mode_bounds[label]).long().sum(dim=1)
+
     def forward(self, z, label):  # z [B, z_dim] float32, label [B] int64 -> [B, C, S, S] in [-1, 1]
-        e = self.embed(label)
+        e = self.embed(self.mode_of(z, label))
         h = self.fc(torch.cat([z, e], dim=1)).reshape(-1, self.width, self.s0, self.s0)
         h = F.relu(self.norm0(h, e))
         for block in self.blocks:
@@ -107,10 +130,12 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(label) * h).sum(dim=1)
 
 
-def gen_kwargs(cfg, num_classes: int) -> dict:
-    """Generator constructor arguments from a GanConfig (stored in checkpoints)."""
+def gen_kwargs(cfg, num_classes: int, mode_bounds: list[list[float]] | None = None) -> dict:
+    """Generator constructor arguments from a GanConfig (stored in checkpoints; ``mode_bounds`` only
+    with sub-class conditioning, so older checkpoints match)."""
     return {"num_classes": num_classes, "z_dim": cfg.z_dim, "image_size": cfg.image_size,
-            "channels": cfg.channels, "width": cfg.g_width, "embed_dim": cfg.embed_dim}
+            "channels": cfg.channels, "width": cfg.g_width, "embed_dim": cfg.embed_dim,
+            **({"mode_bounds": mode_bounds} if mode_bounds is not None else {})}
 
 
 def disc_kwargs(cfg, num_classes: int) -> dict:

@@ -33,6 +33,7 @@ from .config import GanConfig, GanConfigError
 from .data import RealImages, load_real, parse_classes, select_classes
 from .diffaug import diff_augment
 from .models import EMA, Generator, build_discriminator, disc_kwargs, gen_kwargs, standing_stats
+from .modes import modes_for, num_modes, place_latents
 
 log = logging.getLogger(__name__)
 MODEL_NAMES = {"dcgan": "cdcgan", "projected": "projected_cgan"}  # discriminator arch -> model name
@@ -132,7 +133,16 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         log.warning("classes without images: %s", [c for c, n in zip(real.classes, counts) if n == 0])
 
     k = len(real.classes)
-    gk, dk = gen_kwargs(cfg, k), disc_kwargs(cfg, k)
+    last = out / "last.pt"
+    modes = bounds = None  # sub-class conditioning: each real image's sub-class, the generator's shares
+    if cfg.subclasses > 1:
+        if cfg.resolved_discriminator() != "projected":
+            raise GanConfigError("subclasses needs the projected discriminator (pretrained extra, RGB)")
+        modes, bounds = modes_for(cfg, real, last)
+        log.info("sub-classes: %d classes split into %d groups of >= %d real images (up to %d per class)",
+                 k, num_modes(bounds), cfg.subclass_min_images, cfg.subclasses)
+    n_cond = k if bounds is None else num_modes(bounds)  # what D and guidance are conditioned on
+    gk, dk = gen_kwargs(cfg, k, bounds), disc_kwargs(cfg, n_cond)
     model_name = MODEL_NAMES[dk["arch"]]
     G, D = Generator(**gk), build_discriminator(dk)
     d_params = [p for p in D.parameters() if p.requires_grad]  # the projected D's ImageNet network stays frozen
@@ -167,7 +177,6 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
     history, start_epoch, step, elapsed_before, cpu_before = [], 0, 0, 0.0, 0.0
 
-    last = out / "last.pt"
     if cfg.resume and last.is_file():
         ckpt = load_checkpoint(last)
         if (ckpt.get("kind") != "generator" or ckpt["labels"] != real.classes or ckpt["gen_kwargs"] != gk
@@ -187,7 +196,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     elif guided:  # the guidance classifier: fitted once on the real images, frozen, saved with D
         from .projected import fit_guidance
 
-        fit = fit_guidance(D, real.images, real.labels, seed=cfg.seed)
+        fit = fit_guidance(D, real.images, real.labels if modes is None else modes, seed=cfg.seed)
         log.info("guidance classifier fitted on %d real views: train top-1 %.3f", fit["n"], fit["train_top1"])
 
     def state(epoch: int, seconds: float) -> dict:
@@ -196,6 +205,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 "discriminator": D.state_dict(), "ema_updates": ema.updates,
                 "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(), "rng": rng.get_state(),
                 "labels": list(real.classes), "class_counts": counts, "n_train": len(real),
+                **({"real_modes": modes} if modes is not None else {}),
                 "output": {"channel_order": "GRAY" if cfg.channels == 1 else "RGB", "value_range": [-1.0, 1.0],
                            "layout": "NCHW"},
                 "train_config": cfg.to_dict(), "epoch": epoch, "step": step, "history": history,
@@ -221,14 +231,22 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             y = real.labels[idx]
             z = torch.randn(cfg.batch_size, cfg.z_dim, generator=rng)
             half = cfg.batch_size // 2
-            y_fake = torch.cat([y[:half], y[:half], y[2 * half:]]) if cfg.mode_seeking > 0 else y
-            fake = G(z, y_fake)  # with mode seeking: pairs (i, i + half) share a class, differ in z
+            pair = (lambda v: torch.cat([v[:half], v[:half], v[2 * half:]])) if cfg.mode_seeking > 0 else (lambda v: v)
+            y_fake = pair(y)    # with mode seeking: pairs (i, i + half) share a class, differ in z
+            c_real = c_fake = None  # D's and guidance's condition: the class, or the sub-class
+            if modes is not None:  # the fakes show the real batch's sub-classes: z[:, 0] inside their shares
+                c_real = modes[idx]
+                z = place_latents(z, pair(c_real), y_fake, G.mode_bounds, G.mode_offsets, rng)
+                c_fake = G.mode_of(z, y_fake)
+            c_real = y if c_real is None else c_real
+            c_fake = y_fake if c_fake is None else c_fake
+            fake = G(z, y_fake)
 
             # discriminator: hinge loss on augmented real and fake (one forward pass)
             for p in d_params:
                 p.requires_grad_(True)
             scores, _, _ = disc(torch.cat([diff_augment(x_real, policies, rng),
-                                           diff_augment(fake.detach(), policies, rng)]), torch.cat([y, y_fake]))
+                                           diff_augment(fake.detach(), policies, rng)]), torch.cat([c_real, c_fake]))
             # hinge per branch, summed over branches (projected heads and the pixel discriminator)
             loss_d = sum(F.relu(1 - s[:cfg.batch_size]).mean() + F.relu(1 + s[cfg.batch_size:]).mean() for s in scores)
             d_real = torch.stack([s[:cfg.batch_size].mean() for s in scores])
@@ -240,12 +258,12 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in d_params:
                 p.requires_grad_(False)
-            scores, logits, pooled = disc(diff_augment(fake, policies, rng), y_fake, logits=True, pooled=ms_features)
+            scores, logits, pooled = disc(diff_augment(fake, policies, rng), c_fake, logits=True, pooled=ms_features)
             loss_g = -sum(s.mean() for s in scores)
             loss_cls, fake_top1 = torch.zeros(()), torch.zeros(())
             if logits is not None:  # classifier guidance: the frozen classifier should name the class
-                loss_cls = F.cross_entropy(logits, y_fake)
-                fake_top1 = (logits.argmax(1) == y_fake).float().mean()
+                loss_cls = F.cross_entropy(logits, c_fake)
+                fake_top1 = (logits.argmax(1) == c_fake).float().mean()
             loss_ms = mode_seeking_loss(cfg.mode_seeking, fake, z, pooled if ms_features else None)
             opt_g.zero_grad(set_to_none=True)
             (loss_g + loss_ms + cfg.class_guidance * loss_cls).backward()
@@ -290,6 +308,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     if not history:
         raise DatasetError(f"{out}: nothing to train (epochs={cfg.epochs}, already at epoch {start_epoch})")
     metrics = {"model": model_name, "discriminator": dk["arch"], "num_classes": k, "n_train": len(real), "class_counts": counts,
+               "conditions": n_cond,
                "epochs": cfg.epochs, "steps": step, "image_size": cfg.image_size, "channels": cfg.channels,
                "g_params": sum(p.numel() for p in G.parameters()),
                "d_params": sum(p.numel() for p in d_params),
