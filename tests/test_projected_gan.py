@@ -276,7 +276,8 @@ def test_subclass_gan_trains_resumes_with_its_groups_and_exports_a_plain_class_c
     bounds, modes = ckpt["gen_kwargs"]["mode_bounds"], ckpt["real_modes"]
     assert m["num_classes"] == 6 and m["conditions"] == 12  # 8 photos per class: 2 groups of >= 4
     assert len(modes) == m["n_train"] and ckpt["disc_kwargs"]["num_classes"] == 12
-    assert ckpt["discriminator"]["classifier.weight"].shape[0] == 12  # guidance names the groups
+    # D judges the groups, guidance still names the class
+    assert ckpt["discriminator"]["classifier.weight"].shape[0] == 6 and ckpt["disc_kwargs"]["guidance_classes"] == 6
     m2 = train_gan(GanConfig(**{**cfg.to_dict(), "resume": True, "epochs": 2}))
     assert m2["epochs_done"] == 2 and torch.equal(load_checkpoint(tmp_path / "gan" / "last.pt")["real_modes"], modes)
     path = tmp_path / "gen.onnx"

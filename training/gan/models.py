@@ -138,12 +138,16 @@ def gen_kwargs(cfg, num_classes: int, mode_bounds: list[list[float]] | None = No
             **({"mode_bounds": mode_bounds} if mode_bounds is not None else {})}
 
 
-def disc_kwargs(cfg, num_classes: int) -> dict:
-    """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`)."""
+def disc_kwargs(cfg, num_classes: int, guidance_classes: int | None = None) -> dict:
+    """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`).
+    ``num_classes``: what D is conditioned on (the sub-classes with --subclasses); ``guidance_classes``:
+    what the guidance classifier names, when not those."""
     base = {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.resolved_discriminator() == "projected":
         # keys absent when off, so older checkpoints match
         guidance = {"guidance": True} if cfg.class_guidance > 0 else {}
+        if guidance and guidance_classes is not None and guidance_classes != num_classes:
+            guidance["guidance_classes"] = guidance_classes
         pooled = {"pooled": True} if cfg.mode_seeking > 0 and cfg.mode_seeking_space == "features" else {}
         return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed,
                 "pixel_width": cfg.pixel_d_width, **guidance, **pooled}

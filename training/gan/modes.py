@@ -1,7 +1,9 @@
 """Sub-class conditioning ("modes", ``--subclasses K``): each class's real images are split into up
 to K groups by k-means of their frozen ImageNet features (e.g. loose fruit / in a bag / a shelf of
-them), and G, D and the guidance classifier are conditioned on the group instead of the class, so
-the generator has to draw every way a product is photographed, not only its most common look.
+them), and G and D are conditioned on the group instead of the class, so the generator has to draw
+every way a product is photographed, not only its most common look. Classifier guidance still
+names the class: fitted on ~10 photos per group it would memorise them (in a first run it named 3 %
+of the fakes' groups after 700 steps, where the class-level one names 19 % of their classes).
 
 From the outside the generator stays a plain class-conditional model (z, class) -> image: it picks
 the group from the first latent coordinate, u = Phi(z[:, 0]) in (0, 1), by the groups' shares of

@@ -133,7 +133,7 @@ class ProjectedDiscriminator(nn.Module):
 
     def __init__(self, num_classes: int, image_size: int = 64, channels: int = 3, feature_size: int = 128,
                  projection_seed: int = 0, pixel_width: int = 0, guidance: bool = False, pooled: bool = False,
-                 pretrained: bool = True):
+                 guidance_classes: int | None = None, pretrained: bool = True):
         super().__init__()
         if channels != 3:
             raise ValueError("the projected discriminator looks through an RGB ImageNet network: channels must be 3")
@@ -144,7 +144,8 @@ class ProjectedDiscriminator(nn.Module):
         self.features = FrozenLiteFeatures(pretrained, pooled=guidance or pooled)
         self.classifier = None
         if guidance:  # frozen; its weights come from fit_guidance (and are saved with the discriminator)
-            self.classifier = nn.Linear(1280, num_classes).requires_grad_(False)
+            # of num_classes, or of guidance_classes where the heads are conditioned on sub-classes
+            self.classifier = nn.Linear(1280, guidance_classes or num_classes).requires_grad_(False)
         self.project = RandomProjection(projection_seed)
         sides = [feature_size // s for s in (4, 8, 16, 32)]
         self.heads = nn.ModuleList([ScaleHead(c, s, num_classes) for c, s in zip(MIXED_CHANNELS, sides)])

@@ -142,7 +142,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         log.info("sub-classes: %d classes split into %d groups of >= %d real images (up to %d per class)",
                  k, num_modes(bounds), cfg.subclass_min_images, cfg.subclasses)
     n_cond = k if bounds is None else num_modes(bounds)  # what D and guidance are conditioned on
-    gk, dk = gen_kwargs(cfg, k, bounds), disc_kwargs(cfg, n_cond)
+    gk, dk = gen_kwargs(cfg, k, bounds), disc_kwargs(cfg, n_cond, guidance_classes=k)
     model_name = MODEL_NAMES[dk["arch"]]
     G, D = Generator(**gk), build_discriminator(dk)
     d_params = [p for p in D.parameters() if p.requires_grad]  # the projected D's ImageNet network stays frozen
@@ -160,7 +160,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     if ms_features and dk["arch"] != "projected":
         raise GanConfigError("mode_seeking_space features needs the projected discriminator (pretrained extra)")
 
-    def disc(x, y, logits: bool = False, pooled: bool = False):
+    def disc(x, y, logits: bool = False, pooled: bool = False):  # y: D's condition (class or sub-class)
         """-> (float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K]
         (only with ``logits`` and guidance on) or None, pooled ImageNet features [B, 1280] (only with
         ``pooled``) or None)"""
@@ -196,7 +196,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     elif guided:  # the guidance classifier: fitted once on the real images, frozen, saved with D
         from .projected import fit_guidance
 
-        fit = fit_guidance(D, real.images, real.labels if modes is None else modes, seed=cfg.seed)
+        fit = fit_guidance(D, real.images, real.labels, seed=cfg.seed)
         log.info("guidance classifier fitted on %d real views: train top-1 %.3f", fit["n"], fit["train_top1"])
 
     def state(epoch: int, seconds: float) -> dict:
@@ -233,7 +233,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             half = cfg.batch_size // 2
             pair = (lambda v: torch.cat([v[:half], v[:half], v[2 * half:]])) if cfg.mode_seeking > 0 else (lambda v: v)
             y_fake = pair(y)    # with mode seeking: pairs (i, i + half) share a class, differ in z
-            c_real = c_fake = None  # D's and guidance's condition: the class, or the sub-class
+            c_real = c_fake = None  # D's condition: the class, or the sub-class (guidance names the class)
             if modes is not None:  # the fakes show the real batch's sub-classes: z[:, 0] inside their shares
                 c_real = modes[idx]
                 z = place_latents(z, pair(c_real), y_fake, G.mode_bounds, G.mode_offsets, rng)
@@ -262,8 +262,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             loss_g = -sum(s.mean() for s in scores)
             loss_cls, fake_top1 = torch.zeros(()), torch.zeros(())
             if logits is not None:  # classifier guidance: the frozen classifier should name the class
-                loss_cls = F.cross_entropy(logits, c_fake)
-                fake_top1 = (logits.argmax(1) == c_fake).float().mean()
+                loss_cls = F.cross_entropy(logits, y_fake)
+                fake_top1 = (logits.argmax(1) == y_fake).float().mean()
             loss_ms = mode_seeking_loss(cfg.mode_seeking, fake, z, pooled if ms_features else None)
             opt_g.zero_grad(set_to_none=True)
             (loss_g + loss_ms + cfg.class_guidance * loss_cls).backward()
