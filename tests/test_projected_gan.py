@@ -245,6 +245,9 @@ def test_subclasses_split_a_class_where_its_photos_differ_and_the_latent_picks_o
 
     G = Generator(num_classes=2, z_dim=8, embed_dim=4, image_size=16, width=16, mode_bounds=bounds)
     assert G.embed.num_embeddings == num_modes(bounds) and "mode_bounds" not in G.state_dict()
+    # a group's embedding is its class's plus its own, which starts at zero
+    e = G.embed(torch.arange(num_modes(bounds)))
+    assert torch.equal(e[0], e[1]) and not torch.equal(e[0], e[-1])
     z = torch.randn(20000, 8, generator=g)
     drawn = torch.bincount(G.mode_of(z, torch.zeros(20000, dtype=torch.long)), minlength=num_modes(bounds))
     shares = drawn[:num_modes(bounds) - 1].float() / 20000
@@ -276,6 +279,9 @@ def test_subclass_gan_trains_resumes_with_its_groups_and_exports_a_plain_class_c
     bounds, modes = ckpt["gen_kwargs"]["mode_bounds"], ckpt["real_modes"]
     assert m["num_classes"] == 6 and m["conditions"] == 12  # 8 photos per class: 2 groups of >= 4
     assert len(modes) == m["n_train"] and ckpt["disc_kwargs"]["num_classes"] == 12
+    assert ckpt["disc_kwargs"]["mode_classes"] == [c for c in range(6) for _ in range(2)]
+    assert ckpt["discriminator"]["pixel.embed.parametrizations.weight.original"].shape[0] == 6  # pixel D: classes
+    assert ckpt["discriminator"]["heads.0.embed.fine.weight"].shape[0] == 12
     # D judges the groups, guidance still names the class
     assert ckpt["discriminator"]["classifier.weight"].shape[0] == 6 and ckpt["disc_kwargs"]["guidance_classes"] == 6
     m2 = train_gan(GanConfig(**{**cfg.to_dict(), "resume": True, "epochs": 2}))

@@ -68,18 +68,17 @@ class Generator(nn.Module):
         self.num_classes, self.z_dim, self.image_size, self.channels = num_classes, z_dim, image_size, channels
         self.s0, n_up = upsampling_plan(image_size)
         self.width = width
-        n_embed = num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim)
         if mode_bounds is not None:
-            from .modes import mode_offsets, num_modes
+            from .modes import HierEmbedding, mode_offsets, mode_parents
 
             if len(mode_bounds) != num_classes:
                 raise ValueError(f"mode_bounds has {len(mode_bounds)} classes, the generator {num_classes}")
-            n_embed = num_modes(mode_bounds)
             # derived from the kwargs, not weights: kept out of the state dict
             self.register_buffer("mode_bounds", torch.tensor(mode_bounds, dtype=torch.float32), persistent=False)
             self.register_buffer("mode_offsets", torch.tensor(mode_offsets(mode_bounds)), persistent=False)
+            self.embed = HierEmbedding(mode_parents(mode_bounds), embed_dim)   # class + sub-class
         self.has_modes = mode_bounds is not None
-        self.embed = nn.Embedding(n_embed, embed_dim)
         self.fc = nn.Linear(z_dim + embed_dim, width * self.s0 * self.s0)
         self.norm0 = CondBatchNorm2d(width, embed_dim)
         blocks, cin = [], width
@@ -138,10 +137,11 @@ def gen_kwargs(cfg, num_classes: int, mode_bounds: list[list[float]] | None = No
             **({"mode_bounds": mode_bounds} if mode_bounds is not None else {})}
 
 
-def disc_kwargs(cfg, num_classes: int, guidance_classes: int | None = None) -> dict:
+def disc_kwargs(cfg, num_classes: int, guidance_classes: int | None = None,
+                mode_classes: list[int] | None = None) -> dict:
     """Discriminator constructor arguments from a GanConfig, with its ``arch`` (see :func:`build_discriminator`).
     ``num_classes``: what D is conditioned on (the sub-classes with --subclasses); ``guidance_classes``:
-    what the guidance classifier names, when not those."""
+    what the guidance classifier names, when not those; ``mode_classes``: the class of each sub-class."""
     base = {"num_classes": num_classes, "image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.resolved_discriminator() == "projected":
         # keys absent when off, so older checkpoints match
@@ -149,8 +149,9 @@ def disc_kwargs(cfg, num_classes: int, guidance_classes: int | None = None) -> d
         if guidance and guidance_classes is not None and guidance_classes != num_classes:
             guidance["guidance_classes"] = guidance_classes
         pooled = {"pooled": True} if cfg.mode_seeking > 0 and cfg.mode_seeking_space == "features" else {}
+        modes = {"mode_classes": mode_classes} if mode_classes is not None else {}
         return {"arch": "projected", **base, "feature_size": cfg.feature_size, "projection_seed": cfg.seed,
-                "pixel_width": cfg.pixel_d_width, **guidance, **pooled}
+                "pixel_width": cfg.pixel_d_width, **guidance, **pooled, **modes}
     return {"arch": "dcgan", **base, "width": cfg.d_width}
 
 

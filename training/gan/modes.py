@@ -1,6 +1,7 @@
 """Sub-class conditioning ("modes", ``--subclasses K``): each class's real images are split into up
 to K groups by k-means of their frozen ImageNet features (e.g. loose fruit / in a bag / a shelf of
-them), and G and D are conditioned on the group instead of the class, so the generator has to draw
+them), and G and D are conditioned on the group (its class's embedding plus its own,
+:class:`HierEmbedding`) instead of the class, so the generator has to draw
 every way a product is photographed, not only its most common look. Classifier guidance still
 names the class: fitted on ~10 photos per group it would memorise them (in a first run it named 3 %
 of the fakes' groups after 700 steps, where the class-level one names 19 % of their classes).
@@ -69,6 +70,30 @@ def mode_offsets(bounds: list[list[float]]) -> list[int]:
 
 def num_modes(bounds: list[list[float]]) -> int:
     return sum(1 + sum(v <= 1.0 for v in b) for b in bounds)
+
+
+def mode_parents(bounds: list[list[float]]) -> list[int]:
+    """The class of each global group id."""
+    return [c for c, b in enumerate(bounds) for _ in range(1 + sum(v <= 1.0 for v in b))]
+
+
+class HierEmbedding(torch.nn.Module):
+    """Embedding of a sub-class = its class's embedding + its own (zero at the start): what is learnt
+    about a class is shared by its groups, and a group learns only how it differs."""
+
+    def __init__(self, parents: list[int], dim: int):
+        super().__init__()
+        self.register_buffer("parents", torch.tensor(parents, dtype=torch.long), persistent=False)
+        self.coarse = torch.nn.Embedding(max(parents) + 1, dim)
+        self.fine = torch.nn.Embedding(len(parents), dim)
+        torch.nn.init.zeros_(self.fine.weight)
+
+    @property
+    def num_embeddings(self) -> int:
+        return len(self.parents)
+
+    def forward(self, idx):
+        return self.coarse(self.parents[idx]) + self.fine(idx)
 
 
 def latent_share(z0: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,8 @@ class RandomProjection(nn.Module):
 class ScaleHead(nn.Module):
     """Trained discriminator head of one scale: [B, C, s, s] -> score map [B, 4 * 4] (class-conditional)."""
 
-    def __init__(self, cin: int, side: int, num_classes: int, width_cap: int = 256, cmap_dim: int = 64):
+    def __init__(self, cin: int, side: int, num_classes: int, width_cap: int = 256, cmap_dim: int = 64,
+                 parents: list[int] | None = None):
         super().__init__()
         layers, c = [], cin
         while side > 4:
@@ -119,7 +120,12 @@ class ScaleHead(nn.Module):
         self.body = nn.Sequential(*layers)
         self.to_map = spectral_norm(nn.Conv2d(c, cmap_dim, 1))
         self.linear = spectral_norm(nn.Conv2d(cmap_dim, 1, 1))
-        self.embed = nn.Embedding(num_classes, cmap_dim)
+        if parents is not None:  # sub-classes: class + sub-class embedding
+            from .modes import HierEmbedding
+
+            self.embed = HierEmbedding(parents, cmap_dim)
+        else:
+            self.embed = nn.Embedding(num_classes, cmap_dim)
         self.cmap_dim = cmap_dim
 
     def forward(self, x, label):
@@ -133,7 +139,8 @@ class ProjectedDiscriminator(nn.Module):
 
     def __init__(self, num_classes: int, image_size: int = 64, channels: int = 3, feature_size: int = 128,
                  projection_seed: int = 0, pixel_width: int = 0, guidance: bool = False, pooled: bool = False,
-                 guidance_classes: int | None = None, pretrained: bool = True):
+                 guidance_classes: int | None = None, mode_classes: list[int] | None = None,
+                 pretrained: bool = True):
         super().__init__()
         if channels != 3:
             raise ValueError("the projected discriminator looks through an RGB ImageNet network: channels must be 3")
@@ -148,12 +155,18 @@ class ProjectedDiscriminator(nn.Module):
             self.classifier = nn.Linear(1280, guidance_classes or num_classes).requires_grad_(False)
         self.project = RandomProjection(projection_seed)
         sides = [feature_size // s for s in (4, 8, 16, 32)]
-        self.heads = nn.ModuleList([ScaleHead(c, s, num_classes) for c, s in zip(MIXED_CHANNELS, sides)])
+        # mode_classes (sub-classes, num_classes of them): the heads judge the sub-class, the pixel D the class
+        self.heads = nn.ModuleList([ScaleHead(c, s, num_classes, parents=mode_classes)
+                                    for c, s in zip(MIXED_CHANNELS, sides)])
+        if mode_classes is not None:
+            self.register_buffer("mode_classes", torch.tensor(mode_classes, dtype=torch.long), persistent=False)
+        self.has_modes = mode_classes is not None
         self.pixel = None
         if pixel_width:
             from .models import Discriminator
 
-            self.pixel = Discriminator(num_classes, image_size, channels, width=pixel_width)
+            self.pixel = Discriminator(max(mode_classes) + 1 if mode_classes else num_classes, image_size, channels,
+                                       width=pixel_width)
 
     def forward(self, x, label) -> tuple[torch.Tensor, ...]:
         """-> (projected scores [B, 4 * 16],) or, with the pixel discriminator, (..., pixel scores [B])."""
@@ -168,7 +181,8 @@ class ProjectedDiscriminator(nn.Module):
     def scores_logits_pooled(self, x, label, logits: bool = True, pooled: bool = False):
         """-> (scores, guidance logits [B, K] or None, the frozen network's pooled features [B, 1280]
         or None). The tail runs only where logits (with guidance) or ``pooled`` are asked for."""
-        pixel = (self.pixel(x, label),) if self.pixel is not None else ()
+        pixel_label = self.mode_classes[label] if self.has_modes else label
+        pixel = (self.pixel(x, pixel_label),) if self.pixel is not None else ()
         want_logits = logits and self.classifier is not None
         want_pooled = want_logits or pooled
         if want_pooled and self.features.tail is None:

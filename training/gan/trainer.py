@@ -33,7 +33,7 @@ from .config import GanConfig, GanConfigError
 from .data import RealImages, load_real, parse_classes, select_classes
 from .diffaug import diff_augment
 from .models import EMA, Generator, build_discriminator, disc_kwargs, gen_kwargs, standing_stats
-from .modes import modes_for, num_modes, place_latents
+from .modes import mode_parents, modes_for, num_modes, place_latents
 
 log = logging.getLogger(__name__)
 MODEL_NAMES = {"dcgan": "cdcgan", "projected": "projected_cgan"}  # discriminator arch -> model name
@@ -142,7 +142,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         log.info("sub-classes: %d classes split into %d groups of >= %d real images (up to %d per class)",
                  k, num_modes(bounds), cfg.subclass_min_images, cfg.subclasses)
     n_cond = k if bounds is None else num_modes(bounds)  # what D and guidance are conditioned on
-    gk, dk = gen_kwargs(cfg, k, bounds), disc_kwargs(cfg, n_cond, guidance_classes=k)
+    gk = gen_kwargs(cfg, k, bounds)
+    dk = disc_kwargs(cfg, n_cond, guidance_classes=k, mode_classes=None if bounds is None else mode_parents(bounds))
     model_name = MODEL_NAMES[dk["arch"]]
     G, D = Generator(**gk), build_discriminator(dk)
     d_params = [p for p in D.parameters() if p.requires_grad]  # the projected D's ImageNet network stays frozen
