@@ -141,7 +141,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         modes, bounds = modes_for(cfg, real, last)
         log.info("sub-classes: %d classes split into %d groups of >= %d real images (up to %d per class)",
                  k, num_modes(bounds), cfg.subclass_min_images, cfg.subclasses)
-    n_cond = k if bounds is None else num_modes(bounds)  # what D and guidance are conditioned on
+    n_cond = k if bounds is None else num_modes(bounds)  # what D is conditioned on
     gk = gen_kwargs(cfg, k, bounds)
     dk = disc_kwargs(cfg, n_cond, guidance_classes=k, mode_classes=None if bounds is None else mode_parents(bounds))
     model_name = MODEL_NAMES[dk["arch"]]
@@ -214,6 +214,11 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 "dataset": str(real.source), "classifier": cfg.classifier,
                 "skulens_version": skulens.__version__, "torch_version": str(torch.__version__)}
 
+    half = cfg.batch_size // 2
+
+    def paired(v):  # mode seeking: the first half's labels twice, so pairs (i, i + half) share them
+        return torch.cat([v[:half], v[:half], v[2 * half:]]) if cfg.mode_seeking > 0 else v
+
     steps = cfg.steps_per_epoch or max(1, len(real) // cfg.batch_size)
     policies = cfg.policies
     labels_all = torch.arange(k)
@@ -231,16 +236,12 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 x_real = torch.where(flip[:, None, None, None], x_real.flip(3), x_real)
             y = real.labels[idx]
             z = torch.randn(cfg.batch_size, cfg.z_dim, generator=rng)
-            half = cfg.batch_size // 2
-            pair = (lambda v: torch.cat([v[:half], v[:half], v[2 * half:]])) if cfg.mode_seeking > 0 else (lambda v: v)
-            y_fake = pair(y)    # with mode seeking: pairs (i, i + half) share a class, differ in z
-            c_real = c_fake = None  # D's condition: the class, or the sub-class (guidance names the class)
+            y_fake = paired(y)  # with mode seeking: pairs (i, i + half) share a class, differ in z
+            c_real, c_fake = y, y_fake  # D's condition: the class, or the sub-class (guidance names the class)
             if modes is not None:  # the fakes show the real batch's sub-classes: z[:, 0] inside their shares
                 c_real = modes[idx]
-                z = place_latents(z, pair(c_real), y_fake, G.mode_bounds, G.mode_offsets, rng)
+                z = place_latents(z, paired(c_real), y_fake, G.mode_bounds, G.mode_offsets, rng)
                 c_fake = G.mode_of(z, y_fake)
-            c_real = y if c_real is None else c_real
-            c_fake = y_fake if c_fake is None else c_fake
             fake = G(z, y_fake)
 
             # discriminator: hinge loss on augmented real and fake (one forward pass)
