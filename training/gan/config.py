@@ -59,11 +59,12 @@ class GanConfig:
                   "distance) or features (cosine distance of the frozen ImageNet network's pooled features, the "
                   "space the within-class spread is measured in; projected discriminator only)")
     subclasses: int = option(1, "projected: split each class into up to this many sub-classes by k-means of the "
-                             "frozen ImageNet features of its real images (--subclass-min-images each) and condition "
-                             "G, D and guidance on them; the generator picks one from the latent by their shares, "
-                             "so it must draw every way a product is photographed (1 = off)")
-    subclass_min_images: int = option(8, "with --subclasses: the fewest real images a sub-class may have (a class "
-                                      "with n images gets at most n // this many)")
+                             "frozen ImageNet features of its real images and condition G and D's heads on them "
+                             "(class + sub-class embedding; guidance still names the class); the generator picks "
+                             "one from the latent by their shares, so it must draw every way a product is "
+                             "photographed (1 = off)")
+    subclass_min_images: int = option(8, "with --subclasses: a class with n real images gets at most n // this many "
+                                      "sub-classes (k-means itself does not bound a sub-class's size)")
     diffaug: str = option("color,translation,cutout", "comma-separated DiffAugment policies applied to real "
                           f"and generated images, from {', '.join(DIFFAUG_POLICIES)} (\"\" = none)")
     hflip: bool = option(True, "random horizontal flips of the real images")

@@ -1,9 +1,9 @@
 """Sub-class conditioning ("modes", ``--subclasses K``): each class's real images are split into up
 to K groups by k-means of their frozen ImageNet features (e.g. loose fruit / in a bag / a shelf of
-them), and G and D are conditioned on the group (its class's embedding plus its own,
+them), and G and the projected heads of D are conditioned on the group (its class's embedding plus its own,
 :class:`HierEmbedding`) instead of the class, so the generator has to draw
 every way a product is photographed, not only its most common look. Classifier guidance still
-names the class: fitted on ~10 photos per group it would memorise them (in a first run it named 3 %
+names the class (and so does the pixel discriminator): fitted on ~10 photos per group it would memorise them (in a first run it named 3 %
 of the fakes' groups after 700 steps, where the class-level one names 19 % of their classes).
 
 From the outside the generator stays a plain class-conditional model (z, class) -> image: it picks

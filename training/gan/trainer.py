@@ -139,8 +139,9 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         if cfg.resolved_discriminator() != "projected":
             raise GanConfigError("subclasses needs the projected discriminator (pretrained extra, RGB)")
         modes, bounds = modes_for(cfg, real, last)
-        log.info("sub-classes: %d classes split into %d groups of >= %d real images (up to %d per class)",
-                 k, num_modes(bounds), cfg.subclass_min_images, cfg.subclasses)
+        sizes = torch.bincount(modes, minlength=num_modes(bounds))
+        log.info("sub-classes: %d classes split into %d groups (up to %d per class), %d-%d real images each "
+                 "(median %d)", k, len(sizes), cfg.subclasses, sizes.min(), sizes.max(), sizes.median())
     n_cond = k if bounds is None else num_modes(bounds)  # what D is conditioned on
     gk = gen_kwargs(cfg, k, bounds)
     dk = disc_kwargs(cfg, n_cond, guidance_classes=k, mode_classes=None if bounds is None else mode_parents(bounds))
