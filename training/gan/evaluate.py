@@ -196,7 +196,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     _save(out, result, name)
     plot_summary(out, result, name)
-    sample_grid(out, ds, test_s, cfg, _gen_options(cfg), _sampling_suffix(cfg))
+    sample_grid(out, ds, test_s, cfg, _gen_options(cfg), _latent_suffix(cfg))
     return result
 
 
@@ -237,8 +237,7 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
     # its own folder per set size: a finished run is reused by its config, which the size does not change
     # (and per latent scale: the generated images differ, the training config does not)
     folder = out / (("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}"
-                     + ("_equal_steps" if cfg.cas_equal_steps else ""))
-                    + ("" if cfg.latent_scale == 1 else f"_z{cfg.latent_scale:g}"))
+                     + ("_equal_steps" if cfg.cas_equal_steps else "")) + _latent_suffix(cfg))
     splits = {"train": _write_generated(gen_train, y_gen, folder / "generated", "train"),
               "val": _write_generated(gen_val, y_gen_val, folder / "generated", "val"),
               "test": list(ds.split("test"))}
@@ -317,10 +316,14 @@ def summary_name(cfg: GanEvalConfig) -> str:
     return "gan_eval" + ("_add" if cfg.lowdata_data and cfg.gan_mode == "add" else "") + _sampling_suffix(cfg)
 
 
+def _latent_suffix(cfg: GanEvalConfig) -> str:
+    """'' for latents from N(0, 1), else _z<latent scale>: what CAS, FID and the sample grid depend on."""
+    return "" if cfg.latent_scale == 1 else f"_z{cfg.latent_scale:g}"
+
+
 def _sampling_suffix(cfg: GanEvalConfig) -> str:
-    """'' for the default sampling of generated images, else _z<latent scale> and _p<pool> (low data)."""
-    return (("" if cfg.latent_scale == 1 else f"_z{cfg.latent_scale:g}")
-            + ("" if cfg.gan_pool == 4 or not cfg.lowdata_data else f"_p{cfg.gan_pool}"))
+    """_latent_suffix, and _p<pool> for another pool of the low-data arm's generated images."""
+    return _latent_suffix(cfg) + ("" if cfg.gan_pool == 4 or not cfg.lowdata_data else f"_p{cfg.gan_pool}")
 
 
 def _save(out: Path, result: dict, name: str) -> None:

@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .modes import HierEmbedding, latent_share, mode_offsets, mode_parents
+
 
 def upsampling_plan(image_size: int) -> tuple[int, int]:
     """(s0, n_up): the starting side and the number of x2 upsamplings that reach ``image_size``.
@@ -70,8 +72,6 @@ class Generator(nn.Module):
         self.width = width
         self.embed = nn.Embedding(num_classes, embed_dim)
         if mode_bounds is not None:
-            from .modes import HierEmbedding, mode_offsets, mode_parents
-
             if len(mode_bounds) != num_classes:
                 raise ValueError(f"mode_bounds has {len(mode_bounds)} classes, the generator {num_classes}")
             # derived from the kwargs, not weights: kept out of the state dict
@@ -92,8 +92,6 @@ class Generator(nn.Module):
     def mode_of(self, z, label):  # -> [B] the embedding row: the class, or its sub-class chosen by z[:, 0]
         if not self.has_modes:
             return label
-        from .modes import latent_share
-
         u = latent_share(z[:, :1])                                              # [B, 1] in (0, 1)
         return self.mode_offsets[label] + (u >= self.mode_bounds[label]).long().sum(dim=1)
 

@@ -59,22 +59,19 @@ def split_modes(features: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     return modes, bounds
 
 
+def mode_parents(bounds: list[list[float]]) -> list[int]:
+    """The class of each global group id (a class has one group per bound <= 1, plus its last)."""
+    return [c for c, b in enumerate(bounds) for _ in range(1 + sum(v <= 1.0 for v in b))]
+
+
 def mode_offsets(bounds: list[list[float]]) -> list[int]:
     """The first global group id of each class."""
-    out, total = [], 0
-    for b in bounds:
-        out.append(total)
-        total += 1 + sum(v <= 1.0 for v in b)
-    return out
+    parents = mode_parents(bounds)
+    return [parents.index(c) for c in range(len(bounds))]
 
 
 def num_modes(bounds: list[list[float]]) -> int:
-    return sum(1 + sum(v <= 1.0 for v in b) for b in bounds)
-
-
-def mode_parents(bounds: list[list[float]]) -> list[int]:
-    """The class of each global group id."""
-    return [c for c, b in enumerate(bounds) for _ in range(1 + sum(v <= 1.0 for v in b))]
+    return len(mode_parents(bounds))
 
 
 class HierEmbedding(torch.nn.Module):
@@ -115,18 +112,15 @@ def place_latents(z: torch.Tensor, modes: torch.Tensor, labels: torch.Tensor, bo
     return z
 
 
-def modes_for(cfg, real, last=None) -> tuple[torch.Tensor, list[list[float]]]:
-    """The sub-class of every real image and the bounds: read back from the checkpoint ``last`` when
-    resuming it (so a resumed run keeps its groups), else found by :func:`split_modes` on the frozen
-    ImageNet network's pooled features of the real images."""
-    from ..checkpoint import load_checkpoint
+def modes_for(cfg, real, resumed: dict | None = None) -> tuple[torch.Tensor, list[list[float]]]:
+    """The sub-class of every real image and the bounds: read back from the ``resumed`` checkpoint
+    (so a resumed run keeps its groups), else found by :func:`split_modes` on the frozen ImageNet
+    network's pooled features of the real images."""
     from .models import build_discriminator, disc_kwargs
     from .projected import pooled_features
 
-    if cfg.resume and last is not None and last.is_file():
-        ckpt = load_checkpoint(last)
-        if "real_modes" in ckpt and len(ckpt["real_modes"]) == len(real):
-            return ckpt["real_modes"].long(), ckpt["gen_kwargs"]["mode_bounds"]
+    if resumed is not None and "real_modes" in resumed and len(resumed["real_modes"]) == len(real):
+        return resumed["real_modes"].long(), resumed["gen_kwargs"]["mode_bounds"]
     d = build_discriminator({**disc_kwargs(cfg, len(real.classes)), "guidance": False, "pooled": True})
     feats = pooled_features(d.eval(), real.images)                                # [N, 1280]
     return split_modes(feats, real.labels, len(real.classes), cfg.subclasses, cfg.subclass_min_images, seed=cfg.seed)

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..efficientnet import EfficientNetLite
+from .modes import HierEmbedding
 
 # Lite0 block indices after which features are taken (ends of stages 2, 3, 5 and 6: strides 4, 8, 16, 32)
 CUTS = (2, 4, 10, 14)
@@ -120,12 +121,8 @@ class ScaleHead(nn.Module):
         self.body = nn.Sequential(*layers)
         self.to_map = spectral_norm(nn.Conv2d(c, cmap_dim, 1))
         self.linear = spectral_norm(nn.Conv2d(cmap_dim, 1, 1))
-        if parents is not None:  # sub-classes: class + sub-class embedding
-            from .modes import HierEmbedding
-
-            self.embed = HierEmbedding(parents, cmap_dim)
-        else:
-            self.embed = nn.Embedding(num_classes, cmap_dim)
+        # sub-classes: class + sub-class embedding
+        self.embed = HierEmbedding(parents, cmap_dim) if parents is not None else nn.Embedding(num_classes, cmap_dim)
         self.cmap_dim = cmap_dim
 
     def forward(self, x, label):

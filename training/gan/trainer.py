@@ -134,11 +134,12 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
 
     k = len(real.classes)
     last = out / "last.pt"
+    ckpt = load_checkpoint(last) if cfg.resume and last.is_file() else None   # the run to resume, read once
     modes = bounds = None  # sub-class conditioning: each real image's sub-class, the generator's shares
     if cfg.subclasses > 1:
         if cfg.resolved_discriminator() != "projected":
             raise GanConfigError("subclasses needs the projected discriminator (pretrained extra, RGB)")
-        modes, bounds = modes_for(cfg, real, last)
+        modes, bounds = modes_for(cfg, real, ckpt)
         sizes = torch.bincount(modes, minlength=num_modes(bounds))
         log.info("sub-classes: %d classes split into %d groups (up to %d per class), %d-%d real images each "
                  "(median %d)", k, len(sizes), cfg.subclasses, sizes.min(), sizes.max(), sizes.median())
@@ -179,8 +180,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     fixed_z = torch.randn(cfg.grid_per_class, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
     history, start_epoch, step, elapsed_before, cpu_before = [], 0, 0, 0.0, 0.0
 
-    if cfg.resume and last.is_file():
-        ckpt = load_checkpoint(last)
+    if ckpt is not None:
         if (ckpt.get("kind") != "generator" or ckpt["labels"] != real.classes or ckpt["gen_kwargs"] != gk
                 or ckpt.get("disc_kwargs", {}).get("arch", "dcgan") != dk["arch"]
                 or ckpt.get("disc_kwargs", {}).get("guidance", False) != dk.get("guidance", False)):
