@@ -158,6 +158,47 @@ def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(ge
     with pytest.raises(TrainConfigError, match="add does not combine"):
         train(TrainConfig(out=str(tmp_path / "bad"), gan_augment=str(gen_path), gan_augment_mode="add",
                           mix_prob=0.5, **common))
+    # the synthetic batch normalised on its own: the same real batches and steps, other running statistics
+    sep = train(TrainConfig(out=str(tmp_path / "sep"), gan_augment=str(gen_path), gan_augment_mode="add",
+                            gan_augment_bn="separate", **common))
+    ck["sep"] = load_checkpoint(tmp_path / "sep" / "best.pt")
+    assert sep["n_train"] == 48 and ck["sep"]["scheduler"]["last_epoch"] == steps["plain"]
+    means = [k for k in ck["plain"]["model"] if k.endswith("running_mean")]
+    assert means and any(not torch.allclose(ck["sep"]["model"][k], ck["add"]["model"][k]) for k in means)
+    with pytest.raises(TrainConfigError, match="needs gan_augment_mode='add'"):
+        TrainConfig(data="d", gan_augment=str(gen_path), gan_augment_bn="separate")
+
+
+def test_own_batch_statistics_leaves_the_running_statistics_to_the_real_images():
+    import copy
+
+    import torch
+    from torch import nn
+
+    from skulens.training.gan.augment_hook import own_batch_statistics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+    real, fake = torch.randn(8, 3, 8, 8), 3 + 2 * torch.randn(8, 3, 8, 8)
+    joint, real_only = copy.deepcopy(net), copy.deepcopy(net)
+    joint(torch.cat([real, fake]))
+    real_only(real)
+    net(real)
+    with own_batch_statistics(net):
+        out = net(fake)
+    norms = [(a, b, c) for a, b, c in zip(net.modules(), real_only.modules(), joint.modules())
+             if isinstance(a, nn.BatchNorm2d)]
+    for sep, ref, mixed in norms:  # the real batch's statistics only; a joint pass would have moved them
+        assert torch.equal(sep.running_mean, ref.running_mean) and torch.equal(sep.running_var, ref.running_var)
+        assert int(sep.num_batches_tracked) == 1 and not torch.allclose(sep.running_mean, mixed.running_mean)
+    # the fake batch was normalised by its own statistics: every channel of the last BatchNorm has mean 0, var 1
+    assert out.mean((0, 2, 3)).abs().max() < 1e-5 and (out.var((0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
+    before = norms[0][0].running_mean.clone()
+    net(fake)  # tracking is back after the block
+    assert not torch.equal(norms[0][0].running_mean, before)
+    frozen = copy.deepcopy(net).eval()  # a module in eval mode normalises with its running statistics still
+    with own_batch_statistics(frozen):
+        assert torch.equal(frozen(fake), copy.deepcopy(net).eval()(fake))
 
 
 def test_gan_eval_reuses_a_finished_run_of_the_same_settings_and_refuses_another(tmp_path):
@@ -257,6 +298,15 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert wide["lowdata"]["arms"]["real_only"]["runs"][0] == add["lowdata"]["arms"]["real_only"]["runs"][0]
     run = json.loads((tmp_path / "eval" / "lowdata" / "real_plus_gan_add_z2_seed0" / "metrics.json").read_text())
     assert run["config"]["gan_augment_latent_scale"] == 2.0 and run["config"]["gan_augment_mode"] == "add"
+    # the generated batch normalised on its own: its own summary and GAN arm, the real-only arm shared
+    with pytest.raises(SkulensError, match="gan-bn separate needs --gan-mode add"):
+        dataclasses.replace(cfg, gan_bn="separate")
+    sep = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False, cas=False, gan_mode="add",
+                                           gan_bn="separate", seeds=1))
+    assert json.loads((tmp_path / "eval" / "gan_eval_add_sepbn.json").read_text())["lowdata"]["gan_bn"] == "separate"
+    assert sep["lowdata"]["arms"]["real_only"]["runs"][0] == add["lowdata"]["arms"]["real_only"]["runs"][0]
+    run = json.loads((tmp_path / "eval" / "lowdata" / "real_plus_gan_add_sepbn_seed0" / "metrics.json").read_text())
+    assert run["config"]["gan_augment_bn"] == "separate"
 
 
 def test_gan_eval_counts_the_generated_images_each_mode_draws():

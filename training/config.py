@@ -167,6 +167,10 @@ class TrainConfig:
         "mix", "mix = the synthetic images join the epoch's dataset (more steps per epoch, or fewer epochs at "
                "equal steps); add = each real batch gets ratio x as many synthetic images beside it, their loss "
                "added with a real image's weight (same steps and real batches as without --gan-augment)")
+    gan_augment_bn: Literal["joint", "separate"] = option(
+        "joint", "add mode: joint = the synthetic batch goes through the network with the real one (normalised "
+                 "together; BatchNorm's running statistics, used at test, mix both); separate = on its own, "
+                 "normalised by its own batch statistics, and the running statistics are the real images' only")
     augment: AugmentConfig = option(help="training augmentation (Python only)", default_factory=AugmentConfig)
     model_kwargs: dict = option(help="keyword arguments of the model builder (--model-kwargs JSON where offered)",
                                 default_factory=dict)
@@ -191,6 +195,9 @@ class TrainConfig:
             raise TrainConfigError(f"gan_augment_ratio must be > 0, gan_augment_latent_scale in (0, 10] and "
                                    f"gan_augment_pool in [1, 256], got {self.gan_augment_ratio}, "
                                    f"{self.gan_augment_latent_scale} and {self.gan_augment_pool}")
+        if self.gan_augment_bn == "separate" and self.gan_augment_mode != "add":
+            raise TrainConfigError("gan_augment_bn='separate' needs gan_augment_mode='add' (in mix mode the "
+                                   "synthetic images share the real batches)")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise TrainConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

@@ -217,7 +217,7 @@ def train(cfg: TrainConfig) -> dict:
     y_val = torch.tensor([s.label for s in val_samples], dtype=torch.long)
     extra = synthetic = None
     if cfg.gan_augment:  # synthetic images from an exported generator (training/gan/augment_hook.py)
-        from .gan.augment_hook import GanAugment, SyntheticBatches
+        from .gan.augment_hook import GanAugment, SyntheticBatches, own_batch_statistics
         extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed,
                            pool_factor=cfg.gan_augment_pool, latent_scale=cfg.gan_augment_latent_scale)
         if cfg.gan_augment_mode == "add":  # not in the dataset: a synthetic batch beside each real one
@@ -310,14 +310,22 @@ def train(cfg: TrainConfig) -> dict:
                                                                          len(train_set)),
                                       cfg.num_workers) if synthetic else None
         for batch in bar:                      # x [B, C, H, W] float32, y [B] (+ soft [B, K])
-            n_real = len(batch[1])
+            n_real, x_syn = len(batch[1]), None
             if syn_batches is not None:        # x [B + S, ...]: the real batch, then S synthetic images
-                batch = [torch.cat(pair) for pair in zip(batch, next(syn_batches))]
+                if cfg.gan_augment_bn == "separate":  # x_syn [S, ...] through the network on its own
+                    x_syn, y_syn = next(syn_batches)
+                    batch = [batch[0], torch.cat([batch[1], y_syn])]
+                else:
+                    batch = [torch.cat(pair) for pair in zip(batch, next(syn_batches))]
             x = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = batch[1].to(device, non_blocking=True)
-            x, y_b, lam = cutmix_or_mixup(x, y, cfg.mix_prob, mix_gen)
+            x, y_b, lam = cutmix_or_mixup(x, y, cfg.mix_prob, mix_gen)  # (add mode: off, lam = 1)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(x)                # [B, K]
+                if x_syn is not None:          # [B + S, K]: the real logits, then the synthetic ones
+                    with own_batch_statistics(net):
+                        x_syn = x_syn.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                        logits = torch.cat([logits, net(x_syn)])
             logits = logits.float()
             if teacher is not None:
                 loss = distill_loss(logits, batch[2].to(device), y, cfg.distill_alpha, cfg.distill_temperature,

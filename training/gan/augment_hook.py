@@ -10,11 +10,15 @@ the number of loader workers. The classical augmentation is applied to them as t
 With ``--gan-augment-mode add`` the slots do not join the epoch's dataset: :class:`SyntheticBatches`
 draws a synthetic batch for every real batch, so the run keeps the optimiser steps and the real
 batches of a run without the generator, and the synthetic images' loss is added to the real one.
+With ``--gan-augment-bn separate`` that batch goes through the network on its own, inside
+:func:`own_batch_statistics`: normalised by its own statistics, it leaves BatchNorm's running
+statistics (what the model normalises with at test) to the real images alone.
 """
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -89,3 +93,19 @@ class SyntheticBatches:
         draws = RandomSampler(self.set, replacement=False, num_samples=batches * batch_size,
                               generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         return iter(DataLoader(self.set, batch_size=batch_size, sampler=draws, num_workers=num_workers))
+
+
+@contextmanager
+def own_batch_statistics(model: torch.nn.Module):
+    """Forward passes inside normalise each batch by its own statistics (as in training) without
+    updating any BatchNorm's running statistics: the generated images' statistics stay out of what
+    the model normalises real photos with at test. Modules in eval mode (a frozen backbone) are unchanged."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.training and m.track_running_stats]
+    try:
+        for m in norms:  # training mode without tracking: batch statistics, running buffers untouched
+            m.track_running_stats = False
+        yield model
+    finally:
+        for m in norms:
+            m.track_running_stats = True
