@@ -143,6 +143,8 @@ def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(ge
     assert not torch.equal(torch.cat([x for x, _ in first]), torch.cat([x for x, _ in syn.epoch(1, 3, 2)]))
     with pytest.raises(ValueError, match="gan-augment-ratio"):
         syn.epoch(0, batches=3, batch_size=0)
+    first_only = SyntheticBatches(hook, PreprocessConfig(input_size=(16, 16)), AugmentConfig(), seed=0, epochs=1)
+    assert torch.equal(next(first_only.epoch(0, 3, 2))[0], first[0][0]) and first_only.epoch(1, 3, 2) is None
 
     common = dict(data=str(grocery_subset), model="edge_resnet_tiny", epochs=2, input_size=16, batch_size=16,
                   num_workers=0, threads=1, seed=0)
@@ -165,8 +167,16 @@ def test_gan_augment_add_mode_keeps_the_real_steps_and_adds_synthetic_batches(ge
     assert sep["n_train"] == 48 and ck["sep"]["scheduler"]["last_epoch"] == steps["plain"]
     means = [k for k in ck["plain"]["model"] if k.endswith("running_mean")]
     assert means and any(not torch.allclose(ck["sep"]["model"][k], ck["add"]["model"][k]) for k in means)
-    with pytest.raises(TrainConfigError, match="needs gan_augment_mode='add'"):
+    with pytest.raises(TrainConfigError, match="need gan_augment_mode='add'"):
         TrainConfig(data="d", gan_augment=str(gen_path), gan_augment_bn="separate")
+    with pytest.raises(TrainConfigError, match="need gan_augment_mode='add'"):
+        TrainConfig(data="d", gan_augment=str(gen_path), gan_augment_epochs=1)
+    # synthetic batches in the first epoch only: the same steps, other weights than with them in both
+    train(TrainConfig(out=str(tmp_path / "e1"), gan_augment=str(gen_path), gan_augment_mode="add",
+                      gan_augment_epochs=1, **common))
+    e1 = load_checkpoint(tmp_path / "e1" / "best.pt")
+    assert e1["scheduler"]["last_epoch"] == steps["plain"]
+    assert any(not torch.equal(e1["model"][k], ck["add"]["model"][k]) for k in means)
 
 
 def test_own_batch_statistics_leaves_the_running_statistics_to_the_real_images():
@@ -299,7 +309,7 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     run = json.loads((tmp_path / "eval" / "lowdata" / "real_plus_gan_add_z2_seed0" / "metrics.json").read_text())
     assert run["config"]["gan_augment_latent_scale"] == 2.0 and run["config"]["gan_augment_mode"] == "add"
     # the generated batch normalised on its own: its own summary and GAN arm, the real-only arm shared
-    with pytest.raises(SkulensError, match="gan-bn separate needs --gan-mode add"):
+    with pytest.raises(SkulensError, match="need --gan-mode add"):
         dataclasses.replace(cfg, gan_bn="separate")
     sep = evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False, cas=False, gan_mode="add",
                                            gan_bn="separate", seeds=1))
@@ -307,6 +317,11 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert sep["lowdata"]["arms"]["real_only"]["runs"][0] == add["lowdata"]["arms"]["real_only"]["runs"][0]
     run = json.loads((tmp_path / "eval" / "lowdata" / "real_plus_gan_add_sepbn_seed0" / "metrics.json").read_text())
     assert run["config"]["gan_augment_bn"] == "separate"
+    with pytest.raises(SkulensError, match="gan_epochs must be in"):
+        dataclasses.replace(cfg, gan_mode="add", gan_epochs=2)  # more than the arm's 1 epoch
+    evaluate_gan(dataclasses.replace(cfg, fid=False, latency=False, cas=False, gan_mode="add", gan_epochs=1, seeds=1))
+    run = json.loads((tmp_path / "eval" / "lowdata" / "real_plus_gan_add_e1_seed0" / "metrics.json").read_text())
+    assert run["config"]["gan_augment_epochs"] == 1
 
 
 def test_gan_eval_counts_the_generated_images_each_mode_draws():

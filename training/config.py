@@ -167,6 +167,8 @@ class TrainConfig:
         "mix", "mix = the synthetic images join the epoch's dataset (more steps per epoch, or fewer epochs at "
                "equal steps); add = each real batch gets ratio x as many synthetic images beside it, their loss "
                "added with a real image's weight (same steps and real batches as without --gan-augment)")
+    gan_augment_epochs: int = option(0, "add mode: synthetic batches in the first N epochs only, the rest on the "
+                                        "real photos alone (0 = every epoch)")
     gan_augment_bn: Literal["joint", "separate"] = option(
         "joint", "add mode: joint = the synthetic batch goes through the network with the real one (normalised "
                  "together; BatchNorm's running statistics, used at test, mix both); separate = on its own, "
@@ -195,9 +197,11 @@ class TrainConfig:
             raise TrainConfigError(f"gan_augment_ratio must be > 0, gan_augment_latent_scale in (0, 10] and "
                                    f"gan_augment_pool in [1, 256], got {self.gan_augment_ratio}, "
                                    f"{self.gan_augment_latent_scale} and {self.gan_augment_pool}")
-        if self.gan_augment_bn == "separate" and self.gan_augment_mode != "add":
-            raise TrainConfigError("gan_augment_bn='separate' needs gan_augment_mode='add' (in mix mode the "
-                                   "synthetic images share the real batches)")
+        if (self.gan_augment_bn == "separate" or self.gan_augment_epochs) and self.gan_augment_mode != "add":
+            raise TrainConfigError("gan_augment_bn='separate' and gan_augment_epochs need gan_augment_mode='add' "
+                                   "(in mix mode the synthetic images share the real batches)")
+        if self.gan_augment_epochs < 0:
+            raise TrainConfigError(f"gan_augment_epochs must be >= 0 (0 = every epoch), got {self.gan_augment_epochs}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise TrainConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 

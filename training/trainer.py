@@ -221,7 +221,7 @@ def train(cfg: TrainConfig) -> dict:
         extra = GanAugment(cfg.gan_augment, labels, [s.label for s in train_samples], cfg.gan_augment_ratio, cfg.seed,
                            pool_factor=cfg.gan_augment_pool, latent_scale=cfg.gan_augment_latent_scale)
         if cfg.gan_augment_mode == "add":  # not in the dataset: a synthetic batch beside each real one
-            synthetic, extra = SyntheticBatches(extra, train_pre, cfg.augment, cfg.seed), None
+            synthetic, extra = SyntheticBatches(extra, train_pre, cfg.augment, cfg.seed, cfg.gan_augment_epochs), None
     train_set = TrainSet(images, [s.label for s in train_samples], train_pre, cfg.augment, seed=cfg.seed, extra=extra)
     if teacher is not None:  # the teacher's logits for a fixed set of augmented views (inference: bf16 where native)
         train_set = teacher.prepare(train_set, cfg.num_workers, bf16=_bf16("auto"), progress=tqdm)

@@ -78,14 +78,17 @@ class SyntheticBatches:
     one); the draws and the augmentation are a pure function of (seed, epoch), so a resumed run
     continues exactly."""
 
-    def __init__(self, hook: GanAugment, preprocess, augment_cfg, seed: int = 0):
+    def __init__(self, hook: GanAugment, preprocess, augment_cfg, seed: int = 0, epochs: int = 0):
         self.set = TrainSet([], [], preprocess, augment_cfg, seed=seed + 1, extra=hook)
-        self.seed = seed
+        self.seed, self.epochs = seed, epochs  # epochs: with synthetic batches, from the first (0 = all)
         log.info("gan-augment add mode: a batch of synthetic images beside each real batch, drawn from %d slots",
                  len(hook))
 
     def epoch(self, epoch: int, batches: int, batch_size: int, num_workers: int = 0):
-        """An iterator of ``batches`` pairs (x [S, C, H, W] float32, y [S] int64), S = ``batch_size``."""
+        """An iterator of ``batches`` pairs (x [S, C, H, W] float32, y [S] int64), S = ``batch_size``;
+        None for an epoch past ``epochs`` (it trains on the real photos alone)."""
+        if self.epochs and epoch >= self.epochs:
+            return None
         if batch_size < 1 or not len(self.set):
             raise ValueError(f"add mode needs synthetic images and a synthetic batch of >= 1 (got {batch_size}); "
                              "raise --gan-augment-ratio")

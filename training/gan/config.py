@@ -163,6 +163,8 @@ class GanEvalConfig:
         "mix", "how the real + GAN arm uses the generated images (skulens train --gan-augment-mode): mix = in the "
                "epoch's dataset (with --equal-steps: fewer epochs, so fewer passes over the real photos); add = a "
                "generated batch beside each real batch, the same epochs, steps and real batches as the real-only arm")
+    gan_epochs: int = option(0, "add mode: generated batches in the first N epochs only, the rest on the real "
+                                "photos alone (0 = every epoch; skulens train --gan-augment-epochs)")
     gan_bn: Literal["joint", "separate"] = option(
         "joint", "add mode: normalise the generated batch with the real one (joint) or on its own, leaving "
                  "BatchNorm's running statistics to the real photos (separate; skulens train --gan-augment-bn)")
@@ -190,9 +192,11 @@ class GanEvalConfig:
                 or not self.cas_per_real > 0 or not 0 < self.latent_scale <= 10 or not 1 <= self.gan_pool <= 256):
             raise GanConfigError("seeds and lowdata_epochs must be >= 1, gan_ratio and cas_per_real > 0, "
                                  "threads >= 0, latent_scale in (0, 10], gan_pool in [1, 256]")
-        if self.gan_bn == "separate" and self.gan_mode != "add":
-            raise GanConfigError("--gan-bn separate needs --gan-mode add (in mix mode the generated images share "
-                                 "the real batches)")
+        if (self.gan_bn == "separate" or self.gan_epochs) and self.gan_mode != "add":
+            raise GanConfigError("--gan-bn separate and --gan-epochs need --gan-mode add (in mix mode the generated "
+                                 "images share the real batches)")
+        if not 0 <= self.gan_epochs <= self.lowdata_epochs:
+            raise GanConfigError(f"gan_epochs must be in [0, lowdata_epochs], got {self.gan_epochs}")
         if self.cas_equal_steps and not self.cas_per_real > 1:
             raise GanConfigError(f"cas_equal_steps needs cas_per_real > 1 (got {self.cas_per_real:g}): at 1x the "
                                  "steps are already those of CAS")

@@ -280,6 +280,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     arms = {"real_only": dict(epochs=cfg.lowdata_epochs),
             "real_plus_gan": dict(epochs=epochs_gan, gan_augment=cfg.lowdata_generator,
                                   gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode, gan_augment_bn=cfg.gan_bn,
+                                  gan_augment_epochs=cfg.gan_epochs,
                                   gan_augment_latent_scale=cfg.latent_scale, gan_augment_pool=cfg.gan_pool)}
     runs = {name: [] for name in arms}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
@@ -303,7 +304,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
             "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio, ref.batch_size),
             "gan_ratio": cfg.gan_ratio, "gan_mode": cfg.gan_mode, "latent_scale": cfg.latent_scale,
-            "gan_pool": cfg.gan_pool, "gan_bn": cfg.gan_bn,
+            "gan_pool": cfg.gan_pool, "gan_bn": cfg.gan_bn, "gan_epochs": cfg.gan_epochs,
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
@@ -312,7 +313,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
 
 def summary_name(cfg: GanEvalConfig) -> str:
     """gan_eval, gan_eval_add for the low-data arm in add mode, then _sampling_suffix (_z<s>, _p<pool>,
-    _sepbn): the modes and variants can share one --out (and its real-only runs)."""
+    _sepbn, _e<N>): the modes and variants can share one --out (and its real-only runs)."""
     return "gan_eval" + ("_add" if cfg.lowdata_data and cfg.gan_mode == "add" else "") + _sampling_suffix(cfg)
 
 
@@ -323,11 +324,11 @@ def _latent_suffix(cfg: GanEvalConfig) -> str:
 
 def _sampling_suffix(cfg: GanEvalConfig) -> str:
     """_latent_suffix, then for the low-data arm _p<pool> for another pool of generated images and
-    _sepbn where they are normalised on their own."""
+    _sepbn where they are normalised on their own, _e<N> where they join only the first N epochs."""
     if not cfg.lowdata_data:
         return _latent_suffix(cfg)
     return (_latent_suffix(cfg) + ("" if cfg.gan_pool == 4 else f"_p{cfg.gan_pool}")
-            + ("_sepbn" if cfg.gan_bn == "separate" else ""))
+            + ("_sepbn" if cfg.gan_bn == "separate" else "") + (f"_e{cfg.gan_epochs}" if cfg.gan_epochs else ""))
 
 
 def _save(out: Path, result: dict, name: str) -> None:
