@@ -279,8 +279,8 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
                                   / steps_per_epoch(n_real + n_syn, ref.batch_size)))
     arms = {"real_only": dict(epochs=cfg.lowdata_epochs),
             "real_plus_gan": dict(epochs=epochs_gan, gan_augment=cfg.lowdata_generator,
-                                  gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode, gan_augment_bn=cfg.gan_bn,
-                                  gan_augment_epochs=cfg.gan_epochs,
+                                  gan_augment_ratio=cfg.gan_ratio, gan_augment_mode=cfg.gan_mode,
+                                  gan_augment_bn=cfg.gan_bn, gan_augment_epochs=cfg.gan_epochs,
                                   gan_augment_latent_scale=cfg.latent_scale, gan_augment_pool=cfg.gan_pool)}
     runs = {name: [] for name in arms}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
