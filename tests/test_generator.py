@@ -258,6 +258,8 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]
     assert low_r["n_real_train"] == 12 and low_r["generator_saw_only_lowdata_images"] is False  # saw 48
+    last = json.loads((tmp_path / "eval" / "lowdata" / "real_only_seed0" / "metrics.json").read_text())["history"][-1]
+    assert low_r["arms"]["real_only"]["runs"][0]["val_top1"] == last.get("val_top1")  # for choosing on val
     # tiny_gen was exported with --int8: timed whether it shipped or was kept as .int8.rejected.onnx
     assert set(saved["latency"]["batch16_ms"]) == {"fp32", "int8"}
     assert saved["latency"]["int8_shipped"] == gen_path.with_name("gen.int8.onnx").exists()

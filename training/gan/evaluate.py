@@ -291,6 +291,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
                           seed=seed, **{**base, **extra})
             m = _train_once(rcfg, train)
             runs[name].append({"seed": seed, "test_top1": m["eval"]["top1"], "epochs": rcfg.epochs,
+                               "val_top1": _last_val_top1(Path(rcfg.out)),
                                "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
             log.info("low-data %s seed %d: test top-1 %.3f", name, seed, m["eval"]["top1"])
     summary = {}
@@ -309,6 +310,12 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
             "goal": ">= +2 pp at 5 real photos per class", "n_test": len(low.split("test"))}
+
+
+def _last_val_top1(run: Path) -> float | None:
+    """The run's last-epoch val top-1 (None without a val split), from its metrics.json history."""
+    history = json.loads((run / "metrics.json").read_text()).get("history") or [{}]
+    return history[-1].get("val_top1")
 
 
 def summary_name(cfg: GanEvalConfig) -> str:
