@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 
 def provenance(ckpt_path, ckpt: dict | None = None) -> dict:
     """Who made the file from what: versions, the checkpoint's sha256 and, where the training
-    started from ImageNet weights or distilled a teacher, which (file and sha256)."""
+    started from ImageNet weights, distilled a teacher or averaged runs' weights, which (files and sha256)."""
     out = {"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "skulens_version": skulens.__version__, "torch_version": str(torch.__version__),
            "onnx_version": onnx.__version__, "onnxruntime_version": ort.__version__,
            "checkpoint_sha256": sha256_file(ckpt_path)}
-    for key in ("pretrained", "teacher"):
+    for key in ("pretrained", "teacher", "averaged_from"):
         if (ckpt or {}).get(key):
             out[key] = ckpt[key]
     return out

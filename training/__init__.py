@@ -8,8 +8,10 @@ missing dependency raises MissingExtraError naming the extra to install.
 """
 from skulens.internal import lazy_exports
 
-__all__ = ["TrainConfig", "train", "AugmentConfig", "create_model", "list_models", "make_demo_catalogue"]
+__all__ = ["TrainConfig", "train", "AugmentConfig", "create_model", "list_models", "make_demo_catalogue",
+           "AverageConfig", "average"]
 __getattr__ = lazy_exports(__name__, {"TrainConfig": "config", "AugmentConfig": "augment", "train": "trainer",
                                       "create_model": "models", "list_models": "models",
-                                      "make_demo_catalogue": "demo_data"},
+                                      "make_demo_catalogue": "demo_data",
+                                      "AverageConfig": "config", "average": "soup"},
                            extra="train", deps=("torch", "tqdm", "matplotlib"))

@@ -294,3 +294,11 @@ def make_preprocess(cfg: TrainConfig, facts: dict | None = None) -> PreprocessCo
     return PreprocessConfig(input_size=(cfg.input_size, cfg.input_size), color_order=color,
                             resize="shorter_side_crop", crop_fraction=1.0, interpolation="area",
                             mean=mean, std=std, layout="NCHW", reduced_decode=cfg.reduced_decode)
+
+
+@dataclass
+class AverageConfig:
+    """``skulens average``: one classifier whose weights are the mean of several fine-tuned runs'."""
+    checkpoints: tuple[str, ...] = option((), "two or more best.pt of runs fine-tuned from the same pretrained "
+                                              "weights (or --init-from checkpoint), same model and classes")
+    out: str = option("soup.pt", "the averaged checkpoint to write (export it like a best.pt)")
