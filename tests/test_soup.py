@@ -85,6 +85,7 @@ def test_the_cli_writes_the_average_and_refuses_bad_sets(seeds, tiny_run, tmp_pa
     (lambda c: c["model"].update({"head.weight": c["model"]["head.weight"][:, :-1]}), "another shape"),
     (lambda c: c["model"].pop("head.bias"), "missing"),
     (lambda c: c["model"]["head.bias"].fill_(float("nan")), "NaN"),
+    (lambda c: c.update(model=[1, 2]), "not tensors"),
 ])
 def test_runs_that_cannot_be_averaged_are_refused_by_name(seeds, change, words):
     a, b = (load_checkpoint(p) for p in seeds)

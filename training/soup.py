@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def start_of(ckpt: dict) -> str | None:
     """Where a run's weights started: the pretrained file's sha256, the --init-from checkpoint,
     or None (from scratch)."""
-    if ckpt.get("pretrained"):
+    if isinstance(ckpt.get("pretrained"), dict):
         return f"pretrained {ckpt['pretrained'].get('weights')} (sha256 {ckpt['pretrained'].get('sha256')})"
     init = (ckpt.get("train_config") or {}).get("init_from")
     return f"init-from {init}" if init else None
@@ -54,6 +54,12 @@ def average_checkpoints(ckpts: list[dict], names: list[str], sha256s: list[str] 
     for ckpt, name in zip(ckpts, names):
         if ckpt.get("kind", "classifier") != "classifier":
             raise ModelError(f"{name}: a {ckpt.get('kind')} checkpoint; only classifiers are averaged")
+        weights = ckpt.get("model")
+        if not isinstance(weights, dict) or not weights or not all(torch.is_tensor(t) for t in weights.values()):
+            raise ModelError(f"{name}: its model weights are missing or not tensors (a damaged checkpoint)")
+        if ckpt.get("averaged_from"):
+            log.warning("%s is itself an average of %d runs; here it counts as one run", name,
+                        len(ckpt["averaged_from"]))
         for key in SAME:
             if ckpt.get(key) != first.get(key):
                 raise ModelError(f"{name}: its {key} differs from {names[0]}'s; only runs of the same model, "
