@@ -20,9 +20,11 @@ import tempfile
 from pathlib import Path
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quant_pre_process, quantize_static)
 
+from skulens import ModelError
 from skulens.internal import atomic_write, time_models
 
 from ._onnx import drop_unused_initializers
@@ -81,6 +83,8 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
     with tempfile.TemporaryDirectory(prefix="skulens-quant-", dir=work_dir) as tmp:
         prep = os.path.join(tmp, "prep.onnx")
         quant_pre_process(str(fp32_path), prep, skip_symbolic_shape=True)
+        if calibrate_method != "minmax":
+            check_histogram_memory(prep, calibration_images, input_name, calibrate_method)
         pixels = _pixel_cast(onnx.load(prep)) if activation_type == "u8" else None
         float_nodes = _pixel_arithmetic(onnx.load(prep)) if float_pixel_arithmetic else None
         if pixels is not None:  # the cast uint8 pixels, and copies of them: quantized as they are
@@ -103,6 +107,47 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
                 onnx.save(model, dst)
 
         return atomic_write(out_path, write)
+
+
+def check_histogram_memory(model_path, calibration_images, input_name: str, method: str,
+                           available: int | None = None) -> int:
+    """Refuse, before the long work, a histogram calibration that would not fit in memory.
+
+    onnxruntime's entropy and percentile calibrators keep every activation of every calibration
+    image until the histograms are built (minmax merges ranges as it goes): EfficientNet-Lite0 at
+    240 px with the flip needs about 130 MB per image (33 GB for 256 images); such an export
+    was killed by the kernel. One image is run through the model with every float tensor as an
+    output; the total for all images is compared with the memory available now. Returns the
+    bytes it expects."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(model_path))
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(vi for vi in model.graph.value_info
+                              if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and vi.name not in outputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    first = ArrayCalibrationReader(calibration_images, input_name, batch_size=1).get_next()
+    per_image = sum(out.nbytes for out in session.run(None, first))
+    n = len(next(iter(calibration_images.values()))) if isinstance(calibration_images, dict) else len(calibration_images)
+    need = per_image * n
+    available = _available_memory() if available is None else available
+    if available and need > 0.7 * available:
+        fits = max(1, int(0.7 * available // per_image))
+        raise ModelError(f"--calibrate-method {method} keeps every activation of every calibration image in memory: "
+                         f"{per_image / 2**20:.0f} MB per image, {need / 2**30:.1f} GB for {n} images, more than this "
+                         f"machine can spare ({available / 2**30:.1f} GB available). Use --calibration-size {fits} "
+                         "or fewer, or --calibrate-method minmax (its memory does not grow with the images)")
+    return need
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _float_gemm_outputs(model: onnx.ModelProto) -> int:
@@ -218,6 +263,8 @@ def choose_activation_type(fp32_path, calibration_images: np.ndarray, *, calibra
                            threads: int = 1, input_name: str = "input", work_dir=None,
                            float_pixel_arithmetic: bool = False) -> tuple[str, dict]:
     """Quantize with U8 and with S8 activations and keep the one faster on this CPU (batch 1)."""
+    if calibrate_method != "minmax":  # before the timing work, for all the images to come
+        check_histogram_memory(fp32_path, calibration_images, input_name, calibrate_method)
     with tempfile.TemporaryDirectory(prefix="skulens-actcheck-", dir=work_dir) as tmp:
         paths = {}
         for act in ACTIVATION_TYPES:

@@ -124,3 +124,21 @@ def test_int8_logits_come_float_from_the_final_gemm(tiny_models):
     opt = optimized_op_types(int8)
     assert opt["optimized_ops"].get("QGemm") == 1 and opt["output_producers"]["logits"] == "QGemm"
     assert opt["output_producers"]["embedding"] == "Div" and opt["remaining_quantize"] == 0
+
+
+def test_histogram_calibration_works_and_is_refused_up_front_when_it_cannot_fit(tiny_run, grocery_subset, tmp_path,
+                                                                               monkeypatch):
+    """entropy/percentile keep every calibration image's activations in memory (onnxruntime):
+    a set that cannot fit is refused with the fix before any quantization, not killed by the OOM killer."""
+    from conftest import _export_tiny
+    from skulens.export import _quantize
+
+    _, int8, report = _export_tiny(tiny_run, grocery_subset, tmp_path / "pct", calibrate_method="percentile")
+    assert report["int8"]["quantization"]["calibrate_method"] == "percentile" and int8.exists()
+    assert report["int8"]["top1_agreement_with_fp32"] > 0.5
+    calls = []
+    monkeypatch.setattr(_quantize, "_available_memory", lambda: 2 ** 20)  # 1 MB free
+    monkeypatch.setattr(_quantize, "quantize_static", lambda *a, **k: calls.append(1))
+    with pytest.raises(ModelError, match=r"entropy keeps every activation.*--calibration-size \d+"):
+        _export_tiny(tiny_run, grocery_subset, tmp_path / "ent", calibrate_method="entropy")
+    assert not calls and not list((tmp_path / "ent").glob("*.onnx"))
