@@ -33,8 +33,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("average", help="average the weights of fine-tuned runs into one model (a 'model soup')",
                        description="One classifier whose weights are the mean of several runs fine-tuned from the "
-                       "same pretrained weights (e.g. seeds): usually more accurate than each run, at the size and "
-                       "speed of one. Export the result like a best.pt.")
+                       "same pretrained weights (e.g. seeds), at the size and speed of one; it can be more accurate "
+                       "than each run (measured on Grocery in the README: +3.6 pp on val, level on test). Export "
+                       "the result like a best.pt.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=field_help(AverageConfig.__dataclass_fields__["checkpoints"]))
     add_dataclass_flags(p, AverageConfig)
     p.set_defaults(func=_average)

@@ -1,10 +1,12 @@
 """Weight averaging ("model soup"): one classifier whose weights are the mean of several runs'.
 
 Runs fine-tuned from the same pretrained weights with different seeds end in one basin of the
-loss, so the mean of their weights is itself a model, and usually a better one than each run
-(Wortsman et al. 2022, "Model soups"): most of an ensemble's gain at the size and speed of one
-model. Runs trained from scratch do not share a basin and their mean is noise, so they are
-refused, as are runs of another model, class set, preprocessing or starting point.
+loss, so the mean of their weights is itself a model, often a better one than each run (Wortsman
+et al. 2022, "Model soups"), at the size and speed of one model. Measured here (README): on
+Grocery's val split two Lite0 seeds' average gained 3.6 pp; on the test split two Lite1 seeds'
+average was level with their mean. Runs trained from scratch do not share a basin and their
+mean is noise, so they are refused, as are runs of another model, class set, preprocessing or
+starting point.
 
 Every floating-point tensor is averaged, BatchNorm running statistics included (recomputing
 them on training photos lost the whole gain on val: README). Integer tensors (BatchNorm's
