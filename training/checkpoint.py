@@ -70,6 +70,17 @@ def model_from_checkpoint(ckpt: dict):
     return model.eval()
 
 
+def init_from_checkpoint(model, path) -> None:
+    """Copy every tensor whose name and shape match, except the classifier the model's card names
+    (it is new for the new classes, even where their number is the same)."""
+    src = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    head = model.card.classifier + "."
+    matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
+    model.load_state_dict(matched, strict=False)
+    log.info("init-from %s: %d/%d tensors copied", path, len(matched), len(own))
+
+
 def preprocess_of(ckpt: dict) -> PreprocessConfig:
     return PreprocessConfig.from_dict(ckpt["preprocess"])
 

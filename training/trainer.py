@@ -35,8 +35,8 @@ from skulens import DatasetError, load_dataset
 from skulens.internal import accuracy_report, atomic_write_text, config_to_dict, cpu_seconds
 
 from . import _distributed as _ddp
-from .checkpoint import (check_run_folder, load_checkpoint, remove_partial_writes, resume_training, rng_states,
-                         save_checkpoint, write_args, write_results)
+from .checkpoint import (check_run_folder, init_from_checkpoint, load_checkpoint, remove_partial_writes,
+                         resume_training, rng_states, save_checkpoint, write_args, write_results)
 from .config import (TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch,
                      synthetic_batch_size)
 from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
@@ -118,17 +118,6 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def _schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
-
-
-def _init_from(model, path) -> None:
-    """Copy every tensor whose name and shape match, except the classifier the model's card names
-    (it is new for the new classes, even where their number is the same)."""
-    src = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    head = model.card.classifier + "."
-    matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
-    model.load_state_dict(matched, strict=False)
-    log.info("init-from %s: %d/%d tensors copied", path, len(matched), len(own))
 
 
 @torch.no_grad()
@@ -244,7 +233,7 @@ def train(cfg: TrainConfig) -> dict:
     pretrained_info = model.pretrained_info
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     if cfg.init_from:
-        _init_from(model, cfg.init_from)
+        init_from_checkpoint(model, cfg.init_from)
     model = model.to(device, memory_format=memory_format)
     use_bf16 = _bf16(cfg.precision, device)
     net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
