@@ -93,7 +93,11 @@ def quantize_int8(fp32_path, out_path, calibration_images: np.ndarray, *, activa
                                              [pixels.output[0], *_pixel_copies(onnx.load(prep), pixels.output[0])]}
 
         def write(dst):
-            quantize_static(prep, dst, ArrayCalibrationReader(calibration_images, input_name),
+            # histogram calibrators stack each tensor's per-batch outputs into one array: every batch
+            # must have the same size, or a last, shorter batch fails inside onnxruntime
+            batch = 16 if calibrate_method == "minmax" else 1
+            reader = ArrayCalibrationReader(calibration_images, input_name, batch_size=batch)
+            quantize_static(prep, dst, reader,
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=ACTIVATION_TYPES[activation_type],
                             weight_type=QuantType.QInt8,
