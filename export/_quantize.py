@@ -133,8 +133,8 @@ def check_histogram_memory(model_path, calibration_images, input_name: str, meth
     n = len(next(iter(calibration_images.values()))) if isinstance(calibration_images, dict) else len(calibration_images)
     need = per_image * n
     available = _available_memory() if available is None else available
-    if available and need > 0.7 * available:
-        fits = max(1, int(0.7 * available // per_image))
+    if available and need > 0.6 * available:  # measured: ~2 GB more than the activations at peak
+        fits = max(1, int(0.6 * available // per_image))
         raise ModelError(f"--calibrate-method {method} keeps every activation of every calibration image in memory: "
                          f"{per_image / 2**20:.0f} MB per image, {need / 2**30:.1f} GB for {n} images, more than this "
                          f"machine can spare ({available / 2**30:.1f} GB available). Use --calibration-size {fits} "
