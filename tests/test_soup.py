@@ -71,6 +71,9 @@ def test_the_cli_writes_the_average_and_refuses_bad_sets(seeds, tiny_run, tmp_pa
     for args, words in cases.items():
         assert main(["average", *args, "--out", str(tmp_path / "x.pt")]) == 2
         assert words in capsys.readouterr().err, args
+    (tmp_path / "file").write_text("")
+    assert main(["average", str(seeds[0]), str(seeds[1]), "--out", str(tmp_path / "file" / "soup.pt")]) == 2
+    assert "cannot be written" in capsys.readouterr().err
     assert main(["average", str(seeds[0]), str(seeds[1]), "--out", str(seeds[1])]) == 2
     assert "one of the checkpoints" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists() and "averaged_from" not in load_checkpoint(seeds[1])
@@ -110,7 +113,7 @@ def test_an_extra_tensor_is_refused_and_the_output_is_written_atomically(seeds, 
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", half_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TrainConfigError, match="cannot be written.*disk full"):
         average(AverageConfig(checkpoints=tuple(map(str, seeds)), out=str(out)))
     monkeypatch.undo()
     assert load_checkpoint(out)["note"] == "old" and [p.name for p in tmp_path.iterdir()] == ["soup.pt"]

@@ -123,7 +123,10 @@ def average(cfg: AverageConfig) -> Path:
                                    "changes nothing")
         seen[sha] = p
     soup = average_checkpoints(ckpts, [str(p) for p in paths], shas)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, soup)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out, soup)
+    except OSError as exc:
+        raise TrainConfigError(f"--out {out}: cannot be written ({exc.strerror or exc})") from exc
     log.info("averaged %d checkpoints (%s) -> %s", len(paths), ", ".join(map(str, paths)), out)
     return out
