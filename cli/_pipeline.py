@@ -36,7 +36,8 @@ def register(sub) -> None:
                        "same pretrained weights (e.g. seeds), at the size and speed of one; it can be more accurate "
                        "than each run (measured on Grocery in the README: +3.6 pp on val, level on test). Export "
                        "the result like a best.pt.")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=field_help(AverageConfig.__dataclass_fields__["checkpoints"]))
+    checkpoints = AverageConfig.__dataclass_fields__["checkpoints"]  # a list: added here, not by add_dataclass_flags
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=field_help(checkpoints))
     add_dataclass_flags(p, AverageConfig)
     p.set_defaults(func=_average)
 
