@@ -113,7 +113,7 @@ def _train(args) -> int:
 
 def _average(args) -> int:
     for path in args.checkpoints:
-        require_checkpoint(path)
+        require_checkpoint(path, "average")
     from skulens.training import AverageConfig, average
 
     out = average(dataclass_from_args(AverageConfig, args, checkpoints=tuple(args.checkpoints)))

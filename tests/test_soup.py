@@ -1,6 +1,7 @@
 """Weight averaging (`skulens average`): the exact mean of runs fine-tuned from one start, exported
 with its provenance; refusals of everything that cannot be averaged meaningfully."""
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -68,6 +69,12 @@ def test_the_cli_writes_the_average_and_refuses_bad_sets(seeds, tiny_run, tmp_pa
         (str(seeds[0]), str(tiny_run[0] / "best.pt")): "trained from scratch",
         (str(seeds[0]), str(tmp_path / "missing.pt")): "no such checkpoint",
     }
+    model = onnx.helper.make_model(onnx.helper.make_graph(  # an exported model given for a checkpoint
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    onnx.save(model, tmp_path / "model.onnx")
+    cases[(str(seeds[0]), str(tmp_path / "model.onnx"))] = "average takes the best.pt of skulens train runs"
     for args, words in cases.items():
         assert main(["average", *args, "--out", str(tmp_path / "x.pt")]) == 2
         assert words in capsys.readouterr().err, args
