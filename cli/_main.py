@@ -107,16 +107,15 @@ def require_model(path) -> None:
                          "arguments (the model comes before the images, see --help)")
 
 
-def require_checkpoint(path, command: str = "export") -> None:
-    """ModelError with the fix when ``path`` (an argument of ``skulens COMMAND`` that must be a
-    training checkpoint) is an exported ONNX model or missing."""
+def require_checkpoint(path, command: str = "export",
+                       takes: str = "the best.pt of skulens train (or last.pt of skulens gan train)") -> None:
+    """ModelError with the fix when ``path`` (an argument of ``skulens COMMAND``, which ``takes``
+    a training checkpoint) is an exported ONNX model or missing."""
     kind = file_kind(path)
     if kind is None:
         raise ModelError(f"{path}: no such checkpoint file (skulens train writes RUN/best.pt, "
                          "skulens gan train RUN/last.pt)")
     if kind == "onnx":
-        takes = ("the best.pt of skulens train runs" if command == "average" else
-                 "the best.pt of skulens train (or last.pt of skulens gan train)")
         raise ModelError(f"{path}: this is an exported ONNX model, not a checkpoint; {command} takes {takes}. "
                          f"The model is ready to use: skulens predict {path} IMAGE")
 
