@@ -6,14 +6,16 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 
 A run folder (``--out``) holds: ``args.json`` (the resolved config, written before the first
 epoch), ``results.csv`` (one row per epoch), ``last.pt`` (every epoch, for ``--resume``),
-``best.pt`` (the checkpoint to export), ``metrics.json``, ``curves.png`` and ``confusion.png``.
+``best.pt`` (the checkpoint to export), ``metrics.json``, ``curves.png`` and ``confusion.png``,
+and with ``--snapshot-every N`` an ``epochNNN.pt`` every N epochs (last.pt as it was then).
 
 ``--resume`` is exact: a run killed at any moment and resumed from its last.pt ends with the
 weights of the uninterrupted run, bit for bit (on the same machine, torch and thread count).
 Besides weights, EMA, optimizer and schedule, a checkpoint holds every random-number state a
 training step draws from (:func:`rng_states`); augmentation needs none, being a pure function of
 (seed, epoch, image index) (``data.TrainSet``), nor do the teacher's views and the GAN pools,
-computed before training from the seed.
+computed before training from the seed. ``--fork-from`` is the other way to continue a run: it
+loads the same states but the random-number ones, so the branch draws from its own seed.
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ WRITTEN_FILES = (*RUN_FILES, "curves.png", "confusion.png")
 RESULT_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds")
 
 FORMAT = "skulens-checkpoint-1"
+# TrainConfig fields that belong to one run, not to its recipe: its seed, where and how it runs,
+# its snapshots and the run it forked from. Averaged runs and forks may differ in these (and a
+# fork in "data" as spelt: the dataset is compared by resolved path)
+PER_RUN = ("seed", "out", "resume", "exist_ok", "threads", "num_workers", "device", "fork_from", "snapshot_every")
+FORK_MAY_DIFFER = (*PER_RUN, "data")
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +166,43 @@ def resume_training(path, model_name: str, labels: list[str], model, ema, optimi
     return ckpt
 
 
+def fork_training(path, cfg, dataset_path: str, labels: list[str], model, ema, optimizer, scheduler) -> dict:
+    """Load ``path`` (another run's epochNNN.pt or last.pt) into this run's model, EMA, optimizer and
+    schedule, but not its random-number states: the fork continues the same schedule from that
+    epoch with its own seed's data order and augmentation. Refuses a checkpoint of another recipe
+    (any TrainConfig field but FORK_MAY_DIFFER), dataset or class set, or one with no epochs left."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind", "classifier") != "classifier" or "optimizer" not in ckpt or "raw_model" not in ckpt:
+        raise TrainConfigError(f"--fork-from {path}: not a training run's snapshot (epochNNN.pt or last.pt)")
+    ours, theirs = config_to_dict(cfg), ckpt.get("train_config") or {}
+    differ = sorted(k for k in ours if k not in FORK_MAY_DIFFER and ours[k] != theirs.get(k))
+    if ckpt["model_name"] != cfg.model or ckpt["labels"] != labels:
+        differ.insert(0, "model or class set")
+    if ckpt.get("dataset") != str(Path(dataset_path).resolve()):
+        differ.insert(0, f"dataset ({ckpt.get('dataset')})")
+    if differ:
+        raise TrainConfigError(f"--fork-from {path}: that run was trained with another recipe; it differs in "
+                               f"{', '.join(differ)}. A fork takes the same settings, with another --seed")
+    if ckpt["epoch"] + 1 >= cfg.epochs:
+        raise TrainConfigError(f"--fork-from {path}: it holds epoch {ckpt['epoch'] + 1} of {cfg.epochs}, so no "
+                               "epoch is left to train; fork from an earlier snapshot (--snapshot-every)")
+    if theirs.get("seed") == cfg.seed:
+        log.warning("--fork-from %s with the seed it was trained with (%d): the fork's augmentation repeats "
+                    "that run's; pass another --seed", path, cfg.seed)
+    model.load_state_dict(ckpt["raw_model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return ckpt
+
+
 def remove_partial_writes(out) -> list[Path]:
     """Delete the temp files (atomic_write's ``.NAME.*.tmp``) of run-file writes that a killed
     run cut short: the run taking over the folder (new, --resume or --exist-ok) is its one writer."""
     out = Path(out)
-    stale = sorted(p for name in WRITTEN_FILES for p in out.glob(f".{name}.*.tmp")) if out.is_dir() else []
+    names = (*WRITTEN_FILES, "epoch[0-9]*.pt")
+    stale = sorted(p for name in names for p in out.glob(f".{name}.*.tmp")) if out.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
     if stale:

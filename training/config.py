@@ -139,6 +139,12 @@ class TrainConfig:
                                          "classifier for these classes)")
     freeze_backbone: int = option(0, "epochs training only the classifier first")
     resume: bool = option(False, "continue the interrupted run in --out from its last.pt")
+    snapshot_every: int = option(0, "also keep the run's whole state every N epochs as epochNNN.pt, a point "
+                                    "that --fork-from can branch from (0 = off)")
+    fork_from: str | None = option(None, "branch from another run's snapshot (epochNNN.pt or last.pt) of this "
+                                         "same recipe: its weights, EMA, optimiser, schedule and history, then "
+                                         "the remaining epochs with this --seed's data order and augmentation. "
+                                         "Forks of one run, averaged with skulens average, share its first epochs")
     exist_ok: bool = option(False, "train into an --out folder that holds an earlier run, overwriting its files")
     class_depth: int | None = option(None, "class folders: the folder level that names the classes (1 = "
                                            "ROOT/<class>/, 2 = ROOT/<group>/<class>/, 0 = every folder that "
@@ -184,7 +190,8 @@ class TrainConfig:
             if value is not None and value not in choices:
                 raise TrainConfigError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("input_size", 8), ("train_size", 8), ("lr", 0.0),
-                          ("patience", 0), ("freeze_backbone", 0), ("class_depth", 0), ("num_workers", 0)):
+                          ("patience", 0), ("freeze_backbone", 0), ("class_depth", 0), ("num_workers", 0),
+                          ("snapshot_every", 0)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise TrainConfigError(f"{name} must be >= {low}, got {value}")

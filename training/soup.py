@@ -27,13 +27,11 @@ import skulens
 from skulens import ModelError
 from skulens.internal import sha256_file
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import PER_RUN, load_checkpoint, save_checkpoint  # PER_RUN: may differ without comment
 from .config import AverageConfig, TrainConfigError
 
 # what every ingredient must share: the same network, classes and input contract
 SAME = ("model_name", "model_kwargs", "labels", "coarse_labels", "preprocess")
-# recipe fields that may differ between ingredients without comment
-PER_RUN = ("seed", "out", "resume", "exist_ok", "threads", "num_workers", "device")
 
 log = logging.getLogger(__name__)
 

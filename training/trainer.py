@@ -32,11 +32,12 @@ from tqdm.auto import tqdm as _tqdm
 
 import skulens
 from skulens import DatasetError, load_dataset
-from skulens.internal import accuracy_report, atomic_write_text, config_to_dict, cpu_seconds
+from skulens.internal import accuracy_report, atomic_write_text, config_to_dict, cpu_seconds, sha256_file
 
 from . import _distributed as _ddp
-from .checkpoint import (check_run_folder, init_from_checkpoint, load_checkpoint, remove_partial_writes,
-                         resume_training, rng_states, save_checkpoint, write_args, write_results)
+from .checkpoint import (check_run_folder, fork_training, init_from_checkpoint, load_checkpoint,
+                         remove_partial_writes, resume_training, rng_states, save_checkpoint, write_args,
+                         write_results)
 from .config import (TrainConfig, TrainConfigError, make_preprocess, resolve, steps_per_epoch,
                      synthetic_batch_size)
 from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors, load_images, training_split
@@ -254,7 +255,7 @@ def train(cfg: TrainConfig) -> dict:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if cfg.coarse_smoothing:
         criterion = GroupSmoothedCrossEntropy(coarse_of, cfg.label_smoothing, cfg.coarse_smoothing).to(device)
-    history, best_top1, start_epoch, elapsed_before = [], -1.0, 0, 0.0
+    history, best_top1, start_epoch, elapsed_before, forked_from = [], -1.0, 0, 0.0, None
 
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)  # CutMix/MixUp
     if cfg.resume and (out / "last.pt").is_file():  # every state, random-number ones included: exact
@@ -263,6 +264,14 @@ def train(cfg: TrainConfig) -> dict:
         history, best_top1 = ckpt["history"], ckpt["best_top1"]
         start_epoch, elapsed_before = ckpt["epoch"] + 1, ckpt.get("train_seconds", 0.0)
         log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
+    elif cfg.fork_from:  # another run's states but its random-number ones: this seed's draws from here on
+        ckpt = fork_training(cfg.fork_from, cfg, cfg.data, labels, model, ema, optimizer, scheduler)
+        history, best_top1 = ckpt["history"], ckpt["best_top1"]
+        start_epoch, elapsed_before = ckpt["epoch"] + 1, ckpt.get("train_seconds", 0.0)
+        forked_from = {"path": str(Path(cfg.fork_from).resolve()), "sha256": sha256_file(cfg.fork_from),
+                       "epoch": start_epoch, "seed": ckpt["train_config"]["seed"]}
+        log.info("forked from %s (epoch %d, seed %d) with seed %d", cfg.fork_from, start_epoch,
+                 forked_from["seed"], cfg.seed)
 
     def state(epoch: int, train_seconds: float) -> dict:
         return {"kind": "classifier", "model_name": cfg.model, "model_kwargs": model_kwargs,
@@ -275,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
                 "skulens_version": skulens.__version__,
                 "torch_version": str(torch.__version__), "dataset": str(Path(cfg.data).resolve()),
                 "pretrained": pretrained_info, "teacher": teacher.info if teacher else None,
-                "precision": "bf16" if use_bf16 else "fp32"}
+                "precision": "bf16" if use_bf16 else "fp32", "forked_from": forked_from}
 
     head = model.card.classifier + "."
 
@@ -356,6 +365,8 @@ def train(cfg: TrainConfig) -> dict:
                 save_checkpoint(out / "best.pt", state(epoch, seconds))
         if dctx.is_main:
             save_checkpoint(out / "last.pt", state(epoch, seconds))
+            if cfg.snapshot_every and (epoch + 1) % cfg.snapshot_every == 0:
+                save_checkpoint(out / f"epoch{epoch + 1:03d}.pt", state(epoch, seconds))
             write_results(history, out / "results.csv")
         if cfg.patience and len(x_val) and _epochs_without_improvement(history) >= cfg.patience:
             stopped_early = epoch + 1
@@ -377,7 +388,7 @@ def train(cfg: TrainConfig) -> dict:
                "derived_from_run_size": derived, "train_seconds": round(train_seconds, 3),
                "total_seconds": round(time.perf_counter() - t_start, 1),
                "cpu_seconds": round(cpu_seconds() - cpu_start, 3), "torch_threads": torch.get_num_threads(),
-               "n_train": len(train_samples), "n_val": len(val_samples)}
+               "n_train": len(train_samples), "n_val": len(val_samples), "forked_from": forked_from}
     eval_split = "test" if dataset.splits.get("test") else "val"
     eval_samples = dataset.splits["test"] if eval_split == "test" else val_samples
     if eval_samples:

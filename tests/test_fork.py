@@ -1,0 +1,98 @@
+"""Snapshots and forks: a run keeps its state every N epochs (--snapshot-every), and another run
+branches from one (--fork-from) with its own seed, sharing the first epochs (README: a cheaper
+weight average)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from skulens.internal import sha256_file
+from skulens.training import TrainConfig, train
+from skulens.training.checkpoint import load_checkpoint, save_checkpoint
+from skulens.training.config import TrainConfigError
+
+# fine-tuned from one start (tiny_run's weights), as averaged runs must be
+TINY = dict(model="edge_resnet_tiny", epochs=3, input_size=32, batch_size=16, num_workers=0, lr=0.05,
+            ema_decay=0.9, threads=1, seed=0, model_kwargs={"stem_stride": 2, "patch_stem": True})
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run, grocery_subset):
+    """run(out, **changes): the TINY recipe on the Grocery subset, from tiny_run's weights."""
+    def _run(out, **kw) -> dict:
+        threads = torch.get_num_threads()
+        try:
+            return train(TrainConfig(data=str(grocery_subset), out=str(out), init_from=str(tiny_run[0] / "best.pt"),
+                                     **{**TINY, **kw}))
+        finally:
+            torch.set_num_threads(threads)  # cfg.threads is process-wide
+    return _run
+
+
+@pytest.fixture(scope="module")
+def trunk(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trunk")
+    run(out, snapshot_every=1)
+    return out
+
+
+def test_snapshots_hold_the_run_as_it_was_at_each_epoch(trunk):
+    snaps = sorted(p.name for p in trunk.glob("epoch*.pt"))
+    assert snaps == ["epoch001.pt", "epoch002.pt", "epoch003.pt"]
+    for i, name in enumerate(snaps):
+        ckpt = load_checkpoint(trunk / name)
+        assert ckpt["epoch"] == i and len(ckpt["history"]) == i + 1 and "optimizer" in ckpt and "rng" in ckpt
+    last = load_checkpoint(trunk / "last.pt")
+    assert torch.equal(load_checkpoint(trunk / "epoch003.pt")["raw_model"]["head.weight"],
+                       last["raw_model"]["head.weight"])
+    assert not torch.equal(load_checkpoint(trunk / "epoch001.pt")["raw_model"]["head.weight"],
+                           last["raw_model"]["head.weight"])
+
+
+def test_a_fork_continues_the_schedule_with_its_own_draws(trunk, run, tmp_path):
+    snap = trunk / "epoch001.pt"
+    metrics = {s: run(tmp_path / f"fork{s}", seed=s, fork_from=str(snap)) for s in (1, 2)}
+    ref, start = load_checkpoint(trunk / "last.pt"), load_checkpoint(snap)
+    forks = {s: load_checkpoint(tmp_path / f"fork{s}" / "last.pt") for s in (1, 2)}
+    for s, fork in forks.items():
+        assert fork["epoch"] == ref["epoch"] == 2
+        assert fork["history"][0] == start["history"][0]  # the shared epoch, then its own two
+        assert [h["epoch"] for h in fork["history"]] == [1, 2, 3]
+        # the schedule and the EMA went on where the trunk's epoch 1 left them
+        assert fork["scheduler"]["last_epoch"] == ref["scheduler"]["last_epoch"]
+        assert int(fork["ema"]["n_averaged"]) == int(ref["ema"]["n_averaged"])
+        assert fork["forked_from"] == {"path": str(snap.resolve()), "sha256": sha256_file(snap), "epoch": 1,
+                                       "seed": 0}
+        assert metrics[s]["forked_from"]["epoch"] == 1 and fork["train_config"]["seed"] == s
+    heads = [ref["raw_model"]["head.weight"], *(f["raw_model"]["head.weight"] for f in forks.values())]
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])  # own draws each
+
+
+def test_forks_average_into_one_model(trunk, run, tmp_path):
+    from skulens.training.config import AverageConfig
+    from skulens.training.soup import average
+
+    run(tmp_path / "fork", seed=5, fork_from=str(trunk / "epoch002.pt"))
+    out = average(AverageConfig(checkpoints=[str(trunk / "best.pt"), str(tmp_path / "fork" / "best.pt")],
+                                out=str(tmp_path / "soup.pt")))
+    soup = load_checkpoint(out)
+    a, b = load_checkpoint(trunk / "best.pt")["model"], load_checkpoint(tmp_path / "fork" / "best.pt")["model"]
+    torch.testing.assert_close(soup["model"]["head.weight"], (a["head.weight"] + b["head.weight"]) / 2)
+
+
+def test_a_fork_of_another_recipe_or_of_the_last_epoch_is_refused(trunk, run, tmp_path, caplog):
+    with pytest.raises(TrainConfigError, match=r"differs in lr\b"):
+        run(tmp_path / "a", seed=1, lr=0.01, fork_from=str(trunk / "epoch001.pt"))
+    with pytest.raises(TrainConfigError, match="differs in epochs"):
+        run(tmp_path / "b", seed=1, epochs=4, fork_from=str(trunk / "epoch001.pt"))
+    with pytest.raises(TrainConfigError, match="holds epoch 3 of 3, so no epoch is left"):
+        run(tmp_path / "c", seed=1, fork_from=str(trunk / "epoch003.pt"))
+    ckpt = load_checkpoint(trunk / "best.pt")
+    save_checkpoint(tmp_path / "weights.pt", {k: v for k, v in ckpt.items() if k != "optimizer"})
+    with pytest.raises(TrainConfigError, match="not a training run's snapshot"):
+        run(tmp_path / "d", seed=1, fork_from=str(tmp_path / "weights.pt"))
+    with caplog.at_level(logging.WARNING):  # allowed, but not what a fork is for
+        run(tmp_path / "e", fork_from=str(trunk / "epoch002.pt"))
+    assert any("pass another --seed" in r.getMessage() for r in caplog.records)
