@@ -25,7 +25,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quant_pre_process, quantize_static)
 
 from skulens import ModelError
-from skulens.internal import atomic_write, time_models
+from skulens.internal import atomic_write, proc_bytes, time_models
 
 from ._onnx import drop_unused_initializers
 
@@ -144,14 +144,7 @@ def check_histogram_memory(model_path, calibration_images, input_name: str, meth
 
 def _available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux: MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return proc_bytes("MemAvailable", "/proc/meminfo")
 
 
 def _float_gemm_outputs(model: onnx.ModelProto) -> int:

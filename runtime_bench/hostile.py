@@ -265,13 +265,11 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 # -- running them --------------------------------------------------------------------------------
 def _peak_rss_mb() -> float:
     """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's peak across fork+exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    from skulens.internal import proc_bytes
+
+    peak = proc_bytes("VmHWM")
+    if peak is not None:
+        return peak / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -7,15 +7,34 @@ import tempfile
 from pathlib import Path
 
 
+def proc_field(key: str, path: str = "/proc/self/status") -> str | None:
+    """The value after ``key:`` in a Linux /proc file of ``key: value [unit]`` lines (first word;
+    default this process's status), or None where the file or the key is missing."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name == key and rest.split():
+                    return rest.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def proc_bytes(key: str, path: str = "/proc/self/status") -> int | None:
+    """A /proc size field given in kB (VmSize, VmHWM, MemAvailable, ...) in bytes, or None."""
+    value = proc_field(key, path)
+    return int(value) * 1024 if value is not None and value.isdigit() else None
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where the OS allows (Linux: /proc)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    value = proc_field("Umask")
+    if value is not None:
+        try:
+            return int(value, 8)
+        except ValueError:
+            pass
     mask = os.umask(0o022)  # elsewhere: set and restore (momentarily process-wide)
     os.umask(mask)
     return mask

@@ -4,8 +4,8 @@
 runtime through ``skulens`` (the public names) and this module only, never through its private
 ``skulens._*`` modules. It is not a user API: names here may change between releases.
 
-- files: ``atomic_write*`` (temp file + fsync + rename), ``sha256_file``, artefact names
-  (``int8_path_for``, ``rejected_path_for``, ``report_path_for``);
+- files: ``atomic_write*`` (temp file + fsync + rename), ``sha256_file``, ``proc_bytes`` (Linux /proc
+  sizes), artefact names (``int8_path_for``, ``rejected_path_for``, ``report_path_for``);
 - extras: ``require_extra``, ``lazy_exports`` (a package ``__getattr__`` naming the extra);
 - configs: ``option`` (a field with its help text), ``add_dataclass_flags``, ``dataclass_from_args``,
   ``config_to_dict``, ``config_from_dict``;
@@ -32,7 +32,7 @@ from ._evaluate import (accuracy_report, coarse_index, confusion_matrix, eval_su
                         evaluate_samples, label_mapping, write_eval_report)
 from ._generator import GenerationError, make_grid, write_png
 from ._headers import read_header
-from ._io import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from ._io import atomic_write, atomic_write_bytes, atomic_write_text, proc_bytes, sha256_file
 from ._metadata import ModelMetadata, decode_metadata, encode_metadata
 from ._search import ExactIndex, HnswIndex, hnsw_available
 from ._session import open_model, session_options
@@ -50,7 +50,7 @@ __all__ = [
     "label_mapping", "write_eval_report",
     "GenerationError", "make_grid", "write_png",
     "read_header",
-    "atomic_write", "atomic_write_bytes", "atomic_write_text", "sha256_file",
+    "atomic_write", "atomic_write_bytes", "atomic_write_text", "proc_bytes", "sha256_file",
     "ModelMetadata", "decode_metadata", "encode_metadata",
     "ExactIndex", "HnswIndex", "hnsw_available",
     "open_model", "session_options", "OpenVinoSession", "openvino_config",

@@ -119,3 +119,16 @@ def test_classifier_reports_the_coarse_group_as_evaluate_scores_it(tiny_models, 
     assert report["coarse_top1"] == pytest.approx(np.mean([r.coarse.label == t for r, t in zip(results, truth)]))
     summed = [max(set(groups), key=lambda g: p[groups == g].sum()) for p in probs]
     assert report["coarse_top1_summed"] == pytest.approx(np.mean([g == t for g, t in zip(summed, truth)]))
+
+
+def test_proc_fields_are_read_by_name_and_missing_ones_are_none(tmp_path):
+    from skulens._io import proc_field
+    from skulens.internal import proc_bytes
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nUmask:\t0022\nVmSize:\t  123456 kB\nVmSizeX:\t1 kB\nVmRSS:\n")
+    assert proc_field("Umask", str(status)) == "0022" and proc_field("Name", str(status)) == "python"
+    assert proc_bytes("VmSize", str(status)) == 123456 * 1024  # not the VmSizeX line
+    assert proc_bytes("VmRSS", str(status)) is None and proc_bytes("VmHWM", str(status)) is None
+    assert proc_bytes("Name", str(status)) is None  # not a number
+    assert proc_bytes("VmSize", str(tmp_path / "absent")) is None

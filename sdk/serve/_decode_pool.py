@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._io import proc_bytes
 from ._batcher import Overloaded
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,6 @@ def _run_job(setup: DecodeSetup, kind: str, data: bytes):
     raise ValueError(f"unknown decode job {kind!r}")
 
 
-def _vm_size() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _limit_memory(memory_mb: int) -> int | None:
     """Cap this process's address space at what it uses now plus ``memory_mb`` (Linux; elsewhere
     no cap). Returns the cap in bytes."""
@@ -83,7 +73,7 @@ def _limit_memory(memory_mb: int) -> int | None:
         import resource
     except ImportError:  # pragma: no cover - not POSIX
         return None
-    base = _vm_size()
+    base = proc_bytes("VmSize")
     if base is None:  # pragma: no cover - no /proc
         return None
     limit = base + memory_mb * 2**20
