@@ -12,7 +12,7 @@ from ._main import expand_images, require_checkpoint, require_model
 
 def register(sub) -> None:
     from skulens.export.config import ExportConfig
-    from skulens.training.config import AverageConfig, TrainConfig
+    from skulens.training.config import AverageConfig, SoupConfig, TrainConfig
 
     p = sub.add_parser("quickstart", help="the whole pipeline offline: demo catalogue (or --data), "
                        "train, export fp32 + INT8, evaluate, classify, time")
@@ -40,6 +40,15 @@ def register(sub) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=field_help(checkpoints))
     add_dataclass_flags(p, AverageConfig)
     p.set_defaults(func=_average)
+
+    p = sub.add_parser("soup", help="train several seeds of one recipe and average them into one model",
+                       description="skulens train's flags, run for --members seeds (--seed, --seed + 1, ...) into "
+                       "--out/seedS, the later ones forked from the first run's epoch --fork-at when it is set, "
+                       "then averaged into --out/soup.pt (skulens average). Run it again to continue an "
+                       "interrupted soup: finished runs are kept, the interrupted one resumed.")
+    add_dataclass_flags(p, TrainConfig)
+    add_dataclass_flags(p, SoupConfig)
+    p.set_defaults(func=_soup)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX (+ INT8 with --int8) with metadata and report")
     add_dataclass_flags(p, ExportConfig, positional=("checkpoint",))
@@ -119,6 +128,15 @@ def _average(args) -> int:
     out = average(dataclass_from_args(AverageConfig, args, checkpoints=tuple(args.checkpoints)))
     print(f"{out}: the mean of {len(args.checkpoints)} runs' weights; export it with: skulens export {out} "
           "--out MODEL.onnx [--int8]")
+    return 0
+
+
+def _soup(args) -> int:
+    from skulens.training import SoupConfig, TrainConfig, train_soup
+
+    summary = train_soup(dataclass_from_args(TrainConfig, args), dataclass_from_args(SoupConfig, args))
+    print(json.dumps(summary, indent=2))
+    print(f"export it with: skulens export {summary['soup']} --out MODEL.onnx [--int8]")
     return 0
 
 

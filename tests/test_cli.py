@@ -26,6 +26,8 @@ def test_train_and_export_flags_match_the_python_api():
 
     scalar = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("augment", "model_kwargs")}
     assert scalar <= _flags("train")
+    from skulens.training import SoupConfig
+    assert scalar | {f.name for f in dataclasses.fields(SoupConfig)} <= _flags("soup")
     assert {f.name for f in dataclasses.fields(ExportConfig)} <= _flags("export")
 
 

@@ -96,3 +96,54 @@ def test_a_fork_of_another_recipe_or_of_the_last_epoch_is_refused(trunk, run, tm
     with caplog.at_level(logging.WARNING):  # allowed, but not what a fork is for
         run(tmp_path / "e", fork_from=str(trunk / "epoch002.pt"))
     assert any("pass another --seed" in r.getMessage() for r in caplog.records)
+
+
+def test_soup_trains_forked_members_averages_them_and_continues_when_run_again(tiny_run, grocery_subset, tmp_path,
+                                                                               caplog):
+    from skulens.training import SoupConfig, TrainConfig, train_soup
+
+    cfg = TrainConfig(data=str(grocery_subset), out=str(tmp_path / "soup"), init_from=str(tiny_run[0] / "best.pt"),
+                      **{**TINY, "seed": 4})
+    summary = train_soup(cfg, SoupConfig(members=3, fork_at=2))
+    runs = [tmp_path / "soup" / f"seed{s}" for s in (4, 5, 6)]
+    assert [m["run"] for m in summary["members"]] == [str(r) for r in runs]
+    assert [m["forked_at"] for m in summary["members"]] == [None, 2, 2]
+    assert summary["runs_of_training"] == pytest.approx(1 + 2 * (1 / 3))
+    bests = [load_checkpoint(r / "best.pt") for r in runs]
+    assert [b["forked_from"] and b["forked_from"]["epoch"] for b in bests] == [None, 2, 2]
+    assert [b["train_config"]["seed"] for b in bests] == [4, 5, 6]
+    soup = load_checkpoint(tmp_path / "soup" / "soup.pt")
+    want = torch.stack([b["model"]["head.weight"].double() for b in bests]).mean(0).float()
+    torch.testing.assert_close(soup["model"]["head.weight"], want)
+    assert [a["seed"] for a in soup["averaged_from"]] == [4, 5, 6]
+    # run again: nothing is retrained (the members' files stay as they were)
+    mtimes = [(r / "best.pt").stat().st_mtime_ns for r in runs]
+    with caplog.at_level(logging.INFO):
+        again = train_soup(cfg, SoupConfig(members=3, fork_at=2))
+    assert [(r / "best.pt").stat().st_mtime_ns for r in runs] == mtimes
+    assert sum("trained already, kept" in r.getMessage() for r in caplog.records) == 3
+    assert again["members"] == summary["members"]
+    with pytest.raises(TrainConfigError, match="fork_at=3 leaves none of the 3 epochs"):
+        train_soup(cfg, SoupConfig(members=2, fork_at=3))
+    with pytest.raises(TrainConfigError, match="members >= 2"):
+        SoupConfig(members=1)
+
+
+def test_skulens_soup_on_the_command_line(tiny_run, grocery_subset, tmp_path, capsys):
+    from skulens.cli import main
+
+    argv = ["soup", "--data", str(grocery_subset), "--out", str(tmp_path / "s"), "--init-from",
+            str(tiny_run[0] / "best.pt"), "--members", "2",
+            "--fork-at", "1", "--epochs", "2"]
+    for k in ("model", "input_size", "batch_size", "num_workers", "lr", "ema_decay", "threads"):
+        argv += ["--" + k.replace("_", "-"), str(TINY[k])]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert f"skulens export {tmp_path / 's' / 'soup.pt'}" in out
+    assert load_checkpoint(tmp_path / "s" / "seed1" / "best.pt")["forked_from"]["epoch"] == 1
+    assert main([*argv, "--resume"]) != 0
+    assert "sets --fork-from and --resume for its runs itself" in capsys.readouterr().err

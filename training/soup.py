@@ -15,9 +15,14 @@ step counters) are taken from the first checkpoint. The result is a skulens chec
 travels into the exported model's provenance. It cannot be resumed: it has no optimizer state.
 
     skulens average runs/lite1_s0/best.pt runs/lite1_s1/best.pt --out runs/lite1_soup.pt
+
+:func:`train_soup` (``skulens soup``) trains the runs too, one after another, optionally forked
+from the first run's early epochs so that they share them (``--fork-at``), and averages them.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -25,10 +30,10 @@ import torch
 
 import skulens
 from skulens import ModelError
-from skulens.internal import sha256_file
+from skulens.internal import atomic_write_text, sha256_file
 
 from .checkpoint import PER_RUN, load_checkpoint, save_checkpoint  # PER_RUN: may differ without comment
-from .config import AverageConfig, TrainConfigError
+from .config import AverageConfig, SoupConfig, TrainConfig, TrainConfigError, resolve
 
 # what every ingredient must share: the same network, classes and input contract
 SAME = ("model_name", "model_kwargs", "labels", "coarse_labels", "preprocess")
@@ -128,3 +133,43 @@ def average(cfg: AverageConfig) -> Path:
         raise TrainConfigError(f"--out {out}: cannot be written ({exc.strerror or exc})") from exc
     log.info("averaged %d checkpoints (%s) -> %s", len(paths), ", ".join(map(str, paths)), out)
     return out
+
+
+def train_soup(cfg: TrainConfig, soup: SoupConfig) -> dict:
+    """Train ``soup.members`` runs of ``cfg`` into ``cfg.out``/seedS (S = cfg.seed, cfg.seed + 1,
+    ...), the later ones forked from the first run's epoch ``soup.fork_at`` when it is set, and
+    average their best.pt into ``cfg.out``/soup.pt. Re-running it continues: finished runs are
+    kept, interrupted ones resumed. Returns the summary also written to ``cfg.out``/soup.json."""
+    from .trainer import train
+
+    epochs = resolve(cfg).epochs
+    if soup.fork_at >= epochs:
+        raise TrainConfigError(f"fork_at={soup.fork_at} leaves none of the {epochs} epochs to the forks; "
+                               f"choose fewer (e.g. {epochs // 2})")
+    if cfg.fork_from or cfg.resume:
+        raise TrainConfigError("a soup sets --fork-from and --resume for its runs itself; leave them out")
+    out = Path(cfg.out)
+    members, first = [], out / f"seed{cfg.seed}"
+    for i in range(soup.members):
+        run = out / f"seed{cfg.seed + i}"
+        member = dataclasses.replace(cfg, out=str(run), seed=cfg.seed + i, resume=(run / "last.pt").is_file())
+        if i == 0 and soup.fork_at:
+            member = dataclasses.replace(member, snapshot_every=soup.fork_at)
+        elif soup.fork_at:
+            member = dataclasses.replace(member, fork_from=str(first / f"epoch{soup.fork_at:03d}.pt"))
+        if (run / "metrics.json").is_file():
+            log.info("soup member %d/%d (%s): trained already, kept", i + 1, soup.members, run)
+            metrics = json.loads((run / "metrics.json").read_text())
+        else:
+            log.info("soup member %d/%d: %s%s", i + 1, soup.members, run,
+                     f" (forked from epoch {soup.fork_at})" if member.fork_from else "")
+            metrics = train(member)
+        members.append({"run": str(run), "seed": member.seed, "forked_at": soup.fork_at if member.fork_from else None,
+                        "train_seconds": metrics.get("train_seconds"), "cpu_seconds": metrics.get("cpu_seconds"),
+                        "eval": {k: v for k, v in (metrics.get("eval") or {}).items() if k != "per_class"}})
+    path = average(AverageConfig(checkpoints=tuple(m["run"] + "/best.pt" for m in members), out=str(out / "soup.pt")))
+    summary = {"soup": str(path), "members": members, "fork_at": soup.fork_at, "epochs": epochs,
+               "runs_of_training": 1 + (soup.members - 1) * (1 - soup.fork_at / epochs),
+               "cpu_seconds": sum(m["cpu_seconds"] or 0.0 for m in members)}
+    atomic_write_text(out / "soup.json", json.dumps(summary, indent=2))
+    return summary
