@@ -64,8 +64,10 @@ def test_a_fork_continues_the_schedule_with_its_own_draws(trunk, run, tmp_path):
         assert fork["scheduler"]["last_epoch"] == ref["scheduler"]["last_epoch"]
         assert int(fork["ema"]["n_averaged"]) == int(ref["ema"]["n_averaged"])
         assert fork["forked_from"] == {"path": str(snap.resolve()), "sha256": sha256_file(snap), "epoch": 1,
-                                       "seed": 0}
+                                       "seed": 0, "train_seconds": start["train_seconds"]}
         assert metrics[s]["forked_from"]["epoch"] == 1 and fork["train_config"]["seed"] == s
+    resumed = run(tmp_path / "fork1", seed=1, fork_from=str(snap), resume=True)  # nothing left: evaluates
+    assert resumed["forked_from"] == forks[1]["forked_from"]  # a fork resumed stays a fork
     heads = [ref["raw_model"]["head.weight"], *(f["raw_model"]["head.weight"] for f in forks.values())]
     assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])  # own draws each
 
@@ -116,6 +118,10 @@ def test_soup_trains_forked_members_averages_them_and_continues_when_run_again(t
     want = torch.stack([b["model"]["head.weight"].double() for b in bests]).mean(0).float()
     torch.testing.assert_close(soup["model"]["head.weight"], want)
     assert [a["seed"] for a in soup["averaged_from"]] == [4, 5, 6]
+    assert [a["forked_at"] for a in soup["averaged_from"]] == [None, 2, 2]
+    # the shared epochs count once: the first run's seconds, then each fork's own
+    own = [b["train_seconds"] - (b["forked_from"] or {}).get("train_seconds", 0.0) for b in bests]
+    assert own[1] < bests[1]["train_seconds"] and soup["train_seconds"] == pytest.approx(sum(own))
     # run again: nothing is retrained (the members' files stay as they were)
     mtimes = [(r / "best.pt").stat().st_mtime_ns for r in runs]
     with caplog.at_level(logging.INFO):

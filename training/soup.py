@@ -97,9 +97,12 @@ def average_checkpoints(ckpts: list[dict], names: list[str], sha256s: list[str] 
     return {**{k: first.get(k) for k in keep},
             "model": averaged, "raw_model": averaged, "ema": None, "epoch": first.get("epoch"),
             "history": [], "best_top1": None,
-            "train_seconds": sum(c.get("train_seconds") or 0.0 for c in ckpts),
+            # a fork's train_seconds include its source's up to the fork: counted once, with the source
+            "train_seconds": sum((c.get("train_seconds") or 0.0) - ((c.get("forked_from") or {}).get("train_seconds")
+                                                                    or 0.0) for c in ckpts),
             "averaged_from": [{"checkpoint": name, "sha256": sha,
                                "seed": (c.get("train_config") or {}).get("seed"),
+                               "forked_at": (c.get("forked_from") or {}).get("epoch"),
                                "val_top1": ((c.get("metrics") or {}).get("best_val_top1"))}
                               for c, name, sha in zip(ckpts, names, sha256s or [None] * len(ckpts))],
             "skulens_version": skulens.__version__, "torch_version": str(torch.__version__)}

@@ -263,13 +263,14 @@ def train(cfg: TrainConfig) -> dict:
                                mix=mix_gen)
         history, best_top1 = ckpt["history"], ckpt["best_top1"]
         start_epoch, elapsed_before = ckpt["epoch"] + 1, ckpt.get("train_seconds", 0.0)
+        forked_from = ckpt.get("forked_from")  # a fork resumed stays a fork
         log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
     elif cfg.fork_from:  # another run's states but its random-number ones: this seed's draws from here on
         ckpt = fork_training(cfg.fork_from, cfg, cfg.data, labels, model, ema, optimizer, scheduler)
         history, best_top1 = ckpt["history"], ckpt["best_top1"]
         start_epoch, elapsed_before = ckpt["epoch"] + 1, ckpt.get("train_seconds", 0.0)
         forked_from = {"path": str(Path(cfg.fork_from).resolve()), "sha256": sha256_file(cfg.fork_from),
-                       "epoch": start_epoch, "seed": ckpt["train_config"]["seed"]}
+                       "epoch": start_epoch, "seed": ckpt["train_config"]["seed"], "train_seconds": elapsed_before}
         log.info("forked from %s (epoch %d, seed %d) with seed %d", cfg.fork_from, start_epoch,
                  forked_from["seed"], cfg.seed)
 
