@@ -3,6 +3,7 @@ branches from one (--fork-from) with its own seed, sharing the first epochs (REA
 weight average)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -131,6 +132,9 @@ def test_soup_trains_forked_members_averages_them_and_continues_when_run_again(t
     assert again["members"] == summary["members"]
     with pytest.raises(TrainConfigError, match="fork_at=3 leaves none of the 3 epochs"):
         train_soup(cfg, SoupConfig(members=2, fork_at=3))
+    with pytest.raises(TrainConfigError, match="from scratch: runs from different random starts"):
+        train_soup(dataclasses.replace(cfg, init_from=None, out=str(tmp_path / "scratch")), SoupConfig(members=2))
+    assert not (tmp_path / "scratch").exists()  # refused before any training
     with pytest.raises(TrainConfigError, match="members >= 2"):
         SoupConfig(members=1)
 

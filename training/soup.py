@@ -145,7 +145,12 @@ def train_soup(cfg: TrainConfig, soup: SoupConfig) -> dict:
     kept, interrupted ones resumed. Returns the summary also written to ``cfg.out``/soup.json."""
     from .trainer import train
 
-    epochs = resolve(cfg).epochs
+    resolved = resolve(cfg)
+    epochs = resolved.epochs
+    if not (resolved.pretrained or cfg.init_from):  # refused by average_checkpoints, so before the training
+        raise TrainConfigError(f"{resolved.model} from scratch: runs from different random starts do not share a "
+                               "basin and their average is noise; a soup needs runs from one start (pretrained "
+                               "weights or --init-from)")
     if soup.fork_at >= epochs:
         raise TrainConfigError(f"fork_at={soup.fork_at} leaves none of the {epochs} epochs to the forks; "
                                f"choose fewer (e.g. {epochs // 2})")
