@@ -143,8 +143,8 @@ class TrainConfig:
                                     "that --fork-from can branch from (0 = off)")
     fork_from: str | None = option(None, "branch from another run's snapshot (epochNNN.pt or last.pt) of this "
                                          "same recipe: its weights, EMA, optimiser, schedule and history, then "
-                                         "the remaining epochs with this --seed's data order and augmentation. "
-                                         "Forks of one run, averaged with skulens average, share its first epochs")
+                                         "the remaining epochs with this --seed's data order and augmentation "
+                                         "(README: averaged, forks kept less of the gain than separate seeds)")
     exist_ok: bool = option(False, "train into an --out folder that holds an earlier run, overwriting its files")
     class_depth: int | None = option(None, "class folders: the folder level that names the classes (1 = "
                                            "ROOT/<class>/, 2 = ROOT/<group>/<class>/, 0 = every folder that "
@@ -318,7 +318,8 @@ class SoupConfig:
                              "seeds gained +1.0 pp fine, +1.2 pp coarse on the Grocery test split)")
     fork_at: int = option(0, "share the first N epochs: the first run keeps a snapshot there and the others "
                              "fork from it (--fork-from) instead of starting afresh, so the soup costs 1 + "
-                             "(members - 1) x (1 - N / epochs) runs instead of members runs; 0 = independent runs")
+                             "(members - 1) x (1 - N / epochs) runs instead of members runs, but on Grocery it kept less of "
+                             "the gain (README); 0 = independent runs")
 
     def __post_init__(self):
         if self.members < 2:
