@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from .data import TrainSet, balanced_sampler, check_training_data, eval_tensors,
 from .distill import Teacher, distill_loss
 from .losses import GroupSmoothedCrossEntropy, cutmix_or_mixup
 from .models import create_model, list_models, preprocess_facts
+from .optim import lr_factor, make_optimizer, make_schedule
 from .plots import confusion_matrix, save_confusion, save_curves
 
 log = logging.getLogger(__name__)
@@ -51,26 +51,6 @@ log = logging.getLogger(__name__)
 def tqdm(*args, **kwargs):
     """Progress bars on a terminal only (``disable=None``), so CI logs stay readable."""
     return _tqdm(*args, disable=None, **kwargs)
-
-
-def _param_groups(model, cfg: TrainConfig) -> list[dict]:
-    """Weight decay on weights only (not biases / BatchNorm); learning rate x ``layer_decay``^d
-    for layer groups d steps from the output (models that list ``param_groups_by_depth``), and
-    x ``head_lr_mult`` for the classifier."""
-    head = {id(p) for p in model.head.parameters()} if isinstance(getattr(model, "head", None), nn.Module) else set()
-    if hasattr(model, "param_groups_by_depth") and cfg.layer_decay != 1.0:
-        depth_groups = model.param_groups_by_depth()
-    else:
-        depth_groups = [[p for p in model.parameters() if id(p) not in head], [p for p in model.parameters() if id(p) in head]]
-    groups = []
-    for d, params in enumerate(depth_groups):
-        scale = cfg.layer_decay ** (len(depth_groups) - 1 - d)
-        for decay in (True, False):
-            ps = [p for p in params if (p.ndim > 1) == decay]
-            if ps:
-                mult = cfg.head_lr_mult if all(id(p) in head for p in ps) else scale
-                groups.append({"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * mult})
-    return groups
 
 
 def _bf16(precision: str, device: torch.device = torch.device("cpu")) -> bool:
@@ -100,27 +80,6 @@ def _device(cfg: TrainConfig, dctx) -> torch.device:
     return torch.device("cuda")
 
 
-def _optimizer(model, cfg: TrainConfig):
-    groups = _param_groups(model, cfg)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
-
-
-def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1, then a cosine down to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _schedule(optimizer, warmup_steps: int, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
-
-
 @torch.no_grad()
 def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits [N, K] (float32, on the CPU) of ``model`` in eval mode, run on the model's device."""
@@ -134,6 +93,28 @@ def _scores(model, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(cross-entropy loss, top-1) of ``model`` on ``x``, ``y``."""
     logits = predict_logits(model, x)
     return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def _train_mode(model, head: str, frozen: bool) -> None:
+    """Training mode; ``frozen``: only the parameters under ``head`` learn, and the backbone's
+    BatchNorm keeps its statistics too (frozen means frozen)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(not frozen or name.startswith(head))
+    model.train()
+    if frozen:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (name + ".").startswith(head):
+                m.eval()
+
+
+def _evaluate(model, samples, split: str, pre, labels, coarse_of, confusion_png: Path) -> dict:
+    """Top-1 (fine and, with ``coarse_of``, coarse) of ``model`` on ``samples``; draws the confusion matrix."""
+    x = eval_tensors(samples, pre)
+    y = np.array([s.label for s in samples])
+    logits = predict_logits(model, x).numpy()
+    report = accuracy_report(logits, y, labels, coarse_of=np.array(coarse_of) if coarse_of else None)
+    save_confusion(confusion_matrix(logits.argmax(1), y, len(labels)), labels, confusion_png, split=split)
+    return {"split": split, **report}
 
 
 def _epochs_without_improvement(history: list[dict]) -> int:
@@ -238,10 +219,10 @@ def train(cfg: TrainConfig) -> dict:
     model = model.to(device, memory_format=memory_format)
     use_bf16 = _bf16(cfg.precision, device)
     net = _ddp.wrap(model, dctx, cfg.freeze_backbone)  # DDP under torchrun, else model itself
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     steps = steps_per_epoch(len(train_set), cfg.batch_size)
     warmup_steps, total_steps = int(cfg.warmup_epochs * steps), cfg.epochs * steps
-    scheduler = _schedule(optimizer, warmup_steps, total_steps)
+    scheduler = make_schedule(optimizer, warmup_steps, total_steps)
     # EMA of weights and BatchNorm statistics: evaluated, checkpointed and exported instead of
     # the raw weights (which stay in the checkpoint for --resume).
     ema = (torch.optim.swa_utils.AveragedModel(
@@ -292,14 +273,7 @@ def train(cfg: TrainConfig) -> dict:
     # -- epochs ----------------------------------------------------------------------------------
     t_train, stopped_early = time.perf_counter(), None
     for epoch in range(start_epoch, cfg.epochs):
-        frozen = epoch < cfg.freeze_backbone
-        for name, p in model.named_parameters():
-            p.requires_grad_(not frozen or name.startswith(head))
-        model.train()
-        if frozen:  # frozen means frozen: the backbone's BatchNorm keeps its statistics too
-            for name, m in model.named_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (name + ".").startswith(head):
-                    m.eval()
+        _train_mode(model, head, frozen=epoch < cfg.freeze_backbone)
         train_set.epoch = epoch
         _ddp.set_epoch(loader_kw, epoch)
         loss_sum, correct, seen = 0.0, 0, 0
@@ -349,7 +323,7 @@ def train(cfg: TrainConfig) -> dict:
         # train_*: the live weights on this epoch's augmented batches; val_*: the kept weights
         # (the EMA when on); live_val_*: the live weights on val, to compare like with like
         record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                  "lr": cfg.lr * _lr_factor(scheduler.last_epoch, warmup_steps, total_steps)}
+                  "lr": cfg.lr * lr_factor(scheduler.last_epoch, warmup_steps, total_steps)}
         if len(x_val):
             record["val_loss"], record["val_top1"] = _scores(final, x_val, y_val)
             if ema is not None:
@@ -393,13 +367,7 @@ def train(cfg: TrainConfig) -> dict:
     eval_split = "test" if dataset.splits.get("test") else "val"
     eval_samples = dataset.splits["test"] if eval_split == "test" else val_samples
     if eval_samples:
-        x_eval = eval_tensors(eval_samples, pre)
-        y_eval = np.array([s.label for s in eval_samples])
-        logits = predict_logits(final, x_eval).numpy()
-        report = accuracy_report(logits, y_eval, labels, coarse_of=np.array(coarse_of) if coarse_of else None)
-        metrics["eval"] = {"split": eval_split, **report}
-        cm = confusion_matrix(logits.argmax(1), y_eval, len(labels))
-        save_confusion(cm, labels, out / "confusion.png", split=eval_split)
+        metrics["eval"] = _evaluate(final, eval_samples, eval_split, pre, labels, coarse_of, out / "confusion.png")
     best["metrics"] = metrics
     save_checkpoint(out / "best.pt", best)
     save_curves(history, out / "curves.png", best_epoch=metrics["best_epoch"])
