@@ -1,6 +1,7 @@
 """sdk.ImageGenerator, `skulens generate`, the --gan-augment hook and `skulens gan eval`."""
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -234,7 +235,11 @@ def test_gan_eval_reuses_a_finished_run_of_the_same_settings_and_refuses_another
 def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     from skulens._dataset import load_dataset, subset, write_split_lists
     from skulens.training.gan import evaluate_gan
+    from skulens.training.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_of
+    from skulens.training.data import eval_tensors
     from skulens.training.gan.config import GanEvalConfig
+    from skulens.training.gan.evaluate import heldout_photos
+    from skulens.training.trainer import predict_logits
 
     ds = load_dataset(grocery_subset)
     low = write_split_lists(subset(ds, range(6), per_class={"train": 2}), tmp_path / "low")
@@ -257,6 +262,16 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert 0 <= saved["cas"]["top1_generated_only"] <= 1 and saved["cas"]["n_generated_train"] == 48
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]
+    # beside test: the train photos of the subset's classes that it left out, none it trained on
+    low_ds = load_dataset(low)
+    held = heldout_photos(ds, low_ds)
+    assert low_r["n_heldout"] == len(held) == sum(s.label < 6 for s in ds.split("train")) - 12
+    assert not {s.path.resolve() for s in held} & {s.path.resolve() for s in low_ds.split("train")}
+    assert len(low_r["paired_heldout_gain_pp"]) == 2
+    ckpt = load_checkpoint(tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt")
+    logits = predict_logits(model_from_checkpoint(ckpt).eval(), eval_tensors(held, preprocess_of(ckpt)))
+    direct = float((logits.argmax(1).numpy() == np.array([s.label for s in held])).mean())
+    assert low_r["arms"]["real_only"]["runs"][0]["heldout_top1"] == pytest.approx(direct, abs=1e-6)
     assert low_r["n_real_train"] == 12 and low_r["generator_saw_only_lowdata_images"] is False  # saw 48
     last = json.loads((tmp_path / "eval" / "lowdata" / "real_only_seed0" / "metrics.json").read_text())["history"][-1]
     assert low_r["arms"]["real_only"]["runs"][0]["val_top1"] == last.get("val_top1")  # for choosing on val
@@ -274,6 +289,12 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert again["cas"]["top1_generated_only"] == saved["cas"]["top1_generated_only"]
     assert again["lowdata"]["arms"] == saved["lowdata"]["arms"]
     assert (tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns == low_mtime
+    # so are they in a copy of the folder (the runs' own configs name the old one)
+    shutil.copytree(tmp_path / "eval", tmp_path / "moved")
+    moved = evaluate_gan(dataclasses.replace(cfg, out=str(tmp_path / "moved"), fid=False, latency=False, cas=False))
+    assert moved["lowdata"]["arms"] == saved["lowdata"]["arms"]
+    assert (tmp_path / "moved" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns == \
+        (tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns
     # a larger synthetic CAS set: twice the real counts of every class
     with pytest.raises(SkulensError, match="cas_per_real"):
         dataclasses.replace(cfg, cas_per_real=0)

@@ -12,7 +12,8 @@ summaries, the sample grid and the runs that differ when the images are drawn wi
    fraction of the same recipe's real-data test top-1.
 3. Low-data augmentation: the recipe on ``lowdata_data`` (e.g. 10 real images per class) with
    and without ``--gan-augment`` (a generator trained only on that subset), classical
-   augmentation in both arms, ``seeds`` seeds, mean +- std test top-1.
+   augmentation in both arms, ``seeds`` seeds, mean +- std test top-1; beside it, top-1 on the
+   ``data`` train photos the subset left out (``heldout_*``), for choosing variants off the test split.
 4. Generator latency through the SDK (ImageGenerator.generate, uint8 out), fp32 vs INT8,
    batch 1 and 16, 1 thread, interleaved rounds.
 """
@@ -210,9 +211,10 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
         m = json.loads(done.read_text())
         defaults = TrainConfig(data=rcfg.data).to_dict()
 
-        def settings(config: dict) -> dict:  # what decides the result, not how the run was started
+        def settings(config: dict) -> dict:  # what decides the result, not how or where the run was started
             config = {**defaults, **config}  # a field added since the run had its default then
-            return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("resume", "exist_ok")}
+            return {k: v for k, v in json.loads(json.dumps(config)).items()
+                    if k not in ("resume", "exist_ok", "out")}  # out: an evaluation folder moved or copied
 
         if "eval" in m and settings(m.get("config", {})) == settings(rcfg.to_dict()):
             log.info("%s: finished earlier, its figures are reused", folder)
@@ -283,6 +285,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
                                   gan_augment_bn=cfg.gan_bn, gan_augment_epochs=cfg.gan_epochs,
                                   gan_augment_latent_scale=cfg.latent_scale, gan_augment_pool=cfg.gan_pool)}
     runs = {name: [] for name in arms}
+    heldout = _HeldOut(heldout_photos(load_dataset(cfg.data), low))
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for name, extra in arms.items():
             folder = name + ("" if name == "real_only" else ("_add" if cfg.gan_mode == "add" else "")
@@ -292,6 +295,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
             m = _train_once(rcfg, train)
             runs[name].append({"seed": seed, "test_top1": m["eval"]["top1"], "epochs": rcfg.epochs,
                                "val_top1": _last_val_top1(Path(rcfg.out)),
+                               "heldout_top1": heldout.top1(Path(rcfg.out) / "best.pt"),
                                "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
             log.info("low-data %s seed %d: test top-1 %.3f", name, seed, m["eval"]["top1"])
     summary = {}
@@ -299,8 +303,12 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
         v = np.array([r["test_top1"] for r in rs])
         summary[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                          "runs": rs}
+        if heldout.samples:
+            summary[name]["heldout_mean"] = float(np.mean([r["heldout_top1"] for r in rs]))
     gain = 100 * (summary["real_plus_gan"]["mean"] - summary["real_only"]["mean"])
     diffs = [100 * (b["test_top1"] - a["test_top1"]) for a, b in zip(runs["real_only"], runs["real_plus_gan"])]
+    held_diffs = [100 * (b["heldout_top1"] - a["heldout_top1"])
+                  for a, b in zip(runs["real_only"], runs["real_plus_gan"])] if heldout.samples else []
     return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
             "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio, ref.batch_size),
@@ -309,7 +317,36 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
+            "n_heldout": len(heldout.samples), "heldout_gain_pp": round(float(np.mean(held_diffs)), 2) if held_diffs
+            else None, "paired_heldout_gain_pp": [round(d, 2) for d in held_diffs],
             "goal": ">= +2 pp at 5 real photos per class", "n_test": len(low.split("test"))}
+
+
+def heldout_photos(full: Dataset, low: Dataset) -> list[Sample]:
+    """The train photos of ``full`` that the low-data subset ``low`` left out, of ``low``'s classes
+    (labelled with ``low``'s ids): a validation set from the subset's own stores, all its classes,
+    to choose a GAN variant on without the test split (Grocery's val: 296 photos of 60 classes)."""
+    ids = {name: i for i, name in enumerate(low.classes)}
+    used = {Path(s.path).resolve() for s in low.split("train")}
+    return [Sample(s.path, ids[full.classes[s.label]], s.coarse) for s in full.split("train")
+            if full.classes[s.label] in ids and Path(s.path).resolve() not in used]
+
+
+class _HeldOut:
+    """Top-1 of low-data runs' checkpoints on the held-out photos, decoded once per contract."""
+
+    def __init__(self, samples: list[Sample]):
+        self.samples, self.y, self._decoded = samples, np.array([s.label for s in samples]), {}
+
+    def top1(self, checkpoint: Path) -> float | None:
+        if not self.samples:
+            return None
+        extract = FeatureExtractor(checkpoint)
+        key = json.dumps(extract.preprocess.to_dict(), sort_keys=True)
+        if key not in self._decoded:  # decoded as the SDK decodes for that contract
+            self._decoded[key] = [decode_image(s.path, preprocess=extract.preprocess) for s in self.samples]
+        _, logits = extract(self._decoded[key])
+        return float((logits.argmax(1) == self.y).mean())
 
 
 def _last_val_top1(run: Path) -> float | None:
