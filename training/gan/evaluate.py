@@ -309,6 +309,7 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
     diffs = [100 * (b["test_top1"] - a["test_top1"]) for a, b in zip(runs["real_only"], runs["real_plus_gan"])]
     held_diffs = [100 * (b["heldout_top1"] - a["heldout_top1"])
                   for a, b in zip(runs["real_only"], runs["real_plus_gan"])] if heldout.samples else []
+    held_gain = round(float(np.mean(held_diffs)), 2) if held_diffs else None
     return {"data": cfg.lowdata_data, "generator": cfg.lowdata_generator, "n_real_train": n_real,
             "real_per_class": dict(sorted(Counter(counts.values()).items())),
             "n_synthetic_per_epoch": synthetic_per_epoch(cfg.gan_mode, counts.values(), cfg.gan_ratio, ref.batch_size),
@@ -317,8 +318,8 @@ def _lowdata(cfg, clf_ckpt, out, base, train) -> dict:
             "generator_n_train": seen, "generator_saw_only_lowdata_images": seen == n_real,
             "equal_steps": cfg.equal_steps, "epochs": {"real_only": cfg.lowdata_epochs, "real_plus_gan": epochs_gan},
             "arms": summary, "gain_pp": round(gain, 2), "paired_gain_pp": [round(d, 2) for d in diffs],
-            "n_heldout": len(heldout.samples), "heldout_gain_pp": round(float(np.mean(held_diffs)), 2) if held_diffs
-            else None, "paired_heldout_gain_pp": [round(d, 2) for d in held_diffs],
+            "n_heldout": len(heldout.samples), "heldout_gain_pp": held_gain,
+            "paired_heldout_gain_pp": [round(d, 2) for d in held_diffs],
             "goal": ">= +2 pp at 5 real photos per class", "n_test": len(low.split("test"))}
 
 
