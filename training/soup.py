@@ -40,6 +40,9 @@ SAME = ("model_name", "model_kwargs", "labels", "coarse_labels", "preprocess")
 
 log = logging.getLogger(__name__)
 
+_NO_SHARED_START = ("runs from different random starts do not share a basin and their averaged weights "
+                    "are noise")  # why neither average nor soup takes runs from scratch
+
 
 def start_of(ckpt: dict) -> str | None:
     """Where a run's weights started: the pretrained file's sha256, the --init-from checkpoint,
@@ -70,8 +73,7 @@ def average_checkpoints(ckpts: list[dict], names: list[str], sha256s: list[str] 
                 raise ModelError(f"{name}: its {key} differs from {names[0]}'s; only runs of the same model, "
                                  "classes and preprocessing can be averaged")
         if start_of(ckpt) is None:
-            raise ModelError(f"{name}: trained from scratch; runs from different random starts do not share a "
-                             "basin and their averaged weights are noise. Average runs fine-tuned from the "
+            raise ModelError(f"{name}: trained from scratch; {_NO_SHARED_START}. Average runs fine-tuned from the "
                              "same pretrained weights (or the same --init-from checkpoint)")
         if start_of(ckpt) != start_of(first):
             raise ModelError(f"{name}: started from {start_of(ckpt)}, {names[0]} from {start_of(first)}; "
@@ -148,9 +150,8 @@ def train_soup(cfg: TrainConfig, soup: SoupConfig) -> dict:
     resolved = resolve(cfg)
     epochs = resolved.epochs
     if not (resolved.pretrained or cfg.init_from):  # refused by average_checkpoints, so before the training
-        raise TrainConfigError(f"{resolved.model} from scratch: runs from different random starts do not share a "
-                               "basin and their average is noise; a soup needs runs from one start (pretrained "
-                               "weights or --init-from)")
+        raise TrainConfigError(f"{resolved.model} from scratch: {_NO_SHARED_START}; a soup needs runs from one "
+                               "start (pretrained weights or --init-from)")
     if soup.fork_at >= epochs:
         raise TrainConfigError(f"fork_at={soup.fork_at} leaves none of the {epochs} epochs to the forks; "
                                f"choose fewer (e.g. {epochs // 2})")
