@@ -298,3 +298,60 @@ def test_subclass_gan_trains_resumes_with_its_groups_and_exports_a_plain_class_c
             groups = G.mode_of(torch.from_numpy(z), torch.from_numpy(y))
         assert np.abs(gen.run(z, y) - ref).max() < 1e-4   # the graph picks the group as torch does
     assert len(set(groups.tolist())) > 4   # the 32 latents drew more than one group per class
+
+
+def test_transitional_conditioning_fades_the_class_in(grocery_subset, tmp_path, caplog):
+    """--transition-start/--transition-steps: G, both D branches and the guidance ignore the class
+    before the start, then the class weight rises linearly to 1; the run must end fully conditional."""
+    from skulens.training.checkpoint import load_checkpoint
+    from skulens.training.gan import train_gan
+    from skulens.training.gan.models import Generator
+
+    cfg = GanConfig(data="x", transition_start=2, transition_steps=3)
+    assert [cfg.conditioning(s) for s in range(6)] == pytest.approx([0, 0, 1 / 3, 2 / 3, 1, 1])
+    assert cfg.transition_end == 4 and GanConfig(data="x").conditioning(0) == 1.0
+    with pytest.raises(GanConfigError, match="transition_start and transition_steps must be >= 0"):
+        GanConfig(data="x", transition_steps=-1)
+
+    torch.manual_seed(0)
+    g = Generator(num_classes=4, z_dim=8, image_size=16, width=16, embed_dim=4)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if ".gain." in name or ".bias." in name:
+                p.normal_()   # a trained class-conditional BatchNorm
+    z, ya, yb = torch.randn(3, 8), torch.tensor([0, 0, 0]), torch.tensor([3, 2, 1])
+    g.eval()
+    assert torch.equal(g(z, ya, cond=0.0), g(z, yb, cond=0.0))
+    assert not torch.allclose(g(z, ya), g(z, yb))
+    g.train()
+    g(z, ya, cond=0.0).sum().backward()
+    assert g.embed.weight.grad.abs().sum() == 0   # nothing learnt about the class before the start
+
+    d = ProjectedDiscriminator(num_classes=4, image_size=32, feature_size=128, pixel_width=8, pretrained=False)
+    d.eval()   # spectral norm: no power iteration between the calls compared
+    with torch.no_grad():
+        for h in d.heads:
+            h.embed.weight.normal_()
+        x = torch.rand(3, 3, 32, 32) * 2 - 1
+        for a, b in zip(d(x, ya, cond=0.0), d(x, yb, cond=0.0)):   # projected heads and the pixel branch
+            assert torch.equal(a, b)
+        assert not all(torch.equal(a, b) for a, b in zip(d(x, ya), d(x, yb)))
+
+    run = GanConfig(data=str(grocery_subset), out=str(tmp_path / "gan"), image_size=32, z_dim=16, embed_dim=8,
+                    g_width=32, batch_size=4, steps_per_epoch=2, epochs=3, threads=1, class_guidance=1.0,
+                    transition_start=2, transition_steps=3)
+    with pytest.raises(GanConfigError, match="must finish fully conditional"):
+        train_gan(GanConfig(**{**run.to_dict(), "epochs": 2}))
+    m = train_gan(GanConfig(**{**run.to_dict(), "max_minutes": 1e-4}))   # stops after epoch 1, still unconditional
+    assert m["epochs_done"] == 1 and "before the class conditioning was fully faded in" in caplog.text
+    first = load_checkpoint(tmp_path / "gan" / "last.pt")
+    h1 = first["history"][0]
+    assert h1["cond"] == 0.0 and h1["across_class_std"] == 0.0   # every class drew the same images
+    gains = [k for k in first["generator"] if k.endswith((".gain.weight", ".bias.weight"))]
+    assert gains and all(first["generator"][k].abs().sum() == 0 for k in gains)   # zero-initialised, untouched
+    m = train_gan(GanConfig(**{**run.to_dict(), "resume": True}))
+    hist = load_checkpoint(tmp_path / "gan" / "last.pt")["history"]
+    assert [round(h["cond"], 3) for h in hist] == [0.0, 0.667, 1.0]
+    assert hist[-1]["across_class_std"] > 0
+    last = load_checkpoint(tmp_path / "gan" / "last.pt")["generator"]
+    assert any(last[k].abs().sum() > 0 for k in gains)   # the class came in

@@ -65,6 +65,12 @@ class GanConfig:
                              "photographed (1 = off)")
     subclass_min_images: int = option(8, "with --subclasses: a class with n real images gets at most n // this many "
                                       "sub-classes (k-means itself does not bound a sub-class's size)")
+    transition_start: int = option(0, "transitional conditioning (Shahbazi et al. 2022, against the collapse of "
+                                   "each class to a few looks on small datasets): G, D and the guidance stay "
+                                   "unconditional for this many steps, then the class is faded in over "
+                                   "--transition-steps (0 and 0 = conditional from the first step)")
+    transition_steps: int = option(0, "steps over which the class conditioning is faded in linearly, "
+                                   "from --transition-start on")
     diffaug: str = option("color,translation,cutout", "comma-separated DiffAugment policies applied to real "
                           f"and generated images, from {', '.join(DIFFAUG_POLICIES)} (\"\" = none)")
     hflip: bool = option(True, "random horizontal flips of the real images")
@@ -111,6 +117,9 @@ class GanConfig:
                             f"and {self.subclass_min_images}")
         if self.subclasses > 1 and self.discriminator == "dcgan":
             problems.append("subclasses needs the projected discriminator (the groups are found in its ImageNet features)")
+        if self.transition_start < 0 or self.transition_steps < 0:
+            problems.append(f"transition_start and transition_steps must be >= 0, got {self.transition_start} "
+                            f"and {self.transition_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         unknown = [p for p in self.policies if p not in DIFFAUG_POLICIES]
@@ -118,6 +127,20 @@ class GanConfig:
             problems.append(f"unknown diffaug policies {unknown} (choose from {DIFFAUG_POLICIES})")
         if problems:
             raise GanConfigError("invalid GanConfig: " + "; ".join(problems))
+
+    def conditioning(self, step: int) -> float:
+        """Weight of the class conditioning at optimiser step ``step`` (0-based): 0 before
+        ``transition_start``, rising linearly to 1 over ``transition_steps``, then 1."""
+        if step < self.transition_start:
+            return 0.0
+        if self.transition_steps == 0:
+            return 1.0
+        return min(1.0, (step - self.transition_start + 1) / self.transition_steps)
+
+    @property
+    def transition_end(self) -> int:
+        """The first step trained fully conditional."""
+        return self.transition_start + max(0, self.transition_steps - 1)
 
     def resolved_discriminator(self) -> str:
         """"projected" or "dcgan" (``auto`` resolved: projected needs RGB and the pretrained extra)."""

@@ -95,8 +95,11 @@ class Generator(nn.Module):
         u = latent_share(z[:, :1])                                              # [B, 1] in (0, 1)
         return self.mode_offsets[label] + (u >= self.mode_bounds[label]).long().sum(dim=1)
 
-    def forward(self, z, label):  # z [B, z_dim] float32, label [B] int64 -> [B, C, S, S] in [-1, 1]
+    def forward(self, z, label, cond: float = 1.0):  # z [B, z_dim] float32, label [B] int64 -> [B, C, S, S] in [-1, 1]
+        # cond < 1: transitional conditioning (training only), the class embedding scaled down (0 = unconditional)
         e = self.embed(self.mode_of(z, label))
+        if cond != 1.0:
+            e = e * cond
         h = self.fc(torch.cat([z, e], dim=1)).reshape(-1, self.width, self.s0, self.s0)
         h = F.relu(self.norm0(h, e))
         for block in self.blocks:
@@ -122,9 +125,9 @@ class Discriminator(nn.Module):
     def features(self, x):  # [B, C, S, S] -> [B, F] (sum-pooled)
         return F.relu(self.body(x)).sum(dim=(2, 3))
 
-    def forward(self, x, label):  # -> [B] real/fake score (hinge loss)
-        h = self.features(x)
-        return self.linear(h).squeeze(1) + (self.embed(label) * h).sum(dim=1)
+    def forward(self, x, label, cond: float = 1.0):  # -> [B] real/fake score (hinge loss)
+        h = self.features(x)                       # cond: weight of the class projection (0 = unconditional)
+        return self.linear(h).squeeze(1) + cond * (self.embed(label) * h).sum(dim=1)
 
 
 def gen_kwargs(cfg, num_classes: int, mode_bounds: list[list[float]] | None = None) -> dict:
@@ -190,9 +193,10 @@ class EMA:
 
 @torch.no_grad()
 def standing_stats(gen: Generator, label_pool: torch.Tensor, batches: int = 8, batch_size: int = 64,
-                   seed: int = 0) -> Generator:
+                   seed: int = 0, cond: float = 1.0) -> Generator:
     """Recompute BatchNorm running statistics of ``gen`` from its own samples (exact average over
-    ``batches`` batches), then put it in eval mode. Labels are drawn from ``label_pool``."""
+    ``batches`` batches), then put it in eval mode. Labels are drawn from ``label_pool``; ``cond``:
+    the conditioning weight the samples are drawn with (see :meth:`Generator.forward`)."""
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in gen.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [bn.momentum for bn in bns]
@@ -203,7 +207,7 @@ def standing_stats(gen: Generator, label_pool: torch.Tensor, batches: int = 8, b
     for _ in range(batches):
         z = torch.randn(batch_size, gen.z_dim, generator=g)
         y = label_pool[torch.randint(len(label_pool), (batch_size,), generator=g)]
-        gen(z, y)
+        gen(z, y, cond=cond)
     for bn, m in zip(bns, momenta):
         bn.momentum = m
     return gen.eval()

@@ -125,10 +125,10 @@ class ScaleHead(nn.Module):
         self.embed = HierEmbedding(parents, cmap_dim) if parents is not None else nn.Embedding(num_classes, cmap_dim)
         self.cmap_dim = cmap_dim
 
-    def forward(self, x, label):
+    def forward(self, x, label, cond: float = 1.0):  # cond: weight of the class projection (0 = unconditional)
         h = F.leaky_relu(self.to_map(self.body(x)), 0.2)             # [B, cmap, 4, 4]
-        cond = (h * self.embed(label)[:, :, None, None]).sum(1) / math.sqrt(self.cmap_dim)
-        return (self.linear(h).squeeze(1) + cond).flatten(1)         # [B, 16]
+        proj = (h * self.embed(label)[:, :, None, None]).sum(1) / math.sqrt(self.cmap_dim)
+        return (self.linear(h).squeeze(1) + cond * proj).flatten(1)  # [B, 16]
 
 
 class ProjectedDiscriminator(nn.Module):
@@ -165,21 +165,23 @@ class ProjectedDiscriminator(nn.Module):
             self.pixel = Discriminator(max(mode_classes) + 1 if mode_classes else num_classes, image_size, channels,
                                        width=pixel_width)
 
-    def forward(self, x, label) -> tuple[torch.Tensor, ...]:
-        """-> (projected scores [B, 4 * 16],) or, with the pixel discriminator, (..., pixel scores [B])."""
-        return self.scores_and_logits(x, label, logits=False)[0]
+    def forward(self, x, label, cond: float = 1.0) -> tuple[torch.Tensor, ...]:
+        """-> (projected scores [B, 4 * 16],) or, with the pixel discriminator, (..., pixel scores [B]).
+        ``cond``: weight of the class-conditional term of every branch (0 = unconditional)."""
+        return self.scores_and_logits(x, label, logits=False, cond=cond)[0]
 
-    def scores_and_logits(self, x, label, logits: bool = True) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    def scores_and_logits(self, x, label, logits: bool = True,
+                          cond: float = 1.0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         """-> (the scores of :meth:`forward`, the guidance classifier's logits [B, K]; None without
         guidance or with ``logits=False``, which skips the network's tail)."""
-        scores, logits, _ = self.scores_logits_pooled(x, label, logits=logits)
+        scores, logits, _ = self.scores_logits_pooled(x, label, logits=logits, cond=cond)
         return scores, logits
 
-    def scores_logits_pooled(self, x, label, logits: bool = True, pooled: bool = False):
+    def scores_logits_pooled(self, x, label, logits: bool = True, pooled: bool = False, cond: float = 1.0):
         """-> (scores, guidance logits [B, K] or None, the frozen network's pooled features [B, 1280]
         or None). The tail runs only where logits (with guidance) or ``pooled`` are asked for."""
         pixel_label = self.mode_classes[label] if self.has_modes else label
-        pixel = (self.pixel(x, pixel_label),) if self.pixel is not None else ()
+        pixel = (self.pixel(x, pixel_label, cond),) if self.pixel is not None else ()
         want_logits = logits and self.classifier is not None
         want_pooled = want_logits or pooled
         if want_pooled and self.features.tail is None:
@@ -187,7 +189,7 @@ class ProjectedDiscriminator(nn.Module):
         feats, feat_pooled = self.features(self.resize(x), pooled=want_pooled)
         maps = self.project(feats)
         out_logits = self.classifier(feat_pooled) if want_logits else None
-        scores = (torch.cat([head(m, label) for head, m in zip(self.heads, maps)], dim=1),) + pixel
+        scores = (torch.cat([head(m, label, cond) for head, m in zip(self.heads, maps)], dim=1),) + pixel
         return scores, out_logits, (feat_pooled if pooled else None)
 
     def resize(self, x):  # [B, 3, S, S] -> [B, 3, F, F], the frozen network's input

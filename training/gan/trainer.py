@@ -163,15 +163,16 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     if ms_features and dk["arch"] != "projected":
         raise GanConfigError("mode_seeking_space features needs the projected discriminator (pretrained extra)")
 
-    def disc(x, y, logits: bool = False, pooled: bool = False):  # y: D's condition (class or sub-class)
+    def disc(x, y, cond: float, logits: bool = False, pooled: bool = False):  # y: D's condition (class or sub-class)
         """-> (float32 scores per discriminator branch ([B] or [B, n_scores]), guidance logits [B, K]
         (only with ``logits`` and guidance on) or None, pooled ImageNet features [B, 1280] (only with
-        ``pooled``) or None)"""
+        ``pooled``) or None). ``cond``: weight of the class-conditional terms (transitional conditioning)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             if (guided and logits) or pooled:
-                scores, logits, feats = D.scores_logits_pooled(x, y, logits=guided and logits, pooled=pooled)
+                scores, logits, feats = D.scores_logits_pooled(x, y, logits=guided and logits, pooled=pooled,
+                                                               cond=cond)
             else:
-                scores, logits, feats = D(x, y), None, None
+                scores, logits, feats = D(x, y, cond=cond), None, None
         scores = scores if isinstance(scores, tuple) else (scores,)
         return ([s.float() for s in scores], logits.float() if logits is not None else None,
                 feats.float() if feats is not None else None)
@@ -221,6 +222,10 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         return torch.cat([v[:half], v[:half], v[2 * half:]]) if cfg.mode_seeking > 0 else v
 
     steps = cfg.steps_per_epoch or max(1, len(real) // cfg.batch_size)
+    if (cfg.transition_start or cfg.transition_steps) and cfg.transition_end >= cfg.epochs * steps:
+        raise GanConfigError(f"transitional conditioning ends at step {cfg.transition_end + 1}, but the run has "
+                             f"{cfg.epochs * steps} steps ({cfg.epochs} epochs of {steps}): the generator must "
+                             "finish fully conditional")
     policies = cfg.policies
     labels_all = torch.arange(k)
     t_train, c_train = time.perf_counter(), cpu_seconds()
@@ -243,13 +248,15 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 c_real = modes[idx]
                 z = place_latents(z, paired(c_real), y_fake, G.mode_bounds, G.mode_offsets, rng)
                 c_fake = G.mode_of(z, y_fake)
-            fake = G(z, y_fake)
+            cond = cfg.conditioning(step)  # 1 unless transitional conditioning: 0 -> 1 over its steps
+            fake = G(z, y_fake, cond=cond)
 
             # discriminator: hinge loss on augmented real and fake (one forward pass)
             for p in d_params:
                 p.requires_grad_(True)
             scores, _, _ = disc(torch.cat([diff_augment(x_real, policies, rng),
-                                           diff_augment(fake.detach(), policies, rng)]), torch.cat([c_real, c_fake]))
+                                           diff_augment(fake.detach(), policies, rng)]), torch.cat([c_real, c_fake]),
+                                cond)
             # hinge per branch, summed over branches (projected heads and the pixel discriminator)
             loss_d = sum(F.relu(1 - s[:cfg.batch_size]).mean() + F.relu(1 + s[cfg.batch_size:]).mean() for s in scores)
             d_real = torch.stack([s[:cfg.batch_size].mean() for s in scores])
@@ -261,7 +268,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
             # generator: non-saturating hinge generator loss through the same augmentation
             for p in d_params:
                 p.requires_grad_(False)
-            scores, logits, pooled = disc(diff_augment(fake, policies, rng), c_fake, logits=True, pooled=ms_features)
+            scores, logits, pooled = disc(diff_augment(fake, policies, rng), c_fake, cond, logits=True,
+                                          pooled=ms_features)
             loss_g = -sum(s.mean() for s in scores)
             loss_cls, fake_top1 = torch.zeros(()), torch.zeros(())
             if logits is not None:  # classifier guidance: the frozen classifier should name the class
@@ -269,7 +277,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 fake_top1 = (logits.argmax(1) == y_fake).float().mean()
             loss_ms = mode_seeking_loss(cfg.mode_seeking, fake, z, pooled if ms_features else None)
             opt_g.zero_grad(set_to_none=True)
-            (loss_g + loss_ms + cfg.class_guidance * loss_cls).backward()
+            (loss_g + loss_ms + cond * cfg.class_guidance * loss_cls).backward()
             opt_g.step()
             ema.update(G)
             step += 1
@@ -278,15 +286,16 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 sums[key] += v.detach().item()
             bar.set_postfix(d=f"{loss_d.detach().item():.3f}", g=f"{loss_g.detach().item():.3f}")
 
-        standing_stats(ema.model, labels_all, seed=cfg.seed)
+        cond = cfg.conditioning(step - 1)  # the epoch's last step: grid and statistics as G was trained
+        standing_stats(ema.model, labels_all, seed=cfg.seed, cond=cond)
         seconds = elapsed_before + time.perf_counter() - t_train
-        record = {"epoch": epoch + 1, "step": step, **{key: v / steps for key, v in sums.items()},
+        record = {"epoch": epoch + 1, "step": step, **{key: v / steps for key, v in sums.items()}, "cond": cond,
                   "seconds": round(seconds, 3), "cpu_seconds": round(cpu_before + cpu_seconds() - c_train, 3)}
         history.append(record)
         with torch.no_grad():
             zs = fixed_z.repeat(len(grid_ids), 1)
             ys = torch.tensor(grid_ids).repeat_interleave(cfg.grid_per_class)
-            grid = ema.model(zs, ys)
+            grid = ema.model(zs, ys, cond=cond)
             tiles = to_bgr_uint8(grid)
             grid = grid.view(len(grid_ids), cfg.grid_per_class, -1)
         # diversity diagnostic: pixel std across latents within a class vs across class means
@@ -295,6 +304,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         log.info("gan epoch %d/%d  D %.3f  G %.3f  D(real) %.2f  D(fake) %.2f  diversity %.3f/%.3f  (%.0fs)",
                  epoch + 1, cfg.epochs, record["loss_d"], record["loss_g"], record["d_real"], record["d_fake"],
                  record["within_class_std"], record["across_class_std"], seconds)
+        if cond < 1.0:
+            log.info("  transitional conditioning: class weight %.2f at step %d", cond, step)
         if guided:
             log.info("  guidance: cross-entropy %.3f, frozen classifier names %.1f %% of the (augmented) fakes",
                      record["loss_cls"], 100 * record["fake_top1"])
@@ -310,6 +321,10 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
 
     if not history:
         raise DatasetError(f"{out}: nothing to train (epochs={cfg.epochs}, already at epoch {start_epoch})")
+    if history[-1].get("cond", 1.0) < 1.0:
+        log.warning("stopped at step %d, before the class conditioning was fully faded in (weight %.2f): the "
+                    "exported generator is used fully conditional; resume the run to step %d", step,
+                    history[-1]["cond"], cfg.transition_end + 1)
     metrics = {"model": model_name, "discriminator": dk["arch"], "num_classes": k, "n_train": len(real), "class_counts": counts,
                "conditions": n_cond,
                "epochs": cfg.epochs, "steps": step, "image_size": cfg.image_size, "channels": cfg.channels,
