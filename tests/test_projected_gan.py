@@ -278,6 +278,7 @@ def test_subclass_gan_trains_resumes_with_its_groups_and_exports_a_plain_class_c
     ckpt = load_checkpoint(tmp_path / "gan" / "last.pt")
     bounds, modes = ckpt["gen_kwargs"]["mode_bounds"], ckpt["real_modes"]
     assert m["num_classes"] == 6 and m["conditions"] == 12  # 8 photos per class: 2 groups of >= 4
+    assert len(bounds) == 6 and all(len(b) == 1 for b in bounds)  # per class: the first group's share (k - 1 bounds)
     assert len(modes) == m["n_train"] and ckpt["disc_kwargs"]["num_classes"] == 12
     assert ckpt["disc_kwargs"]["mode_classes"] == [c for c in range(6) for _ in range(2)]
     assert ckpt["discriminator"]["pixel.embed.parametrizations.weight.original"].shape[0] == 6  # pixel D: classes
