@@ -260,6 +260,19 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert 0 <= spread["generated"] <= 2 and 0 < spread["real_test"] <= 2
     assert spread["ratio"] == pytest.approx(spread["generated"] / spread["real_test"])
     assert 0 <= saved["cas"]["top1_generated_only"] <= 1 and saved["cas"]["n_generated_train"] == 48
+    per_class = saved["cas"]["per_class"]   # each class's real test photos: CAS and the real-data classifier
+    assert set(per_class) == {ds.classes[s.label] for s in ds.split("test")}
+    assert sum(v["n"] for v in per_class.values()) == n_test
+    for key, total in (("cas_top1", saved["cas"]["top1_generated_only"]),
+                       ("real_top1", saved["classifier_on_real_test_top1"])):
+        assert sum(v[key] * v["n"] for v in per_class.values()) / n_test == pytest.approx(total)
+    clf_ckpt = load_checkpoint(tiny_run[0] / "best.pt")
+    test_s = ds.split("test")
+    hits = predict_logits(model_from_checkpoint(clf_ckpt).eval(),
+                          eval_tensors(test_s, preprocess_of(clf_ckpt))).argmax(1).numpy() == [s.label for s in test_s]
+    for name, v in per_class.items():
+        mask = np.array([ds.classes[s.label] == name for s in test_s])
+        assert v["real_top1"] == pytest.approx(hits[mask].mean(), abs=1e-6), name
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]
     # beside test: the train photos of the subset's classes that it left out, none it trained on
@@ -291,7 +304,8 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     assert (tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns == low_mtime
     # so are they in a copy of the folder (the runs' own configs name the old one)
     shutil.copytree(tmp_path / "eval", tmp_path / "moved")
-    moved = evaluate_gan(dataclasses.replace(cfg, out=str(tmp_path / "moved"), fid=False, latency=False, cas=False))
+    moved = evaluate_gan(dataclasses.replace(cfg, out=str(tmp_path / "moved"), fid=False, latency=False, cas=False,
+                                             threads=2))   # another thread count: the same runs
     assert moved["lowdata"]["arms"] == saved["lowdata"]["arms"]
     assert (tmp_path / "moved" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns == \
         (tmp_path / "eval" / "lowdata" / "real_only_seed0" / "best.pt").stat().st_mtime_ns

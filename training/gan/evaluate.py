@@ -174,6 +174,7 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
         y_test = np.array([s.label for s in test_s])
         _, l_te = clf([decode_image(s.path) for s in test_s])
         result["classifier_on_real_test_top1"] = float((l_te.argmax(1) == y_test).mean())
+        real_hits = l_te.argmax(1) == y_test    # [N] per photo: for CAS per class
     if cfg.fid:
         result.update(_fid(cfg, ds, train_s, test_s, size, clf))
         _save(out, result, name)
@@ -187,7 +188,9 @@ def evaluate_gan(cfg: GanEvalConfig) -> dict:
             gen_val, y_gen_val = _generate_matched(gen, ds.classes, {c: max(2, val_counts.get(c, 0))
                                                                     for c in range(len(ds.classes))}, cfg.seed + 1)
         result["cas"] = _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base_overrides, train,
-                             real_top1=result["classifier_on_real_test_top1"])
+                             real_top1=result["classifier_on_real_test_top1"],
+                             real_per_class={ds.classes[c]: float(real_hits[y_test == c].mean())
+                                             for c in np.unique(y_test)})
         _save(out, result, name)
     if cfg.lowdata_data:
         result["lowdata"] = _lowdata(cfg, clf_ckpt, out, base_overrides, train)
@@ -213,8 +216,9 @@ def _train_once(rcfg: TrainConfig, train) -> dict:
 
         def settings(config: dict) -> dict:  # what decides the result, not how or where the run was started
             config = {**defaults, **config}  # a field added since the run had its default then
+            # out: an evaluation folder moved or copied; threads: how fast, not what is trained
             return {k: v for k, v in json.loads(json.dumps(config)).items()
-                    if k not in ("resume", "exist_ok", "out")}  # out: an evaluation folder moved or copied
+                    if k not in ("resume", "exist_ok", "out", "threads")}
 
         if "eval" in m and settings(m.get("config", {})) == settings(rcfg.to_dict()):
             log.info("%s: finished earlier, its figures are reused", folder)
@@ -235,7 +239,8 @@ def _equal_step_schedule(rcfg: TrainConfig, per_real: float) -> dict:
     return {"epochs": epochs, "warmup_epochs": min(rcfg.warmup_epochs / per_real, float(epochs))}
 
 
-def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1) -> dict:
+def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, train, real_top1,
+         real_per_class: dict) -> dict:
     # its own folder per set size: a finished run is reused by its config, which the size does not change
     # (and per latent scale: the generated images differ, the training config does not)
     folder = out / (("cas" if cfg.cas_per_real == 1 else f"cas_x{cfg.cas_per_real:g}"
@@ -257,6 +262,9 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
            "real_top1_source": "the given classifier (same recipe, trained on the real train split) on the "
                                "same real test split"}
     cas["fraction_of_real"] = cas["top1_generated_only"] / real_top1 if real_top1 else None
+    # which products the generated images teach: each class's real test photos, the two classifiers
+    cas["per_class"] = {name: {"n": v["n"], "cas_top1": v["top1"], "real_top1": real_per_class.get(name)}
+                        for name, v in m["eval"].get("per_class", {}).items()}
     val = list(ds.splits.get("val") or [])
     if val:  # the same model on the real val split: for choosing GAN recipes without the test split
         _, logits = FeatureExtractor(folder / "run" / "best.pt")([decode_image(s.path) for s in val])
