@@ -222,7 +222,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
         return torch.cat([v[:half], v[:half], v[2 * half:]]) if cfg.mode_seeking > 0 else v
 
     steps = cfg.steps_per_epoch or max(1, len(real) // cfg.batch_size)
-    if (cfg.transition_start or cfg.transition_steps) and cfg.transition_end >= cfg.epochs * steps:
+    if cfg.conditioning(cfg.epochs * steps - 1) < 1.0:
         raise GanConfigError(f"transitional conditioning ends at step {cfg.transition_end + 1}, but the run has "
                              f"{cfg.epochs * steps} steps ({cfg.epochs} epochs of {steps}): the generator must "
                              "finish fully conditional")
