@@ -57,6 +57,11 @@ def _gan_eval(args) -> int:
         gap = {k: (v["real_top1"] or 0) - v["cas_top1"] for k, v in per_class.items()}
         short["cas"] = {**result["cas"], "per_class": f"{len(per_class)} classes, in the saved gan_eval json",
                         "least_taught": sorted(gap, key=gap.get, reverse=True)[:5]}
+        groups = result["cas"].get("per_coarse") or {}
+        if groups:  # the coarse groups the generated images teach least, as a fraction of real
+            frac = {k: v["fraction_of_real"] for k, v in groups.items() if v["fraction_of_real"] is not None}
+            short["cas"]["per_coarse"] = f"{len(groups)} groups, in the saved gan_eval json"
+            short["cas"]["least_taught_groups"] = {k: round(frac[k], 3) for k in sorted(frac, key=frac.get)[:5]}
     print(json.dumps(short, indent=2))
     return 0
 

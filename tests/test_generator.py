@@ -232,6 +232,43 @@ def test_gan_eval_reuses_a_finished_run_of_the_same_settings_and_refuses_another
         _train_once(dataclasses.replace(cfg, gan_augment_mode="add"), never)
 
 
+def test_cas_per_group_pools_classes_by_their_photos():
+    from skulens.training.gan.eval_report import per_group
+
+    per_class = {"a": {"n": 3, "cas_top1": 1 / 3, "real_top1": 1.0}, "b": {"n": 1, "cas_top1": 1.0, "real_top1": 0.0},
+                 "c": {"n": 2, "cas_top1": 0.5, "real_top1": None}, "d": {"n": 5, "cas_top1": 1.0, "real_top1": 1.0},
+                 "e": {"n": 0, "cas_top1": 0.0, "real_top1": 0.0}}
+    groups = per_group(per_class, {"a": "X", "b": "X", "c": "Y", "d": "", "e": "Z"})
+    assert list(groups) == ["X", "Y"]   # largest first; no group ("") and no photos are left out
+    assert groups["X"] == {"classes": 2, "n": 4, "cas_top1": pytest.approx(0.5), "real_top1": pytest.approx(0.75),
+                           "fraction_of_real": pytest.approx(2 / 3)}
+    assert groups["Y"]["real_top1"] is None and groups["Y"]["fraction_of_real"] is None
+    assert per_group({"a": {"n": 2, "cas_top1": 0.0, "real_top1": 0.0}}, {"a": "X"})["X"]["fraction_of_real"] is None
+
+
+def test_gan_eval_cli_names_the_classes_and_groups_taught_least(monkeypatch, capsys, tmp_path):
+    import skulens.training.gan as gan
+    from skulens.cli import main
+
+    per_class = {f"c{i}": {"n": 2, "cas_top1": i / 10, "real_top1": 1.0} for i in range(8)}
+    groups = {g: {"classes": 1, "n": 2, "cas_top1": f, "real_top1": 0.5, "fraction_of_real": 2 * f}
+              for g, f in (("Milk", 0.05), ("Juice", 0.1), ("Apple", 0.4), ("Pear", 0.3), ("Oat", 0.2), ("Kiwi", 0.5))}
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        return {"setup": {}, "cas": {"top1_generated_only": 0.35, "per_class": per_class, "per_coarse": groups}}
+
+    monkeypatch.setattr(gan, "evaluate_gan", fake)
+    assert main(["gan", "eval", "g.onnx", "--data", str(tmp_path), "--classifier", "c.pt", "--out", str(tmp_path / "e"),
+                 "--no-fid", "--no-latency"]) == 0
+    printed = json.loads(capsys.readouterr().out)["cas"]
+    assert seen["cfg"].generator == "g.onnx" and not seen["cfg"].fid
+    assert printed["least_taught"] == ["c0", "c1", "c2", "c3", "c4"] and printed["per_class"].startswith("8 classes")
+    assert printed["least_taught_groups"] == {"Milk": 0.1, "Juice": 0.2, "Oat": 0.4, "Pear": 0.6, "Apple": 0.8}
+    assert printed["per_coarse"].startswith("6 groups")
+
+
 def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     from skulens._dataset import load_dataset, subset, write_split_lists
     from skulens.training.gan import evaluate_gan
@@ -273,6 +310,18 @@ def test_gan_eval_end_to_end(gen_path, tiny_run, grocery_subset, tmp_path):
     for name, v in per_class.items():
         mask = np.array([ds.classes[s.label] == name for s in test_s])
         assert v["real_top1"] == pytest.approx(hits[mask].mean(), abs=1e-6), name
+    # pooled by coarse group: Golden-Delicious and Granny-Smith are both "Apple"
+    coarse_of = dict(zip(ds.classes, ds.coarse_labels))
+    groups = saved["cas"]["per_coarse"]
+    assert set(groups) == {coarse_of[ds.classes[s.label]] for s in test_s} and groups["Apple"]["classes"] == 2
+    for g, v in groups.items():
+        mask = np.array([coarse_of[ds.classes[s.label]] == g for s in test_s])
+        members = [k for k in per_class if coarse_of[k] == g]
+        assert v["n"] == mask.sum() and v["classes"] == len(members)
+        assert v["real_top1"] == pytest.approx(hits[mask].mean(), abs=1e-6), g
+        assert v["cas_top1"] * v["n"] == pytest.approx(sum(per_class[k]["cas_top1"] * per_class[k]["n"]
+                                                           for k in members))
+        assert v["fraction_of_real"] == (pytest.approx(v["cas_top1"] / v["real_top1"]) if v["real_top1"] else None)
     low_r = saved["lowdata"]
     assert [len(a["runs"]) for a in low_r["arms"].values()] == [2, 2]
     # beside test: the train photos of the subset's classes that it left out, none it trained on

@@ -1,5 +1,5 @@
 """The presentation side of ``skulens gan eval``: the generator's latency (fp32 vs INT8, through
-the SDK), the summary chart and the real-vs-generated sample grid."""
+the SDK), CAS pooled by coarse group, the summary chart and the real-vs-generated sample grid."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,31 @@ import numpy as np
 
 from skulens import GeneratorOptions, ImageGenerator, decode_image
 from skulens.internal import Dataset, atomic_write, make_grid, write_png
+
+
+def per_group(per_class: dict, group_of: dict) -> dict:
+    """{group: {n, cas_top1, real_top1, fraction}}: ``per_class``'s figures pooled over each group's
+    classes, weighted by their test photos (a group's top-1 over all its photos); classes without a
+    group ("" or absent) or without test photos are left out."""
+    pooled: dict = {}
+    for name, v in per_class.items():
+        g = group_of.get(name) or ""
+        if g and v["n"]:
+            acc = pooled.setdefault(g, {"n": 0, "cas_hits": 0.0, "real_hits": 0.0, "classes": 0})
+            acc["n"] += v["n"]
+            acc["classes"] += 1
+            acc["cas_hits"] += v["cas_top1"] * v["n"]
+            if v["real_top1"] is None:  # unknown for one class: unknown for its group
+                acc["real_hits"] = None
+            elif acc["real_hits"] is not None:
+                acc["real_hits"] += v["real_top1"] * v["n"]
+    out = {}
+    for g, acc in sorted(pooled.items(), key=lambda kv: -kv[1]["n"]):
+        cas = acc["cas_hits"] / acc["n"]
+        real = acc["real_hits"] / acc["n"] if acc["real_hits"] is not None else None
+        out[g] = {"classes": acc["classes"], "n": acc["n"], "cas_top1": cas, "real_top1": real,
+                  "fraction_of_real": cas / real if real else None}
+    return out
 
 
 def generator_latency(cfg) -> dict:

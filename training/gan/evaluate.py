@@ -36,7 +36,7 @@ from ..augment import AugmentConfig
 from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, resolve, steps_per_epoch, synthetic_batch_size
 from .config import GanConfigError, GanEvalConfig
-from .eval_report import generator_latency, plot_summary, sample_grid
+from .eval_report import generator_latency, per_group, plot_summary, sample_grid
 from .metrics import FeatureExtractor, ImageNetFeatures, frechet_distance, kernel_distance, within_class_spread
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,8 @@ def _cas(cfg, ds, clf_ckpt, gen_train, y_gen, gen_val, y_gen_val, out, base, tra
     # which products the generated images teach: each class's real test photos, the two classifiers
     cas["per_class"] = {name: {"n": v["n"], "cas_top1": v["top1"], "real_top1": real_per_class.get(name)}
                         for name, v in m["eval"].get("per_class", {}).items()}
+    if ds.coarse_labels:  # the same, pooled by the dataset's coarse groups (which kinds of product)
+        cas["per_coarse"] = per_group(cas["per_class"], dict(zip(ds.classes, ds.coarse_labels)))
     val = list(ds.splits.get("val") or [])
     if val:  # the same model on the real val split: for choosing GAN recipes without the test split
         _, logits = FeatureExtractor(folder / "run" / "best.pt")([decode_image(s.path) for s in val])
