@@ -138,3 +138,9 @@ def tiny_gen(tiny_gan, tmp_path_factory):
              "--calibration-size", "24"]) != 0:
         raise RuntimeError("exporting the tiny GAN failed")
     return path, json.loads(path.with_name("gen.report.json").read_text())
+
+
+@pytest.fixture()
+def gen_path(tiny_gen):
+    """The tiny GAN exported as fp32 + INT8 (shipped or rejected by its gate)."""
+    return tiny_gen[0]
