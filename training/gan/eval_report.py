@@ -12,9 +12,10 @@ from skulens.internal import Dataset, atomic_write, make_grid, write_png
 
 
 def per_group(per_class: dict, group_of: dict) -> dict:
-    """{group: {n, cas_top1, real_top1, fraction}}: ``per_class``'s figures pooled over each group's
-    classes, weighted by their test photos (a group's top-1 over all its photos); classes without a
-    group ("" or absent) or without test photos are left out."""
+    """{group: {classes, n, cas_top1, real_top1, fraction_of_real}}, largest group first:
+    ``per_class``'s figures pooled over each group's classes, weighted by their test photos (a
+    group's top-1 over all its photos); classes without a group ("" or absent) or without test
+    photos are left out."""
     pooled: dict = {}
     for name, v in per_class.items():
         g = group_of.get(name) or ""
