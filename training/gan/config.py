@@ -58,6 +58,14 @@ class GanConfig:
         "pixels", "where mode seeking measures how far apart two images of one class are: pixels (MSGAN's L1 "
                   "distance) or features (cosine distance of the frozen ImageNet network's pooled features, the "
                   "space the within-class spread is measured in; projected discriminator only)")
+    coverage: float = option(0.0, "weight of the coverage term (IMLE): each real image's nearest of "
+                             "--coverage-candidates generated images of its class is pulled towards it (mean "
+                             "absolute pixel difference), so the samples must cover every real photo, not a few "
+                             "looks of each class (0 = off)")
+    coverage_candidates: int = option(8, "with --coverage: generated candidates per real image when its nearest "
+                                      "latent is chosen")
+    coverage_every: int = option(500, "with --coverage: re-choose every real image's nearest latent every this "
+                                 "many steps (one choice costs real images x candidates generator passes)")
     subclasses: int = option(1, "projected: split each class into up to this many sub-classes by k-means of the "
                              "frozen ImageNet features of its real images and condition G and D's heads on them "
                              "(class + sub-class embedding; guidance still names the class); the generator picks "
@@ -112,6 +120,11 @@ class GanConfig:
             problems.append(f"mode_seeking_space must be pixels or features, got {self.mode_seeking_space!r}")
         if self.mode_seeking_space == "features" and self.discriminator == "dcgan":
             problems.append("mode_seeking_space features needs the projected discriminator (its ImageNet features)")
+        if self.coverage < 0 or self.coverage_candidates < 1 or self.coverage_every < 1:
+            problems.append(f"coverage must be >= 0 and coverage_candidates, coverage_every >= 1, got {self.coverage}, "
+                            f"{self.coverage_candidates} and {self.coverage_every}")
+        if self.coverage and self.subclasses > 1:
+            problems.append("coverage and subclasses cannot be combined (the sub-class is drawn from the latent)")
         if not 1 <= self.subclasses <= 16 or self.subclass_min_images < 1:
             problems.append(f"subclasses must be in [1, 16] and subclass_min_images >= 1, got {self.subclasses} "
                             f"and {self.subclass_min_images}")
