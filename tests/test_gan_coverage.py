@@ -108,9 +108,21 @@ def test_coverage_options_and_training(grocery_subset, tmp_path, monkeypatch):
     n_real = load_checkpoint(tmp_path / "gan" / "last.pt")["n_train"]
     assert choices == [n_real, n_real]   # steps 0 and 3 of 4: every real image each time
     assert backward == [1.0] * 4         # one backward pass through the term per step, at full weight
-    hist = load_checkpoint(tmp_path / "gan" / "last.pt")["history"]
-    assert all(h["loss_cov"] > 0 for h in hist)
+    whole = load_checkpoint(tmp_path / "gan" / "last.pt")
+    assert all(h["loss_cov"] > 0 for h in whole["history"])
+    assert whole["coverage_latents"].shape == (n_real, 8)
+    # resumed after epoch 1 (step 2: no re-choice until step 3), it continues from the saved latents exactly
+    train_gan(GanConfig(**{**run, "out": str(tmp_path / "split"), "epochs": 1}, coverage=5.0, coverage_every=3,
+                        coverage_candidates=2))
     choices.clear()
+    train_gan(GanConfig(**{**run, "out": str(tmp_path / "split")}, coverage=5.0, coverage_every=3,
+                        coverage_candidates=2, resume=True))
+    assert choices == [n_real]   # step 3 only
+    split = load_checkpoint(tmp_path / "split" / "last.pt")
+    for name, t in split["generator_ema"].items():
+        assert torch.allclose(t.float(), whole["generator_ema"][name].float(), atol=1e-6), name
+    choices.clear()
+    backward.clear()
     train_gan(GanConfig(**{**run, "out": str(tmp_path / "plain")}))
-    assert choices == [] and len(backward) == 4   # off: never chosen, never computed
+    assert choices == [] and backward == []   # off: never chosen, never computed
     assert all(h["loss_cov"] == 0 for h in load_checkpoint(tmp_path / "plain" / "last.pt")["history"])

@@ -5,10 +5,11 @@
 
 Per step (hinge loss, n_dis = 1): fake = G(z, y) with the real batch's labels y;
 D step on DiffAugment(real) vs DiffAugment(fake.detach()); G step on D(DiffAugment(fake))
-(+ the classifier-guidance cross-entropy of the projected D's frozen classifier, when on);
-EMA update of G. Per epoch: BatchNorm standing statistics of the EMA generator, a fixed-noise
-grid (one row per chosen class, one column per latent vector), an atomic checkpoint (the EMA
-generator is what gets exported), the loss curves.
+(+ the classifier-guidance cross-entropy of the projected D's frozen classifier, when on;
++ the coverage term, each real image's nearest generated candidate pulled onto it, when on:
+:mod:`.coverage`); EMA update of G. Per epoch: BatchNorm standing statistics of the EMA
+generator, a fixed-noise grid (one row per chosen class, one column per latent vector), an
+atomic checkpoint (the EMA generator is what gets exported), the loss curves.
 """
 from __future__ import annotations
 
@@ -212,6 +213,7 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                 "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(), "rng": rng.get_state(),
                 "labels": list(real.classes), "class_counts": counts, "n_train": len(real),
                 **({"real_modes": modes} if modes is not None else {}),
+                **({"coverage_latents": z_cover} if z_cover is not None else {}),
                 "output": {"channel_order": "GRAY" if cfg.channels == 1 else "RGB", "value_range": [-1.0, 1.0],
                            "layout": "NCHW"},
                 "train_config": cfg.to_dict(), "epoch": epoch, "step": step, "history": history,
@@ -231,7 +233,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                              "finish fully conditional")
     policies = cfg.policies
     labels_all = torch.arange(k)
-    z_cover = None  # coverage: each real image's nearest latent, re-chosen every cfg.coverage_every steps
+    # coverage: each real image's nearest latent [N, z_dim], re-chosen every cfg.coverage_every steps
+    z_cover = ckpt.get("coverage_latents") if ckpt is not None and cfg.coverage > 0 else None
     t_train, c_train = time.perf_counter(), cpu_seconds()
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
