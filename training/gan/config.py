@@ -39,7 +39,8 @@ class GanConfig:
                                    "a frozen linear classifier on the ImageNet network's pooled features of the "
                                    "generated images (fitted on the real images before training; 0 = off)")
     precision: Literal["auto", "fp32", "bf16"] = option(
-        "auto", "projected: bfloat16 autocast of the discriminator (auto = where the CPU/GPU has native bf16)")
+        "auto", "bfloat16 autocast of the projected discriminator and of --coverage's candidate draws (auto = "
+                "where the CPU/GPU has native bf16)")
     max_minutes: float = option(0.0, "stop after the first epoch that ends past this much training time "
                                 "(0 = no limit; for equal-time comparisons)")
     g_width: int = option(256, "generator channels at the lowest resolution (halved at every upsampling)")
