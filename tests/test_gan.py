@@ -83,6 +83,22 @@ def test_resume_continues_exactly(grocery_subset, tiny_gan, tmp_path):
             assert torch.allclose(t.float(), b[key][name].float(), atol=1e-6), (key, name)
 
 
+def test_snapshots_keep_the_chosen_epochs_states(grocery_subset, tiny_gan, tmp_path):
+    """--snapshot-every N: the whole state every N epochs as epochNNN.pt, beside last.pt."""
+    from skulens.training.gan import GanConfig, train_gan
+
+    assert not list(tiny_gan[0].glob("epoch*.pt"))   # off by default
+    train_gan(GanConfig(data=str(grocery_subset), out=str(tmp_path), epochs=2, snapshot_every=1, **TINY_GAN))
+    first, second = (torch.load(tmp_path / f"epoch00{e}.pt", weights_only=True) for e in (1, 2))
+    assert (first["epoch"], first["step"], second["epoch"], second["step"]) == (0, 3, 1, 6)
+    same_run = torch.load(tiny_gan[0] / "last.pt", weights_only=True)   # the fixture: the same 2 epochs, same seed
+    for name, t in second["generator_ema"].items():
+        assert torch.allclose(t.float(), same_run["generator_ema"][name].float(), atol=1e-6), name
+    assert not all(torch.equal(t, second["generator_ema"][n]) for n, t in first["generator_ema"].items())
+    with pytest.raises(SkulensError, match="snapshot_every must be >= 0"):
+        GanConfig(data="x", snapshot_every=-1)
+
+
 def test_export_parity_shapes_and_metadata_round_trip(tiny_gan, tiny_gen):
     path, report = tiny_gen
     assert report["kind"] == "generator" and report["parity_max_abs_diff"] < 1e-4

@@ -86,6 +86,8 @@ class GanConfig:
     seed: int = option(0, "random seed (weights, latents, batches)")
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
     resume: bool = option(False, "continue from OUT/last.pt when it exists (same classes and architecture)")
+    snapshot_every: int = option(0, "also keep the run's whole state every N epochs as epochNNN.pt (exportable, "
+                                    "like last.pt; 0 = off)")
     grid_classes: str | None = option(None, "comma-separated classes of the per-epoch sample grid; "
                                       "unset: the first 10")
     grid_per_class: int = option(8, "samples per class in the per-epoch grid")
@@ -113,6 +115,8 @@ class GanConfig:
             problems.append("class_guidance needs the projected discriminator (its ImageNet features)")
         if self.max_minutes < 0:
             problems.append(f"max_minutes must be >= 0, got {self.max_minutes}")
+        if self.snapshot_every < 0:
+            problems.append(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.steps_per_epoch < 0:
             problems.append(f"steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
         if self.mode_seeking < 0:

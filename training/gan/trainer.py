@@ -331,6 +331,8 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
                   make_grid(list(tiles), ncol=cfg.grid_per_class, scale=scale,
                             row_labels=[real.classes[i] for i in grid_ids]))
         save_checkpoint(last, state(epoch, seconds))
+        if cfg.snapshot_every and (epoch + 1) % cfg.snapshot_every == 0:
+            save_checkpoint(out / f"epoch{epoch + 1:03d}.pt", state(epoch, seconds))
         _save_losses(history, out / "losses.png")
         if cfg.max_minutes and seconds >= 60 * cfg.max_minutes and epoch + 1 < cfg.epochs:
             log.info("time budget of %.1f min reached after epoch %d: stopping", cfg.max_minutes, epoch + 1)
