@@ -121,6 +121,15 @@ def test_coverage_options_and_training(grocery_subset, tmp_path, monkeypatch):
     split = load_checkpoint(tmp_path / "split" / "last.pt")
     for name, t in split["generator_ema"].items():
         assert torch.allclose(t.float(), whole["generator_ema"][name].float(), atol=1e-6), name
+    # resumed on fewer photos of the same classes, the saved latents no longer pair up: chosen again
+    from skulens.training.gan.data import RealImages, load_real
+
+    full = load_real(run["data"], 16, 3)
+    fewer = RealImages(full.images[:-3], full.labels[:-3], full.classes, full.source)
+    choices.clear()
+    train_gan(GanConfig(**{**run, "out": str(tmp_path / "split"), "epochs": 3}, coverage=5.0, coverage_every=10,
+                        coverage_candidates=2, resume=True), real=fewer)
+    assert choices == [n_real - 3]   # at step 4, the resumed run's first (no re-choice is due before step 10)
     choices.clear()
     backward.clear()
     train_gan(GanConfig(**{**run, "out": str(tmp_path / "plain")}))

@@ -235,6 +235,9 @@ def _train(cfg: GanConfig, real: RealImages | None) -> dict:
     labels_all = torch.arange(k)
     # coverage: each real image's nearest latent [N, z_dim], re-chosen every cfg.coverage_every steps
     z_cover = ckpt.get("coverage_latents") if ckpt is not None and cfg.coverage > 0 else None
+    if z_cover is not None and len(z_cover) != len(real):   # the photos changed since: choose them again
+        log.info("coverage: %d saved latents for %d real images; choosing them again", len(z_cover), len(real))
+        z_cover = None
     t_train, c_train = time.perf_counter(), cpu_seconds()
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
